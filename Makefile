@@ -1,0 +1,38 @@
+# One-command set-up: every target creates .venv and installs the project first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+# `make bench-cifar PROFILE=quick data.root=../shared/data/cifar10`:
+# PROFILE picks the suite file; every other VAR=value given on the command line
+# whose name contains a dot is passed through as a config override.
+PROFILE ?= full
+SUITE_full  := configs/suites/cifar10.yaml
+SUITE_quick := configs/suites/cifar10-quick.yaml
+SUITE_smoke := configs/suites/cifar10-smoke.yaml
+SUITE := $(SUITE_$(PROFILE))
+OVERRIDES := $(foreach v,$(MAKEOVERRIDES),$(if $(findstring .,$(firstword $(subst =, ,$(v)))),$(v)))
+ARGS ?=
+
+.PHONY: venv test bench-cifar bench-overhead clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+test: $(STAMP)
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q
+
+bench-cifar: $(STAMP)
+	@test -n "$(SUITE)" || { echo "error: unknown PROFILE '$(PROFILE)'; use PROFILE=full, quick or smoke" >&2; exit 2; }
+	$(BIN)/python -m bench suite $(SUITE) $(OVERRIDES) $(ARGS)
+
+bench-overhead: $(STAMP)
+	$(BIN)/python -m bench.overhead $(OVERRIDES) $(ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

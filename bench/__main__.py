@@ -1,0 +1,79 @@
+"""Command line: `python -m bench {run,suite,report,methods,models} ...`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bench.config import ConfigError
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.config import load_config
+    from bench.train import train
+    cfg = load_config(args.config, args.overrides)
+    train(cfg)
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from bench.config import describe
+    from methods import REGISTRY
+    for name, cls in sorted(REGISTRY.items()):
+        doc = (cls.__doc__ or "").strip().splitlines()
+        print(f"{name:18s} {doc[0] if doc else ''}")
+        if args.verbose:
+            for key, default, help_ in describe(cls.Config, "method."):
+                print(f"    {key:32s} {default:14s} {help_}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from bench.models import MODEL_NOTES
+    for name, note in MODEL_NOTES.items():
+        print(f"{name:18s} {note}")
+    return 0
+
+
+def cmd_suite(args: argparse.Namespace) -> int:
+    from bench.suite import run_suite
+    return run_suite(args.config, args.overrides, dry_run=args.dry_run)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import write_report
+    write_report(args.results_dir)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="train one configured run (resumes if interrupted, skips if finished)")
+    r.add_argument("config", help="YAML file, e.g. configs/smoke.yaml")
+    r.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=2 method.name=pcn")
+    r.set_defaults(fn=cmd_run)
+    s = sub.add_parser("suite", help="run a grid of runs, then write the report")
+    s.add_argument("config", help="suite YAML under configs/suites/")
+    s.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
+    s.add_argument("--dry-run", action="store_true", help="print the grid and its estimated cost, run nothing")
+    s.set_defaults(fn=cmd_suite)
+    rep = sub.add_parser("report", help="tables and plots from the runs under a suite's results directory")
+    rep.add_argument("results_dir")
+    rep.set_defaults(fn=cmd_report)
+    m = sub.add_parser("methods", help="list registered methods")
+    m.add_argument("-v", "--verbose", action="store_true", help="also list each method's options")
+    m.set_defaults(fn=cmd_methods)
+    sub.add_parser("models", help="list available models").set_defaults(fn=cmd_models)
+    args = p.parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

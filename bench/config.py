@@ -1,0 +1,334 @@
+"""Typed run configuration: dataclass defaults, then YAML, then `dotted.key=value`.
+
+One config system for the whole suite. Every section is a dataclass whose fields
+carry a default, help text and (where it matters) the allowed values. A method's
+own options are the dataclass `Config` declared in the method's file; the
+section `method:` is validated against the class registered under `method.name`.
+
+Values coming from YAML or the command line are coerced to the field's declared
+type; an unknown key, a wrong type or a value outside `choices` raises
+`ConfigError` with the key, the allowed values and a "did you mean" suggestion.
+Downstream code only ever sees the typed objects.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the message says how."""
+
+
+def opt(default: Any, help: str, choices: Optional[tuple] = None) -> Any:
+    """A config field with help text (and optionally its allowed values)."""
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass
+class DataConfig:
+    name: str = opt("cifar10", "dataset", choices=("cifar10", "synthetic"))
+    root: str = opt("", "folder holding cifar-10-batches-py/ (empty: $BENCH_DATA_ROOT, else ./data)")
+    download: bool = opt(False, "download CIFAR-10 with torchvision (md5-checked) if the root lacks it")
+    train_subset: int = opt(0, "use only the first N training images (0: all)")
+    augment: bool = opt(True, "random crop (4-px zero padding) and horizontal flip, on the device")
+    synthetic_train_size: int = opt(2048, "synthetic dataset: number of training images")
+    synthetic_test_size: int = opt(512, "synthetic dataset: number of test images")
+    image_size: int = opt(32, "synthetic dataset: image side in pixels")
+
+
+@dataclass
+class ModelConfig:
+    name: str = opt("vgg11", "model name; `python -m bench models` lists them")
+    width: float = opt(1.0, "channel multiplier applied to every layer")
+    act: str = opt("relu", "activation", choices=("relu", "leaky_relu"))
+    leaky_slope: float = opt(0.01, "negative slope when act=leaky_relu (PyTorch default)")
+    num_classes: int = opt(10, "classifier outputs")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = opt(8, "total epoch budget, the same for every method")
+    batch_size: int = opt(256, "training batch size")
+    optimizer: str = opt("sgd", "optimizer", choices=("sgd", "adam"))
+    lr: float = opt(0.2, "peak learning rate")
+    momentum: float = opt(0.9, "SGD momentum (Adam: beta1)")
+    nesterov: bool = opt(True, "Nesterov momentum (SGD only)")
+    weight_decay: float = opt(5e-4, "L2 weight decay on every parameter")
+    schedule: str = opt("onecycle", "learning-rate schedule", choices=("onecycle", "cosine", "step", "constant"))
+    warmup_frac: float = opt(0.25, "onecycle/cosine: fraction of steps spent warming up linearly")
+    milestones: list[int] = opt([], "step schedule: epochs at which the LR is multiplied by gamma")
+    gamma: float = opt(0.2, "step schedule: LR factor at each milestone")
+    label_smoothing: float = opt(0.1, "cross-entropy label smoothing")
+    eval_batch_size: int = opt(1000, "evaluation batch size")
+    amp: bool = opt(True, "bf16 autocast (CUDA only; ignored on CPU)")
+    channels_last: bool = opt(True, "channels_last memory format (CUDA only; ignored on CPU)")
+    compile: bool = opt(False, "torch.compile the model (rebuilt after a method changes it)")
+    log_every_steps: int = opt(50, "print a progress line every N steps (0: only per epoch)")
+    throughput_steps: int = opt(5, "timed steps when measuring train/inference throughput at the end")
+
+
+@dataclass
+class WandbConfig:
+    mode: str = opt("offline", "W&B mode ($WANDB_MODE wins)", choices=("offline", "online", "disabled"))
+    project: str = opt("compress-bench", "W&B project")
+    entity: str = opt("", "W&B entity (empty: your default)")
+    group: str = opt("", "W&B group; suites set it to the suite name")
+    job_type: str = opt("train", "W&B job_type")
+    tags: list[str] = opt([], "W&B tags")
+
+
+@dataclass
+class RunConfig:
+    seed: int = opt(0, "seed for model init, data order, augmentation and the method's randomness")
+    device: str = opt("auto", "auto (cuda if available), cpu, cuda or cuda:N")
+    output_dir: str = opt("results/runs", "where run directories are written")
+    resume: bool = opt(True, "resume an interrupted run from its last completed epoch")
+    save_checkpoint: bool = opt(True, "write the final model to checkpoint.pt")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: Any = field(default=None, metadata={"help": "the method and its options (method.name)"})
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+# Keys that change where or how a run is reported, not what it computes: they are
+# left out of the run's hash so that the same experiment is found again.
+NON_SEMANTIC_KEYS = ("output_dir", "resume", "wandb", "train.log_every_steps", "train.throughput_steps",
+                     "save_checkpoint")
+
+
+# --------------------------------------------------------------------------- coercion
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Coerce `value` to the annotated type `tp`, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r} (write it as [a, b, ...])")
+        return [coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        _, val_tp = typing.get_args(tp) or (str, Any)
+        return {str(k): coerce(v, val_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
+
+
+def _suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def build_dataclass(cls: type, raw: dict, prefix: str) -> Any:
+    """Instantiate dataclass `cls` from a raw mapping, validating every key and value."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        k = unknown[0]
+        raise ConfigError(
+            f"unknown config key '{prefix}{k}'{_suggest(k, fields)}; "
+            f"allowed under '{prefix.rstrip('.') or 'the top level'}': {', '.join(fields)}")
+    kwargs = {}
+    for name, value in raw.items():
+        f, key = fields[name], prefix + name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = build_dataclass(tp, value, key + ".")
+            continue
+        value = coerce(value, tp, key)
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{key}: '{value}' is not allowed{_suggest(str(value), choices)}; "
+                              f"choose one of: {', '.join(map(str, choices))}")
+        kwargs[name] = value
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+# --------------------------------------------------------------------------- loading
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.epochs=3` -> (['train', 'epochs'], 3). Values are parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value (e.g. train.epochs=2)")
+    key, value = text.split("=", 1)
+    if not key:
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge; `update` wins."""
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{path}' does not exist; configs live under configs/ "
+                          f"(e.g. configs/smoke.yaml)")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
+    return raw
+
+
+def raw_from_sources(paths: list[str], overrides: list[str]) -> dict:
+    """Merge YAML files (left to right, each may `include:` others) and overrides."""
+    raw: dict = {}
+    for path in paths:
+        raw = merge(raw, _read_with_includes(path))
+    for text in overrides:
+        keys, value = parse_override(text)
+        d = raw
+        for k in keys[:-1]:
+            nxt = d.get(k)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                d[k] = nxt
+            d = nxt
+        d[keys[-1]] = value
+    return raw
+
+
+def _read_with_includes(path: str) -> dict:
+    """`include: other.yaml` (or a list) is read first, relative to this file; this file wins."""
+    raw = read_yaml(path)
+    includes = raw.pop("include", [])
+    if isinstance(includes, str):
+        includes = [includes]
+    base: dict = {}
+    for inc in includes:
+        base = merge(base, _read_with_includes(str(Path(path).parent / inc)))
+    return merge(base, raw)
+
+
+def build_config(raw: dict) -> RunConfig:
+    """Validate a raw nested mapping into a RunConfig (method options included)."""
+    from methods import get_method  # late import: methods import this module
+
+    raw = dict(raw)
+    method_raw = raw.pop("method", None) or {}
+    if isinstance(method_raw, str):
+        method_raw = {"name": method_raw}
+    if not isinstance(method_raw, dict):
+        raise ConfigError(f"method: expected a mapping with a 'name', got {method_raw!r}")
+    cfg = build_dataclass(RunConfig, raw, "")
+    method_cls = get_method(method_raw.get("name", "dense"))
+    cfg.method = build_dataclass(method_cls.Config, {**method_raw, "name": method_cls.name}, "method.")
+    from bench.models import check_model_name
+    check_model_name(cfg.model.name)
+    return cfg
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> RunConfig:
+    return build_config(raw_from_sources([path] if path else [], overrides or []))
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Hash of what a run computes (not where it is written or logged)."""
+    flat = flatten(to_dict(cfg))
+    kept = {k: v for k, v in flat.items()
+            if not any(k == n or k.startswith(n + ".") for n in NON_SEMANTIC_KEYS)}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) rows for `python -m bench methods -v` and docs."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        rows.append((prefix + f.name, repr(default), f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,107 @@
+"""Measurements made the same way for every method.
+
+Parameters (total, trainable, non-zero), MACs per image (torch-pruning's counter;
+for masked-sparse models also the MACs of the non-zero weights, a theoretical
+figure since dense kernels still run them), test accuracy weighted by example
+count, measured throughput and peak memory.
+"""
+from __future__ import annotations
+
+import copy
+import resource
+import time
+from typing import Callable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+
+def param_counts(model: nn.Module) -> dict[str, int]:
+    params = list(model.parameters())
+    return {
+        "params_total": sum(p.numel() for p in params),
+        "params_trainable": sum(p.numel() for p in params if p.requires_grad),
+        "params_nonzero": sum(int(torch.count_nonzero(p.detach())) for p in params),
+    }
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
+    """(dense MACs, non-zero-weight MACs) per image, for one forward pass.
+
+    The non-zero figure scales each weighted layer's MACs by its weight density:
+    what a sparse kernel would do, not what the dense kernels here do."""
+    was_training = model.training
+    macs, _, layer_macs, _ = tp.utils.count_ops_and_params(model, example_inputs[:1], layer_wise=True)
+    model.train(was_training)
+    removed = 0.0
+    for m, lm in layer_macs.items():
+        w = getattr(m, "weight", None)
+        if lm and isinstance(w, torch.Tensor) and isinstance(m, (nn.Conv2d, nn.Linear)):
+            density = float(torch.count_nonzero(w)) / w.numel()
+            removed += lm * (1.0 - density)
+    return int(macs), int(round(macs - removed))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Callable, prepare: Callable = lambda x: x,
+             autocast: Callable = None) -> float:
+    """Top-1 accuracy over all examples (not a mean of per-batch accuracies)."""
+    was_training = model.training
+    model.eval()
+    correct, total = 0, 0
+    for x, y in batches():
+        x = prepare(x)
+        if autocast is not None:
+            with autocast():
+                out = model(x)
+        else:
+            out = model(x)
+        correct += int((out.argmax(1) == y).sum())
+        total += len(y)
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    if device.type == "cuda":
+        return {"peak_cuda_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+    # ru_maxrss is in KiB on Linux: the whole process, dataset included.
+    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+class Clock:
+    """Wall-clock that waits for the device first, so GPU time is not under-counted."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+
+    def __call__(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+
+def measure_throughput(model: nn.Module, x: torch.Tensor, y: torch.Tensor, make_step: Callable,
+                       steps: int, clock: Clock) -> dict[str, float]:
+    """Images/s for inference (eval mode) and for training steps (on a copy, so the
+    measured model is not changed), after one untimed warm-up each."""
+    steps = max(1, steps)
+    m = copy.deepcopy(model)
+    m.eval()
+    with torch.no_grad():
+        m(x)
+        t0 = clock()
+        for _ in range(steps):
+            m(x)
+        infer = steps * len(x) / (clock() - t0)
+    m.train()
+    step = make_step(m)
+    step(x, y)
+    t0 = clock()
+    for _ in range(steps):
+        step(x, y)
+    train = steps * len(x) / (clock() - t0)
+    return {"throughput_infer_img_s": infer, "throughput_train_img_s": train}

@@ -1,0 +1,148 @@
+"""Run directories: naming, atomic writes, resume state and the environment record.
+
+A run lives in `<output_dir>/<method>-<model>-s<seed>-<hash>` where the hash covers
+everything that changes what the run computes (see `config.NON_SEMANTIC_KEYS`).
+It holds `config.yaml`, `env.json`, `history.csv` (one row per epoch), `state.pt`
+(everything needed to resume after the last completed epoch, removed when the
+run finishes), `checkpoint.pt` (the final model) and `summary.json`, which is
+written last and marks the run as finished.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import pandas as pd
+import torch
+import yaml
+
+from bench.config import RunConfig, config_hash, to_dict
+
+PACKAGES = ("torch", "torchvision", "timm", "torch-pruning", "wandb", "pandas", "numpy")
+
+
+def run_name(cfg: RunConfig) -> str:
+    return f"{cfg.method.name}-{cfg.model.name}-s{cfg.seed}-{config_hash(cfg)}"
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path in the same folder; rename it over `path` on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+def torch_save(obj: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment(device: torch.device) -> dict:
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    env = {
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "versions": versions,
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["gpu_count"] = torch.cuda.device_count()
+    return env
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    summary_path = property(lambda self: self.path / "summary.json")
+    state_path = property(lambda self: self.path / "state.pt")
+    history_path = property(lambda self: self.path / "history.csv")
+    checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
+
+    def finished(self) -> bool:
+        return self.summary_path.is_file()
+
+    def read_summary(self) -> dict:
+        return json.loads(self.summary_path.read_text())
+
+    def prepare(self, cfg: RunConfig, env: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text(self.path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_json(self.path / "env.json", env)
+
+    def write_history(self, rows: list[dict]) -> None:
+        with atomic_path(self.history_path) as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False)
+
+    def save_state(self, state: dict) -> None:
+        torch_save(state, self.state_path)
+
+    def load_state(self, device: torch.device) -> Optional[dict]:
+        if not self.state_path.is_file():
+            return None
+        # The model is pickled whole (methods change its architecture); these are our own files.
+        return torch.load(self.state_path, map_location=device, weights_only=False)
+
+    def finish(self, summary: dict, model: Optional[torch.nn.Module]) -> None:
+        if model is not None:
+            torch_save(model, self.checkpoint_path)
+        write_json(self.summary_path, summary)
+        if self.state_path.exists():
+            self.state_path.unlink()
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load a run's final model (`checkpoint.pt`), architecture included."""
+    return torch.load(path, map_location=device, weights_only=False)

@@ -1,0 +1,338 @@
+"""The one training loop. Every method runs through `train()`; none has its own loop.
+
+    build model (seeded) -> method.on_train_start
+    for each epoch:
+        steps: lr(step) -> forward/backward/step -> method.after_step
+        evaluate -> method.on_epoch_end (may return a new model: fresh optimizer,
+        same schedule, evaluated again) -> history row -> resume state
+    final metrics -> checkpoint -> summary.json (the "finished" marker)
+
+Device-specific work (bf16 autocast, channels_last, synchronising before reading
+clocks) sits behind `Runtime`; the CPU path is the tested one.
+"""
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.config import ConfigError, RunConfig, TrainConfig, to_dict
+from bench.data import DeviceData, load_data
+from bench.metrics import Clock, count_macs, evaluate, measure_throughput, param_counts, peak_memory_mb
+from bench.models import build_model
+from bench.optim import lr_at, make_optimizer
+from bench.runs import RunDir, environment, run_name
+from bench.wandb_log import WandbLogger
+from methods import Context, Method, get_method
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available; use device=cpu or device=auto")
+    return dev
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Runtime:
+    """What differs between CPU and CUDA, in one place."""
+
+    def __init__(self, device: torch.device, cfg: TrainConfig):
+        self.device = device
+        cuda = device.type == "cuda"
+        self.amp = cfg.amp and cuda
+        self.channels_last = cfg.channels_last and cuda
+        self.compile = cfg.compile
+        self.clock = Clock(device)
+
+    def place(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def runner(self, model: nn.Module) -> nn.Module:
+        """The callable that runs forward passes (compiled if asked); `model` stays the one
+        methods see and checkpoints hold."""
+        return torch.compile(model) if self.compile else model
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+
+
+def make_step(runner: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+              rt: Runtime) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """One optimizer step: the hot path, shared by the loop, the throughput probe and
+    the overhead benchmark."""
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with rt.autocast():
+            out = runner(x)
+            loss = criterion(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return out, loss
+    return step
+
+
+def overrides(method: Method, hook: str) -> bool:
+    return getattr(type(method), hook) is not getattr(Method, hook)
+
+
+@dataclass
+class Trainer:
+    """State of one run while it trains (what `state.pt` captures)."""
+    cfg: RunConfig
+    data: DeviceData
+    rt: Runtime
+    method: Method
+    ctx: Context
+    model: nn.Module
+    criterion: nn.Module
+    history: list[dict] = field(default_factory=list)
+    times: dict[str, float] = field(default_factory=lambda: {"train_s": 0.0, "eval_s": 0.0, "method_s": 0.0})
+    train_macs: float = 0.0
+    train_macs_nonzero: float = 0.0
+    transforms: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.set_model(self.model)
+
+    # -- model changes -------------------------------------------------------------------
+    def set_model(self, model: nn.Module) -> None:
+        """Adopt a (possibly new) model: place it, fresh optimizer, LR schedule unchanged."""
+        self.model = self.rt.place(model)
+        self.runner = self.rt.runner(self.model)
+        self.optimizer = make_optimizer(self.model, self.cfg.train)
+        self.ctx.optimizer = self.optimizer
+        self.step_fn = make_step(self.runner, self.optimizer, self.criterion, self.rt)
+
+    def timed_hook(self, fn: Callable, *args) -> tuple[Any, float]:
+        t0 = self.rt.clock()
+        out = fn(*args)
+        return out, self.rt.clock() - t0
+
+    def maybe_replace(self, new: Optional[nn.Module], seconds: float, row: dict, when: str) -> None:
+        if new is None:
+            return
+        self.set_model(new)
+        acc = self.evaluate()
+        row.update({"acc_after_transform": acc, "transform_s": seconds})
+        self.transforms.append({"when": when, "epoch": self.ctx.epoch, "seconds": seconds,
+                                "acc_after": acc, "params_after": param_counts(self.model)["params_total"]})
+
+    def evaluate(self) -> float:
+        t0 = self.rt.clock()
+        acc = evaluate(self.model, lambda: self.data.eval_batches(self.cfg.train.eval_batch_size),
+                       self.rt.prepare, self.rt.autocast if self.rt.amp else None)
+        self.times["eval_s"] += self.rt.clock() - t0
+        return acc
+
+    # -- one epoch -----------------------------------------------------------------------
+    def train_epoch(self, epoch: int, total_steps: int, log: Callable[[str], None]) -> dict:
+        cfg, ctx, rt = self.cfg.train, self.ctx, self.rt
+        gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)   # resume-exact data order
+        time_hook = overrides(self.method, "after_step")
+        loss_sum = torch.zeros((), device=rt.device)
+        correct = torch.zeros((), device=rt.device, dtype=torch.long)
+        seen, hook_s = 0, 0.0
+        self.model.train()
+        t0 = t_log = rt.clock()
+        for x, y in self.data.train_batches(cfg.batch_size, gen, self.cfg.data.augment):
+            lr = lr_at(ctx.step, total_steps, ctx.steps_per_epoch, cfg)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            out, loss = self.step_fn(rt.prepare(x), y)
+            ctx.step += 1
+            if time_hook:
+                _, s = self.timed_hook(self.method.after_step, self.model)
+                hook_s += s
+            loss_sum += loss.detach() * len(y)
+            correct += (out.argmax(1) == y).sum()
+            seen += len(y)
+            if cfg.log_every_steps and ctx.step % cfg.log_every_steps == 0:
+                now = rt.clock()
+                log(f"  step {ctx.step}/{total_steps}  loss {loss.item():.4f}  lr {lr:.4f}  "
+                    f"{cfg.log_every_steps * len(y) / (now - t_log):.0f} img/s")
+                t_log = now
+        seconds = rt.clock() - t0
+        self.times["train_s"] += seconds
+        self.times["method_s"] += hook_s
+        return {"train_loss": float(loss_sum) / max(seen, 1), "train_acc": float(correct) / max(seen, 1),
+                "epoch_s": seconds, "after_step_s": hook_s, "images": seen, "lr": lr}
+
+
+def build_context(cfg: RunConfig, data: DeviceData, model: nn.Module, rt: Runtime,
+                  example: torch.Tensor, evaluate_fn: Callable) -> Context:
+    dense_macs, _ = count_macs(model, example)
+    return Context(
+        device=rt.device, seed=cfg.seed, epochs=cfg.train.epochs,
+        steps_per_epoch=data.steps_per_epoch(cfg.train.batch_size), example_inputs=example,
+        dense_params=param_counts(model)["params_total"], dense_macs=dense_macs,
+        generator=torch.Generator().manual_seed(cfg.seed + 1),
+        calibration=lambda n_images, batch_size=500, heldout=False: (
+            rt.prepare(x) for x in data.calibration_batches(n_images, batch_size, heldout, cfg.seed)),
+        evaluate=evaluate_fn,
+    )
+
+
+def train(cfg: RunConfig, max_epochs: Optional[int] = None, log: Callable[[str], None] = print) -> Optional[dict]:
+    """Run (or resume, or skip if finished) one configured run; return its summary.
+
+    `max_epochs` stops after that many epochs in this call, leaving a resumable run
+    (used by tests to simulate an interruption); the return value is then None."""
+    run_id = run_name(cfg)
+    rd = RunDir(Path(cfg.output_dir) / run_id)
+    if rd.finished():
+        log(f"{run_id}: already finished, skipping ({rd.summary_path})")
+        return rd.read_summary()
+
+    device = resolve_device(cfg.device)
+    rt = Runtime(device, cfg.train)
+    seed_all(cfg.seed)                        # before the model and any mask exist
+    data = load_data(cfg.data, device, cfg.model.num_classes)
+    model = rt.place(build_model(cfg.model))
+    example = rt.prepare(data.normalize(data.train_x[:1]))
+    env = environment(device)
+    rd.prepare(cfg, env)
+
+    ctx = build_context(cfg, data, model, rt, example, lambda m: evaluate(
+        m, lambda: data.eval_batches(cfg.train.eval_batch_size), rt.prepare))
+    method = get_method(cfg.method.name)(cfg.method, ctx)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    trainer = Trainer(cfg, data, rt, method, ctx, model, criterion)
+
+    state = rd.load_state(device) if cfg.resume else None
+    start_epoch = 0
+    if state is not None:
+        start_epoch = restore(trainer, state)
+        log(f"{run_id}: resuming after epoch {start_epoch}")
+    else:
+        new, s = trainer.timed_hook(method.on_train_start, trainer.model)
+        trainer.times["method_s"] += s
+        row: dict = {}
+        trainer.maybe_replace(new, s, row, "train_start")
+
+    logger = WandbLogger(cfg, rd.path, run_id, method.target())
+    steps_per_epoch, epochs = ctx.steps_per_epoch, cfg.train.epochs
+    total_steps = steps_per_epoch * epochs
+    log(f"{run_id}: {cfg.method.name} on {cfg.model.name} ({cfg.data.name}, {len(data.train_x)} train images), "
+        f"{epochs} epochs x {steps_per_epoch} steps on {device}")
+    done_now = 0
+    for epoch in range(start_epoch, epochs):
+        ctx.epoch = epoch
+        macs, macs_nz = count_macs(trainer.model, example)
+        params = param_counts(trainer.model)
+        ep = trainer.train_epoch(epoch, total_steps, log)
+        # Forward + backward ~ 3x the forward MACs (backward: grads of inputs and weights).
+        trainer.train_macs += 3 * macs * ep["images"]
+        trainer.train_macs_nonzero += 3 * macs_nz * ep["images"]
+        acc = trainer.evaluate()
+        row = {"epoch": epoch + 1, "test_acc": acc, **ep, "params_total": params["params_total"],
+               "params_nonzero": params["params_nonzero"], "macs": macs, "macs_nonzero": macs_nz}
+        ctx.epoch = epoch + 1
+        new, s = trainer.timed_hook(method.on_epoch_end, trainer.model, epoch + 1)
+        trainer.times["method_s"] += s
+        trainer.maybe_replace(new, s, row, f"epoch_end_{epoch + 1}")
+        row.update(method.epoch_metrics(trainer.model))
+        row.update({"wall_s": sum(trainer.times.values()), "train_macs_cum": trainer.train_macs,
+                    "method_s_cum": trainer.times["method_s"]})
+        trainer.history.append(row)
+        rd.write_history(trainer.history)
+        logger.log(row, step=epoch + 1)
+        rd.save_state(snapshot(trainer))
+        log(f"epoch {epoch + 1}/{epochs}  loss {ep['train_loss']:.4f}  train {ep['train_acc']:.4f}  "
+            f"test {acc:.4f}" + (f" -> {row['acc_after_transform']:.4f} after transform" if "acc_after_transform" in row else "")
+            + f"  {ep['images'] / ep['epoch_s']:.0f} img/s  {ep['epoch_s']:.1f}s")
+        done_now += 1
+        if max_epochs is not None and done_now >= max_epochs and epoch + 1 < epochs:
+            logger.finish()
+            return None
+
+    summary = final_summary(trainer, cfg, run_id, env, example)
+    rd.finish(summary, trainer.model if cfg.save_checkpoint else None)
+    logger.finish(summary)
+    log(f"{run_id}: test acc {summary['test_acc']:.4f}, {summary['params_total']:,} params, "
+        f"{summary['macs']:,} MACs, {summary['train_wall_s']:.1f}s -> {rd.path}")
+    return summary
+
+
+def final_summary(trainer: Trainer, cfg: RunConfig, run_id: str, env: dict, example: torch.Tensor) -> dict:
+    model, last = trainer.model, trainer.history[-1]
+    macs, macs_nz = count_macs(model, example)
+    x, y = next(trainer.data.train_batches(cfg.train.batch_size, torch.Generator().manual_seed(0), False))
+    x = trainer.rt.prepare(x)
+
+    def probe_step(m: nn.Module):
+        return make_step(trainer.rt.runner(m), make_optimizer(m, cfg.train), trainer.criterion, trainer.rt)
+
+    throughput = measure_throughput(model, x, y, probe_step, cfg.train.throughput_steps, trainer.rt.clock)
+    epoch_s = [r["epoch_s"] for r in trainer.history]
+    return {
+        "run_id": run_id, "method": cfg.method.name, "model": cfg.model.name, "dataset": cfg.data.name,
+        "seed": cfg.seed, "target": trainer.method.target(), "group": cfg.wandb.group,
+        "test_acc": last.get("acc_after_transform", last["test_acc"]),
+        "best_test_acc": max(max(r["test_acc"], r.get("acc_after_transform", 0.0)) for r in trainer.history),
+        "epochs": cfg.train.epochs,
+        **param_counts(model),
+        "dense_params": trainer.ctx.dense_params, "dense_macs": trainer.ctx.dense_macs,
+        "macs": macs, "macs_nonzero": macs_nz,
+        "macs_nonzero_note": "theoretical: MACs of non-zero weights; dense kernels still run the rest",
+        "compression": trainer.ctx.dense_params / max(1, param_counts(model)["params_nonzero"]),
+        "sparsity": 1 - param_counts(model)["params_nonzero"] / max(1, param_counts(model)["params_total"]),
+        "train_wall_s": trainer.times["train_s"] + trainer.times["method_s"] - sum(
+            r["after_step_s"] for r in trainer.history),
+        "train_loop_s": trainer.times["train_s"], "eval_s": trainer.times["eval_s"],
+        "method_s": trainer.times["method_s"],
+        "epoch_s_mean": sum(epoch_s) / len(epoch_s),
+        "train_macs": trainer.train_macs, "train_macs_nonzero": trainer.train_macs_nonzero,
+        "transforms": trainer.transforms,
+        **throughput, **peak_memory_mb(trainer.rt.device),
+        "method_summary": trainer.method.summary(model),
+        "env": env, "config": to_dict(cfg),
+    }
+
+
+# --------------------------------------------------------------------------- resume
+def snapshot(t: Trainer) -> dict:
+    return {
+        "epoch": t.ctx.epoch, "step": t.ctx.step, "model": t.model,
+        "optimizer": t.optimizer.state_dict(), "method": t.method.state_dict(),
+        "method_generator": t.ctx.generator.get_state(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "history": t.history, "times": t.times, "train_macs": t.train_macs,
+        "train_macs_nonzero": t.train_macs_nonzero, "transforms": t.transforms,
+    }
+
+
+def restore(t: Trainer, state: dict) -> int:
+    t.set_model(state["model"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.method.load_state_dict(state["method"])
+    t.ctx.generator.set_state(state["method_generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    t.ctx.epoch, t.ctx.step = state["epoch"], state["step"]
+    t.history, t.times, t.transforms = state["history"], state["times"], state["transforms"]
+    t.train_macs, t.train_macs_nonzero = state["train_macs"], state["train_macs_nonzero"]
+    return state["epoch"]

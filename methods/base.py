@@ -1,0 +1,131 @@
+"""The method interface: one class per method, hooks called by the one training loop.
+
+A method is a subclass of `Method` in its own file under `methods/`, decorated with
+`@register("name")`, with a nested dataclass `Config` (subclass of `MethodConfig`)
+holding its options, their defaults and the source of each default. The harness
+never branches on a method's name: it calls these hooks at fixed points.
+
+    on_train_start(model)        before the first step (make sparse, swap layers)
+    after_step(model)            after every optimizer step (DSR, decorrelation)
+    on_epoch_end(model, epoch)   after `epoch` completed epochs (PCN transform, pruning)
+
+`on_train_start` and `on_epoch_end` may return a *new* model; the harness then
+moves it to the device, rebuilds the optimizer (fresh momentum) and keeps the
+learning-rate schedule where it was, evaluates it (accuracy right after the
+change) and times the hook. Everything a method reports goes through
+`epoch_metrics` (one row per epoch in history.csv and W&B) and `summary` (the
+run's summary.json). `state_dict`/`load_state_dict` carry whatever the method
+needs to resume after an interruption (the model itself is checkpointed whole).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Optional
+
+import torch
+from torch import nn
+
+from bench.config import ConfigError, _suggest, opt
+
+if TYPE_CHECKING:
+    pass
+
+
+@dataclass
+class MethodConfig:
+    """Options every method has. Subclass it in the method's file."""
+    name: str = opt("dense", "registered method name; `python -m bench methods` lists them")
+
+
+@dataclass
+class Context:
+    """Read-only view of the run that the harness hands to a method.
+
+    The harness updates `epoch`, `step` and `optimizer` as training goes; methods
+    read them and never assign to them.
+    """
+    device: torch.device
+    seed: int
+    epochs: int                      # total epoch budget
+    steps_per_epoch: int
+    example_inputs: torch.Tensor     # one normalised batch of shape [1, C, H, W] on the device
+    dense_params: int                # parameter count of the model as built (targets are fractions of it)
+    dense_macs: int                  # MACs per image of the model as built
+    generator: torch.Generator       # the method's own random stream (seeded from the run seed)
+    calibration: Callable[..., Iterator[torch.Tensor]]  # calibration(n_images, batch_size, heldout=False)
+    evaluate: Callable[[nn.Module], float]              # test accuracy of a model
+    epoch: int = 0                   # completed epochs
+    step: int = 0                    # completed optimizer steps
+    optimizer: Optional[torch.optim.Optimizer] = None
+
+
+class Method:
+    """Base class: every hook is a no-op, so `dense` is just this class."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = MethodConfig
+
+    def __init__(self, cfg: MethodConfig, ctx: Context):
+        self.cfg = cfg
+        self.ctx = ctx
+
+    # ---- hooks -----------------------------------------------------------------------
+    def on_train_start(self, model: nn.Module) -> Optional[nn.Module]:
+        """Before the first optimizer step. Return a new model or None."""
+        return None
+
+    def after_step(self, model: nn.Module) -> None:
+        """After every optimizer step (ctx.step already counts it)."""
+
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> Optional[nn.Module]:
+        """After `epoch` completed epochs (1-based). Return a new model or None."""
+        return None
+
+    # ---- reporting -------------------------------------------------------------------
+    def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
+        """Scalars for this epoch's history row and W&B (prefix them with the method name)."""
+        return {}
+
+    def summary(self, model: nn.Module) -> dict[str, Any]:
+        """JSON-serialisable statistics for summary.json (kept dims, sparsity, ...)."""
+        return {}
+
+    # ---- resume ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    # ---- what the suite reads --------------------------------------------------------
+    def target(self) -> Optional[float]:
+        """The parameter target this run aims at (fraction of dense), if the method takes one."""
+        return getattr(self.cfg, "target_params", None)
+
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: `@register("pcn")` makes the method available as method.name=pcn."""
+    def deco(cls: type[Method]) -> type[Method]:
+        if name in REGISTRY and REGISTRY[name] is not cls:
+            raise ValueError(f"method '{name}' is registered twice ({REGISTRY[name].__module__} and {cls.__module__})")
+        if not issubclass(cls.Config, MethodConfig):
+            raise TypeError(f"{cls.__name__}.Config must subclass methods.base.MethodConfig")
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+    return deco
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown method '{name}'{_suggest(name, REGISTRY)}; registered: "
+                          f"{', '.join(sorted(REGISTRY))} (see `python -m bench methods`)")
+    return REGISTRY[name]
+
+
+@register("dense")
+class Dense(Method):
+    """The dense baseline: trains the model as built, changes nothing."""
