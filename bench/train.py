@@ -185,7 +185,8 @@ def build_context(cfg: RunConfig, data: DeviceData, model: nn.Module, rt: Runtim
                   example: torch.Tensor, evaluate_fn: Callable) -> Context:
     dense_macs, _ = count_macs(model, example)
     return Context(
-        device=rt.device, seed=cfg.seed, epochs=cfg.train.epochs,
+        device=rt.device, seed=cfg.seed, model_name=cfg.model.name, num_train_images=len(data.train_x),
+        epochs=cfg.train.epochs,
         steps_per_epoch=data.steps_per_epoch(cfg.train.batch_size), example_inputs=example,
         dense_params=param_counts(model)["params_total"], dense_macs=dense_macs,
         generator=torch.Generator().manual_seed(cfg.seed + 1),

@@ -46,6 +46,8 @@ class Context:
     """
     device: torch.device
     seed: int
+    model_name: str                  # model.name, e.g. "vgg16" (for per-family defaults)
+    num_train_images: int            # size of the training set as loaded (after train_subset)
     epochs: int                      # total epoch budget
     steps_per_epoch: int
     example_inputs: torch.Tensor     # one normalised batch of shape [1, C, H, W] on the device

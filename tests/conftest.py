@@ -1,0 +1,23 @@
+"""Shared fixtures: tiny configs on synthetic data, W&B off, single-threaded-safe."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path) -> list[str]:
+    """Overrides that make any run finish in seconds on the CPU."""
+    return [f"output_dir={tmp_path / 'runs'}", "data.name=synthetic", "data.synthetic_train_size=512",
+            "data.synthetic_test_size=128", "model.name=vgg11", "model.width=0.125", "train.epochs=2",
+            "train.batch_size=64", "train.lr=0.05", "train.eval_batch_size=128", "train.log_every_steps=0",
+            "train.throughput_steps=1", "wandb.mode=disabled"]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
