@@ -1,0 +1,63 @@
+"""Config system: defaults -> YAML -> overrides, typed, and loud about mistakes."""
+from __future__ import annotations
+
+import pytest
+
+from bench.config import ConfigError, config_hash, load_config, parse_override
+
+
+def test_overrides_are_coerced_to_field_types():
+    cfg = load_config("configs/smoke.yaml", ["train.epochs=5", "train.lr=1", "train.milestones=[2, 4]",
+                                             "data.augment=false", "model.width=0.25"])
+    assert cfg.train.epochs == 5 and isinstance(cfg.train.epochs, int)
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.train.milestones == [2, 4]
+    assert cfg.data.augment is False
+    assert cfg.model.width == 0.25
+
+
+def test_yaml_values_win_over_defaults_and_overrides_over_yaml():
+    cfg = load_config("configs/smoke.yaml")
+    assert cfg.model.width == 0.125 and cfg.data.name == "synthetic"
+    assert load_config("configs/smoke.yaml", ["model.width=0.5"]).model.width == 0.5
+
+
+def test_include_is_resolved_relative_to_the_file():
+    cfg = load_config("configs/quick-resnet.yaml")
+    assert cfg.model.name == "resnet20" and cfg.train.lr == 0.2 and cfg.train.epochs == 8
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epoch=3", "unknown config key 'train.epoch' (did you mean 'epochs'?)"),
+    ("trian.epochs=3", "unknown config key 'trian'"),
+    ("train.epochs=three", "train.epochs: expected an integer, got 'three'"),
+    ("train.nesterov=maybe", "train.nesterov: expected true or false"),
+    ("train.schedule=cosin", "train.schedule: 'cosin' is not allowed (did you mean 'cosine'?)"),
+    ("model.name=vgg17", "unknown model 'vgg17'"),
+    ("method.name=pcnn", "unknown method 'pcnn'"),
+    ("method.no_such_option=1", "unknown config key 'method.no_such_option'"),
+    ("train.epochs", "must look like key=value"),
+])
+def test_bad_input_names_the_key_and_the_fix(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config("configs/smoke.yaml", [override])
+    assert message in str(e.value)
+
+
+def test_missing_config_file_is_a_config_error():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("configs/nope.yaml")
+
+
+def test_hash_ignores_where_a_run_is_written_but_not_what_it_computes():
+    a = load_config("configs/smoke.yaml")
+    assert config_hash(a) == config_hash(load_config("configs/smoke.yaml", ["output_dir=elsewhere",
+                                                                            "wandb.mode=offline"]))
+    assert config_hash(a) != config_hash(load_config("configs/smoke.yaml", ["seed=1"]))
+    assert config_hash(a) != config_hash(load_config("configs/smoke.yaml", ["train.lr=0.1"]))
+
+
+def test_parse_override_reads_yaml_scalars():
+    assert parse_override("a.b=0.5") == (["a", "b"], 0.5)
+    assert parse_override("a=null") == (["a"], None)
+    assert parse_override("a=[x, y]") == (["a"], ["x", "y"])

@@ -1,0 +1,84 @@
+"""Data: CIFAR-10 read as it is on disk, device-side augmentation, clear errors."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from bench.config import ConfigError, DataConfig
+from bench.data import CIFAR10_TEST_FILE, CIFAR10_TRAIN_FILES, load_data, random_crop_flip
+
+
+def write_fake_cifar(root, n_per_batch=6):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(CIFAR10_TRAIN_FILES + [CIFAR10_TEST_FILE]):
+        d = {"data": rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8),
+             "labels": [int(v) for v in rng.integers(0, 10, size=n_per_batch)],
+             "batch_label": name, "filenames": [f"{name}_{j}.png" for j in range(n_per_batch)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(d, f)
+    return folder
+
+
+def test_a_root_holding_the_batches_is_read_as_it_is_without_checksums(tmp_path):
+    folder = write_fake_cifar(tmp_path)  # random bytes: any md5 check would reject these
+    data = load_data(DataConfig(name="cifar10", root=str(tmp_path)), torch.device("cpu"))
+    assert data.train_x.shape == (30, 3, 32, 32) and data.train_x.dtype == torch.uint8
+    assert data.test_x.shape == (6, 3, 32, 32)
+    with open(folder / "data_batch_2", "rb") as f:
+        raw = pickle.load(f, encoding="latin1")
+    # R, G, B planes of 1024 pixels each, in file order.
+    assert torch.equal(data.train_x[6], torch.from_numpy(raw["data"][0].reshape(3, 32, 32)))
+    assert data.train_y[6].item() == raw["labels"][0]
+
+
+def test_train_subset_takes_the_first_images(tmp_path):
+    write_fake_cifar(tmp_path)
+    full = load_data(DataConfig(name="cifar10", root=str(tmp_path)), torch.device("cpu"))
+    sub = load_data(DataConfig(name="cifar10", root=str(tmp_path), train_subset=8), torch.device("cpu"))
+    assert torch.equal(sub.train_x, full.train_x[:8])
+
+
+def test_missing_root_names_the_path_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv("BENCH_DATA_ROOT", raising=False)
+    with pytest.raises(ConfigError) as e:
+        load_data(DataConfig(name="cifar10", root=str(tmp_path / "nowhere")), torch.device("cpu"))
+    msg = str(e.value)
+    assert str(tmp_path / "nowhere") in msg and "data.root=" in msg and "data.download=true" in msg
+
+
+def test_data_root_from_environment(tmp_path, monkeypatch):
+    write_fake_cifar(tmp_path)
+    monkeypatch.setenv("BENCH_DATA_ROOT", str(tmp_path))
+    assert len(load_data(DataConfig(name="cifar10"), torch.device("cpu")).train_x) == 30
+
+
+def test_crop_and_flip_match_a_per_image_reference():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    out = random_crop_flip(x, g)
+    g = torch.Generator().manual_seed(3)  # replay the same draws
+    dy = torch.randint(0, 9, (16,), generator=g)
+    dx = torch.randint(0, 9, (16,), generator=g)
+    flip = torch.rand(16, generator=g) < 0.5
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(16):
+        ref = padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32]
+        if flip[i]:
+            ref = ref.flip(-1)
+        assert torch.equal(out[i], ref)
+
+
+def test_synthetic_data_is_seeded_and_calibration_splits_are_disjoint():
+    cfg = DataConfig(name="synthetic", synthetic_train_size=200, synthetic_test_size=50)
+    a, b = load_data(cfg, torch.device("cpu")), load_data(cfg, torch.device("cpu"))
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
+    calib = set(a.calibration_indices(80, seed=0).tolist())
+    held = set(a.calibration_indices(80, seed=0, heldout=True).tolist())
+    assert len(calib) == 80 and not calib & held
+    with pytest.raises(ConfigError, match="calibration"):
+        a.calibration_indices(500, seed=0)
