@@ -36,7 +36,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_suite(args: argparse.Namespace) -> int:
     from bench.suite import run_suite
-    return run_suite(args.config, args.overrides, dry_run=args.dry_run)
+    return run_suite(args.config, args.overrides, dry_run=args.dry_run, results_dir=args.results_dir)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("config", help="suite YAML under configs/suites/")
     s.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
     s.add_argument("--dry-run", action="store_true", help="print the grid and its estimated cost, run nothing")
+    s.add_argument("--results-dir", default=None, help="where runs and the report go (default: results/<suite name>)")
     s.set_defaults(fn=cmd_suite)
     rep = sub.add_parser("report", help="tables and plots from the runs under a suite's results directory")
     rep.add_argument("results_dir")
@@ -64,7 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("-v", "--verbose", action="store_true", help="also list each method's options")
     m.set_defaults(fn=cmd_methods)
     sub.add_parser("models", help="list available models").set_defaults(fn=cmd_models)
-    args = p.parse_args(argv)
+    # Overrides may come after flags (`suite X.yaml --dry-run train.epochs=2`).
+    args, extra = p.parse_known_args(argv)
+    bad = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if bad:
+        p.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     try:
         return args.fn(args)
     except ConfigError as e:

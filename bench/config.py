@@ -99,6 +99,7 @@ class RunConfig:
     seed: int = opt(0, "seed for model init, data order, augmentation and the method's randomness")
     device: str = opt("auto", "auto (cuda if available), cpu, cuda or cuda:N")
     output_dir: str = opt("results/runs", "where run directories are written")
+    label: str = opt("", "name shown in reports and W&B (default: the method name); suites set it")
     resume: bool = opt(True, "resume an interrupted run from its last completed epoch")
     save_checkpoint: bool = opt(True, "write the final model to checkpoint.pt")
     data: DataConfig = field(default_factory=DataConfig)
@@ -110,7 +111,7 @@ class RunConfig:
 
 # Keys that change where or how a run is reported, not what it computes: they are
 # left out of the run's hash so that the same experiment is found again.
-NON_SEMANTIC_KEYS = ("output_dir", "resume", "wandb", "train.log_every_steps", "train.throughput_steps",
+NON_SEMANTIC_KEYS = ("output_dir", "label", "resume", "wandb", "train.log_every_steps", "train.throughput_steps",
                      "save_checkpoint")
 
 

@@ -51,10 +51,20 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     return MODELS[cfg.name](cfg)
 
 
+class LeakyReLULayer:
+    """`act_layer(inplace)` factory for timm (which passes `inplace` positionally)."""
+
+    def __init__(self, negative_slope: float):
+        self.negative_slope = negative_slope
+
+    def __call__(self, inplace: bool = False) -> nn.LeakyReLU:
+        return nn.LeakyReLU(self.negative_slope, inplace=inplace)
+
+
 def act_layer(cfg: ModelConfig) -> type[nn.Module] | Callable[..., nn.Module]:
     if cfg.act == "relu":
         return nn.ReLU
-    return partial(nn.LeakyReLU, negative_slope=cfg.leaky_slope)
+    return LeakyReLULayer(cfg.leaky_slope)
 
 
 def scaled(channels: int, width: float) -> int:

@@ -27,7 +27,8 @@ class WandbLogger:
         self.mode = wandb_mode(cfg)
         if self.mode == "disabled":
             return
-        config = {"method": cfg.method.name, "model": cfg.model.name, "target": target,
+        config = {"method": cfg.label or cfg.method.name, "method_name": cfg.method.name,
+                  "model": cfg.model.name, "target": target,
                   "seed": cfg.seed, **flatten(to_dict(cfg))}
         try:
             import wandb

@@ -42,9 +42,11 @@ def test_cifar_stem_keeps_resolution():
     assert isinstance(m.maxpool, nn.Identity)
 
 
-def test_width_and_activation_options():
-    m = build_model(ModelConfig(name="resnet20", width=0.5, act="leaky_relu", leaky_slope=0.2))
-    assert m.conv1.out_channels == 8
+@pytest.mark.parametrize("name", ["resnet20", "vgg11"])
+def test_width_and_activation_options(name):
+    m = build_model(ModelConfig(name=name, width=0.5, act="leaky_relu", leaky_slope=0.2))
+    first = m.conv1 if name == "resnet20" else m.features[0]
+    assert first.out_channels == (8 if name == "resnet20" else 32)
     acts = [x for x in m.modules() if isinstance(x, nn.LeakyReLU)]
     assert acts and all(a.negative_slope == 0.2 for a in acts)
     assert not any(isinstance(x, nn.ReLU) for x in m.modules())

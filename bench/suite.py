@@ -1,0 +1,194 @@
+"""Suites: a grid of models x methods x targets x seeds over one shared recipe.
+
+A suite file (configs/suites/*.yaml) is validated like a run config:
+
+    name: cifar10-quick              # W&B group and results/<name>/
+    base: ../quick-vgg.yaml          # the shared training recipe (relative to this file)
+    overrides: {train: {epochs: 8}}  # applied to every run
+    models:                          # label -> run-config overrides
+      vgg11: {model: {name: vgg11, width: 0.5}}
+    methods:                         # label -> method options; `name` defaults to the label,
+      dense: {}                      # `run` holds overrides of other sections
+      dense_leaky: {name: dense, run: {model: {act: leaky_relu}}}
+      pcn: {calibration_images: 5000}
+    targets: [0.5, 0.25]             # method.target_params, for methods that take one
+    seeds: [0]
+
+Every cell is expanded and validated before anything runs (a typo fails at
+once); finished cells are skipped, so an interrupted suite picks up where it
+stopped; the report is written at the end.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.config import (ConfigError, RunConfig, build_config, build_dataclass, merge, opt,
+                          raw_from_sources, read_yaml)
+from bench.runs import RunDir, run_name, write_json
+from methods import get_method
+
+
+@dataclass
+class SuiteConfig:
+    name: str = opt("", "suite name: W&B group and the folder results/<name>/")
+    base: str = opt("", "run config holding the shared recipe, relative to the suite file")
+    results_dir: str = opt("", "where runs and the report go (default: results/<name>)")
+    overrides: dict[str, Any] = opt({}, "run-config overrides applied to every cell")
+    models: dict[str, Any] = opt({}, "model label -> run-config overrides")
+    methods: dict[str, Any] = opt({}, "method label -> options (name, method options, run: overrides)")
+    targets: list[float] = opt([], "parameter targets (fractions of dense) for methods with target_params")
+    seeds: list[int] = opt([0], "seeds; every cell runs once per seed")
+
+    def validate(self) -> None:
+        if not self.name:
+            raise ConfigError("suite: 'name' is required (it names the W&B group and results/<name>/)")
+        if not self.models or not self.methods:
+            raise ConfigError("suite: 'models' and 'methods' must each list at least one entry")
+
+
+@dataclass
+class Cell:
+    label: str
+    model: str
+    target: float | None
+    seed: int
+    cfg: RunConfig
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.output_dir) / run_name(self.cfg)
+
+
+def load_suite(path: str) -> tuple[SuiteConfig, Path]:
+    raw = read_yaml(path)
+    suite = build_dataclass(SuiteConfig, raw, "suite.")
+    return suite, Path(path).resolve().parent
+
+
+def expand(suite: SuiteConfig, folder: Path, cli_overrides: list[str]) -> list[Cell]:
+    """Every cell of the grid as a validated RunConfig, in run order (seed-major so a
+    partial suite already covers every method once)."""
+    base = raw_from_sources([str(folder / suite.base)] if suite.base else [], [])
+    results = suite.results_dir or f"results/{suite.name}"
+    cells = []
+    for seed in suite.seeds:
+        for model_label, model_raw in suite.models.items():
+            for label, entry in suite.methods.items():
+                entry = dict(entry or {})
+                name = entry.pop("name", label)
+                run_raw = entry.pop("run", {}) or {}
+                method_cls = get_method(name)
+                fields = {f.name for f in dataclasses.fields(method_cls.Config)}
+                targets = suite.targets if ("target_params" in fields and suite.targets) else [None]
+                for target in targets:
+                    method_raw = {**entry, "name": name}
+                    if target is not None:
+                        method_raw["target_params"] = target
+                    raw = merge(base, suite.overrides)
+                    raw = merge(raw, model_raw or {})
+                    raw = merge(raw, run_raw)
+                    raw = merge(raw, {"method": method_raw, "seed": seed, "label": label,
+                                      "output_dir": f"{results}/runs", "wandb": {"group": suite.name}})
+                    raw = merge(raw, raw_from_sources([], cli_overrides))
+                    try:
+                        cfg = build_config(raw)
+                    except ConfigError as e:
+                        raise ConfigError(f"suite cell {label}/{model_label}/target={target}/seed={seed}: {e}") from None
+                    cells.append(Cell(label, model_label, target, seed, cfg))
+    return cells
+
+
+def estimate(cell: Cell) -> tuple[float, float]:
+    """(training MACs, seconds) of a cell as if it trained the dense model all along (an
+    upper bound for methods that shrink it): MACs are 3 x forward MACs x images seen;
+    seconds come from timing three training steps of the dense model on this machine."""
+    import torch
+    from bench.metrics import Clock, count_macs
+    from bench.models import build_model
+    from bench.optim import make_optimizer
+    from bench.train import Runtime, make_step, resolve_device
+    device = resolve_device(cell.cfg.device)
+    rt = Runtime(device, cell.cfg.train)
+    model = rt.place(build_model(cell.cfg.model))
+    macs, _ = count_macs(model, torch.zeros(1, 3, 32, 32, device=device))
+    bs = min(cell.cfg.train.batch_size, 128)
+    x, y = rt.prepare(torch.randn(bs, 3, 32, 32, device=device)), torch.zeros(bs, dtype=torch.long, device=device)
+    step = make_step(model, make_optimizer(model, cell.cfg.train), torch.nn.CrossEntropyLoss(), rt)
+    for _ in range(2):      # warm-up: the first steps pay for kernel selection
+        step(x, y)
+    clock = Clock(device)
+    t0 = clock()
+    for _ in range(3):
+        step(x, y)
+    img_s = 3 * bs / (clock() - t0)
+    n = cell.cfg.data.train_subset or (50_000 if cell.cfg.data.name == "cifar10" else cell.cfg.data.synthetic_train_size)
+    images = n * cell.cfg.train.epochs
+    return 3.0 * macs * images, images / img_s
+
+
+def _si(v: float) -> str:
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if v >= scale:
+            return f"{v / scale:.2f}{unit}"
+    return f"{v:.0f}"
+
+
+def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, results_dir: str | None = None) -> int:
+    suite, folder = load_suite(path)
+    if results_dir:
+        suite.results_dir = results_dir
+    cells = expand(suite, folder, cli_overrides)
+    results = Path(cells[0].cfg.output_dir).parent
+    done = [c for c in cells if RunDir(c.run_dir).finished()]
+    print(f"suite {suite.name}: {len(cells)} runs ({len(done)} finished) -> {results}")
+    if dry_run:
+        cost: dict[tuple, tuple[float, float]] = {}
+        total_macs = total_s = 0.0
+        for c in cells:
+            key = (c.cfg.model.name, c.cfg.model.width, c.cfg.model.act, c.cfg.train.epochs,
+                   c.cfg.data.name, c.cfg.data.train_subset, c.cfg.train.batch_size)
+            if key not in cost:
+                cost[key] = estimate(c)
+            finished = RunDir(c.run_dir).finished()
+            if not finished:
+                total_macs, total_s = total_macs + cost[key][0], total_s + cost[key][1]
+            target = "-" if c.target is None else f"{c.target:g}"
+            print(f"  {'done' if finished else 'todo':4s}  {c.label:16s} {c.model:12s} target {target:5s} "
+                  f"seed {c.seed}  {c.cfg.train.epochs} ep  {_si(cost[key][0])}MAC  ~{cost[key][1] / 60:.1f} min")
+        print(f"estimated cost of the remaining runs: {_si(total_macs)}MAC of training, ~{total_s / 60:.0f} min "
+              f"here (dense-equivalent upper bound from timed steps; methods' own overheads not included)")
+        return 0
+
+    from bench.report import write_report
+    from bench.train import train
+    write_json(results / "suite.json", {
+        "suite": suite.name, "file": str(path), "command": " ".join(sys.argv),
+        "overrides": cli_overrides, "machine": platform.platform(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cells": len(cells)})
+    failed = []
+    for i, c in enumerate(cells, 1):
+        print(f"[{i}/{len(cells)}] {c.label} {c.model} target={c.target} seed={c.seed}", flush=True)
+        try:
+            train(c.cfg)
+        except ConfigError:
+            raise
+        except Exception:  # noqa: BLE001 - one failed cell must not stop the others
+            tb = traceback.format_exc()
+            c.run_dir.mkdir(parents=True, exist_ok=True)
+            (c.run_dir / "error.txt").write_text(tb)
+            print(tb, file=sys.stderr)
+            failed.append(c)
+    write_report(results, suite_name=suite.name)
+    if failed:
+        print(f"{len(failed)} run(s) failed: " + ", ".join(f"{c.label}/{c.model}/{c.target}/s{c.seed}" for c in failed)
+              + " (see error.txt in their run directories)", file=sys.stderr)
+        return 1
+    return 0

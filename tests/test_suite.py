@@ -1,0 +1,66 @@
+"""Suites: grid expansion, validation before running, skip-finished, report files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from bench.config import ConfigError
+from bench.suite import expand, load_suite, run_suite
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_suite(tmp_path: Path, **changes) -> Path:
+    suite = {
+        "name": "t", "base": str(REPO / "configs/smoke.yaml"),
+        "overrides": {"data": {"synthetic_train_size": 256, "synthetic_test_size": 64},
+                      "train": {"epochs": 2, "batch_size": 64, "throughput_steps": 1}},
+        "models": {"vgg11": {"model": {"name": "vgg11", "width": 0.125}}},
+        "methods": {"dense": {}, "dense_leaky": {"name": "dense", "run": {"model": {"act": "leaky_relu"}}}},
+        "targets": [0.5, 0.25], "seeds": [0],
+    }
+    suite.update(changes)
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
+def test_grid_expands_targets_only_for_methods_that_take_them(tmp_path):
+    suite, folder = load_suite(str(write_suite(tmp_path, seeds=[0, 1])))
+    cells = expand(suite, folder, [])
+    assert [(c.label, c.target, c.seed) for c in cells] == [
+        ("dense", None, 0), ("dense_leaky", None, 0), ("dense", None, 1), ("dense_leaky", None, 1)]
+    assert cells[1].cfg.model.act == "leaky_relu" and cells[0].cfg.model.act == "relu"
+    assert all(c.cfg.wandb.group == "t" and c.cfg.label == c.label for c in cells)
+
+
+def test_a_bad_cell_fails_before_anything_runs(tmp_path):
+    path = write_suite(tmp_path, methods={"dense": {}, "typo": {"name": "dnese"}})
+    with pytest.raises(ConfigError, match="unknown method 'dnese'"):
+        run_suite(str(path), [], results_dir=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_suite_runs_reports_and_skips_finished_cells(tmp_path, capsys):
+    path = write_suite(tmp_path)
+    out = tmp_path / "out"
+    assert run_suite(str(path), [], results_dir=str(out)) == 0
+    runs = pd.read_csv(out / "runs.csv")
+    assert sorted(runs["label"]) == ["dense", "dense_leaky"]
+    for name in ("README.md", "acc_vs_params.png", "acc_vs_macs.png", "acc_vs_train_time.png", "acc_over_time.png"):
+        assert (out / name).is_file(), name
+    readme = (out / "README.md").read_text()
+    assert "| dense | - |" in readme and "dense_leaky" in readme
+    capsys.readouterr()
+    assert run_suite(str(path), [], results_dir=str(out)) == 0
+    assert capsys.readouterr().out.count("already finished") == 2
+
+
+def test_dry_run_prints_the_grid_and_cost(tmp_path, capsys):
+    assert run_suite(str(write_suite(tmp_path)), [], dry_run=True, results_dir=str(tmp_path / "o")) == 0
+    text = capsys.readouterr().out
+    assert "2 runs (0 finished)" in text and "estimated cost" in text
+    assert not (tmp_path / "o").exists()
