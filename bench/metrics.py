@@ -16,6 +16,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from bench import dist
+
 
 def param_counts(model: nn.Module) -> dict[str, int]:
     params = list(model.parameters())
@@ -47,12 +49,13 @@ def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Callable, prepare: Callable = lambda x: x,
              autocast: Callable = None) -> float:
-    """Top-1 accuracy over all examples (not a mean of per-batch accuracies)."""
+    """Top-1 accuracy over all examples (not a mean of per-batch accuracies); under
+    torchrun each rank evaluates its shard of every batch and the counts are summed."""
     was_training = model.training
     model.eval()
     correct, total = 0, 0
     for x, y in batches():
-        x = prepare(x)
+        x, y = prepare(dist.shard(x)), dist.shard(y)
         if autocast is not None:
             with autocast():
                 out = model(x)
@@ -61,7 +64,8 @@ def evaluate(model: nn.Module, batches: Callable, prepare: Callable = lambda x: 
         correct += int((out.argmax(1) == y).sum())
         total += len(y)
     model.train(was_training)
-    return correct / max(total, 1)
+    counts = dist.all_reduce_sum_(torch.tensor([correct, total], dtype=torch.float64, device=y.device))
+    return float(counts[0]) / max(float(counts[1]), 1.0)
 
 
 def peak_memory_mb(device: torch.device) -> dict[str, float]:

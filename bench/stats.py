@@ -46,6 +46,16 @@ class CovarianceAccumulator:
         self.outer += s.T @ s
         self.count += s.shape[0]
 
+    def all_reduce_(self) -> "CovarianceAccumulator":
+        """Sum the statistics over ranks (no-op in one process)."""
+        from bench import dist
+        if dist.is_distributed():
+            dist.all_reduce_sum_(self.sum)
+            dist.all_reduce_sum_(self.outer)
+            self.count = int(dist.all_reduce_sum_(torch.tensor(float(self.count), dtype=torch.float64,
+                                                               device=self.sum.device)).item())
+        return self
+
     @property
     def mean(self) -> torch.Tensor:
         return self.sum / max(self.count, 1)
@@ -134,4 +144,6 @@ def collect_covariances(model: nn.Module, modules: dict[str, nn.Module], batches
                 model(x)
     finally:
         model.train(was_training)
+    for acc in accs.values():       # under torchrun: every rank ends with the full-set sums
+        acc.all_reduce_()
     return accs

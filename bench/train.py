@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench import dist
 from bench.config import ConfigError, RunConfig, TrainConfig, to_dict
 from bench.data import DeviceData, load_data
 from bench.metrics import Clock, count_macs, evaluate, measure_throughput, param_counts, peak_memory_mb
@@ -67,9 +68,12 @@ class Runtime:
             model = model.to(memory_format=torch.channels_last)
         return model
 
-    def runner(self, model: nn.Module) -> nn.Module:
-        """The callable that runs forward passes (compiled if asked); `model` stays the one
-        methods see and checkpoints hold."""
+    def runner(self, model: nn.Module, parallel: bool = True) -> nn.Module:
+        """The callable that runs forward passes (DDP-wrapped under torchrun, compiled if
+        asked); `model` stays the one methods see and checkpoints hold."""
+        if parallel and dist.is_distributed():
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         return torch.compile(model) if self.compile else model
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,6 +165,7 @@ class Trainer:
         self.model.train()
         t0 = t_log = rt.clock()
         for x, y in self.data.train_batches(cfg.batch_size, gen, self.cfg.data.augment):
+            x, y = dist.shard(x), dist.shard(y)          # this rank's share of the global batch
             lr = lr_at(ctx.step, total_steps, ctx.steps_per_epoch, cfg)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
@@ -180,6 +185,9 @@ class Trainer:
         seconds = rt.clock() - t0
         self.times["train_s"] += seconds
         self.times["after_step_s"] += hook_s
+        totals = dist.all_reduce_sum_(torch.stack([loss_sum.double(), correct.double(),
+                                                   torch.tensor(float(seen), device=rt.device, dtype=torch.float64)]))
+        loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
         return {"train_loss": float(loss_sum) / max(seen, 1), "train_acc": float(correct) / max(seen, 1),
                 "epoch_s": seconds, "after_step_s": hook_s, "images": seen, "lr": lr}
 
@@ -193,8 +201,10 @@ def build_context(cfg: RunConfig, data: DeviceData, model: nn.Module, rt: Runtim
         steps_per_epoch=data.steps_per_epoch(cfg.train.batch_size), example_inputs=example,
         dense_params=param_counts(model)["params_total"], dense_macs=dense_macs,
         generator=torch.Generator().manual_seed(cfg.seed + 1),
+        # Under torchrun each rank sees its shard of every calibration batch; statistics
+        # are sums, all-reduced by bench.stats, so every rank gets the full-set result.
         calibration=lambda n_images, batch_size=500, heldout=False: (
-            rt.prepare(x) for x in data.calibration_batches(n_images, batch_size, heldout, cfg.seed)),
+            rt.prepare(dist.shard(x)) for x in data.calibration_batches(n_images, batch_size, heldout, cfg.seed)),
         evaluate=evaluate_fn,
     )
 
@@ -210,14 +220,16 @@ def train(cfg: RunConfig, max_epochs: Optional[int] = None, log: Callable[[str],
         log(f"{run_id}: already finished, skipping ({rd.summary_path})")
         return rd.read_summary()
 
-    device = resolve_device(cfg.device)
+    device = dist.init_from_env(cfg.device) or resolve_device(cfg.device)
+    main = dist.is_main()                     # only rank 0 writes files and logs to W&B
     rt = Runtime(device, cfg.train)
     seed_all(cfg.seed)                        # before the model and any mask exist
     data = load_data(cfg.data, device, cfg.model.num_classes)
     model = rt.place(build_model(cfg.model))
     example = rt.prepare(data.normalize(data.train_x[:1]))
-    env = environment(device)
-    rd.prepare(cfg, env)
+    env = {**environment(device), "world_size": dist.world_size()}
+    if main:
+        rd.prepare(cfg, env)
 
     ctx = build_context(cfg, data, model, rt, example, lambda m: evaluate(
         m, lambda: data.eval_batches(cfg.train.eval_batch_size), rt.prepare))
@@ -236,7 +248,7 @@ def train(cfg: RunConfig, max_epochs: Optional[int] = None, log: Callable[[str],
         row: dict = {}
         trainer.maybe_replace(new, s, row, "train_start")
 
-    logger = WandbLogger(cfg, rd.path, run_id, method.target())
+    logger = WandbLogger(cfg, rd.path, run_id, method.target(), enabled=main)
     steps_per_epoch, epochs = ctx.steps_per_epoch, cfg.train.epochs
     total_steps = steps_per_epoch * epochs
     log(f"{run_id}: {cfg.method.name} on {cfg.model.name} ({cfg.data.name}, {len(data.train_x)} train images), "
@@ -261,9 +273,11 @@ def train(cfg: RunConfig, max_epochs: Optional[int] = None, log: Callable[[str],
         row.update({"train_wall_s_cum": trainer.times["train_s"] + trainer.times["transform_s"],
                     "train_macs_cum": trainer.train_macs})
         trainer.history.append(row)
-        rd.write_history(trainer.history)
         logger.log(row, step=epoch + 1)
-        rd.save_state(snapshot(trainer))
+        if main:
+            rd.write_history(trainer.history)
+            rd.save_state(snapshot(trainer))
+        dist.barrier()
         log(f"epoch {epoch + 1}/{epochs}  loss {ep['train_loss']:.4f}  train {ep['train_acc']:.4f}  "
             f"test {acc:.4f}" + (f" -> {row['acc_after_transform']:.4f} after transform" if "acc_after_transform" in row else "")
             + f"  {ep['images'] / ep['epoch_s']:.0f} img/s  {ep['epoch_s']:.1f}s")
@@ -273,8 +287,10 @@ def train(cfg: RunConfig, max_epochs: Optional[int] = None, log: Callable[[str],
             return None
 
     summary = final_summary(trainer, cfg, run_id, env, example)
-    rd.finish(summary, trainer.model if cfg.save_checkpoint else None)
+    if main:
+        rd.finish(summary, trainer.model if cfg.save_checkpoint else None)
     logger.finish(summary)
+    dist.barrier()
     log(f"{run_id}: test acc {summary['test_acc']:.4f}, {summary['params_total']:,} params, "
         f"{summary['macs']:,} MACs, {summary['train_wall_s']:.1f}s -> {rd.path}")
     return summary
@@ -286,10 +302,13 @@ def final_summary(trainer: Trainer, cfg: RunConfig, run_id: str, env: dict, exam
     x, y = next(trainer.data.train_batches(cfg.train.batch_size, torch.Generator().manual_seed(0), False))
     x = trainer.rt.prepare(x)
 
-    def probe_step(m: nn.Module):
-        return make_step(trainer.rt.runner(m), make_optimizer(m, cfg.train), trainer.criterion, trainer.rt)
+    def probe_step(m: nn.Module):   # one device, no DDP: the throughput of the model itself
+        return make_step(trainer.rt.runner(m, parallel=False), make_optimizer(m, cfg.train), trainer.criterion,
+                         trainer.rt)
 
     throughput = measure_throughput(model, x, y, probe_step, cfg.train.throughput_steps, trainer.rt.clock)
+    # One checksum per rank: equal values show the ranks ended with identical weights.
+    checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
     epoch_s = [r["epoch_s"] for r in trainer.history]
     return {
         "run_id": run_id, "method": cfg.method.name, "model": cfg.model.name, "dataset": cfg.data.name,
@@ -314,6 +333,7 @@ def final_summary(trainer: Trainer, cfg: RunConfig, run_id: str, env: dict, exam
         "transforms": trainer.transforms,
         **throughput, **peak_memory_mb(trainer.rt.device),
         "method_summary": trainer.method.summary(model),
+        "world_size": dist.world_size(), "rank_weight_checksums": dist.all_gather_object(checksum),
         "env": env, "config": to_dict(cfg),
     }
 

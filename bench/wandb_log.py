@@ -22,9 +22,9 @@ def wandb_mode(cfg: RunConfig) -> str:
 
 class WandbLogger:
     def __init__(self, cfg: RunConfig, run_dir: Path, run_id: str, target: Optional[float],
-                 job_type: Optional[str] = None, name: Optional[str] = None):
+                 job_type: Optional[str] = None, name: Optional[str] = None, enabled: bool = True):
         self.run = None
-        self.mode = wandb_mode(cfg)
+        self.mode = wandb_mode(cfg) if enabled else "disabled"
         if self.mode == "disabled":
             return
         config = {"method": cfg.label or cfg.method.name, "method_name": cfg.method.name,
