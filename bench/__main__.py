@@ -36,7 +36,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_suite(args: argparse.Namespace) -> int:
     from bench.suite import run_suite
-    return run_suite(args.config, args.overrides, dry_run=args.dry_run, results_dir=args.results_dir)
+    slurm = {"partition": args.partition, "gpus_per_job": args.gpus_per_job, "timeout_min": args.timeout_min,
+             "array_parallelism": args.array_parallelism}
+    return run_suite(args.config, args.overrides, dry_run=args.dry_run, results_dir=args.results_dir,
+                     executor=args.executor, jobs=args.jobs, slurm_overrides=slurm, wait=not args.no_wait)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -57,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
     s.add_argument("--dry-run", action="store_true", help="print the grid and its estimated cost, run nothing")
     s.add_argument("--results-dir", default=None, help="where runs and the report go (default: results/<suite name>)")
+    s.add_argument("--executor", default="local", choices=("local", "slurm", "debug"),
+                   help="local: run here; slurm: one submitit job per run; debug: submitit in-process")
+    s.add_argument("--jobs", type=int, default=1, help="local executor: runs at once, as separate processes")
+    s.add_argument("--partition", default=None, help="SLURM partition (suite file: slurm.partition)")
+    s.add_argument("--gpus-per-job", type=int, default=None, help="GPUs per run; >1 trains each run with DDP")
+    s.add_argument("--timeout-min", type=int, default=None, help="SLURM time limit per run, minutes")
+    s.add_argument("--array-parallelism", type=int, default=None, help="at most this many SLURM jobs at once")
+    s.add_argument("--no-wait", action="store_true", help="slurm: submit and return; run `report` later")
     s.set_defaults(fn=cmd_suite)
     rep = sub.add_parser("report", help="tables and plots from the runs under a suite's results directory")
     rep.add_argument("results_dir")

@@ -21,12 +21,13 @@ stopped; the report is written at the end.
 from __future__ import annotations
 
 import dataclasses
-import json
+import multiprocessing
 import platform
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,16 @@ from bench.config import (ConfigError, RunConfig, build_config, build_dataclass,
                           raw_from_sources, read_yaml)
 from bench.runs import RunDir, run_name, write_json
 from methods import get_method
+
+
+@dataclass
+class SlurmConfig:
+    partition: str = opt("", "SLURM partition (empty: the cluster's default)")
+    gpus_per_job: int = opt(1, "GPUs per run; more than 1 trains that run with DDP across them")
+    cpus_per_task: int = opt(8, "CPUs per GPU task")
+    timeout_min: int = opt(24 * 60, "time limit per run in minutes (an interrupted run resumes when resubmitted)")
+    array_parallelism: int = opt(32, "at most this many runs of the suite at once")
+    mem_gb: int = opt(32, "memory per job in GB")
 
 
 @dataclass
@@ -46,6 +57,7 @@ class SuiteConfig:
     methods: dict[str, Any] = opt({}, "method label -> options (name, method options, run: overrides)")
     targets: list[float] = opt([], "parameter targets (fractions of dense) for methods with target_params")
     seeds: list[int] = opt([0], "seeds; every cell runs once per seed")
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def validate(self) -> None:
         if not self.name:
@@ -61,6 +73,7 @@ class Cell:
     target: float | None
     seed: int
     cfg: RunConfig
+    raw: dict          # the merged raw config: what a worker process rebuilds `cfg` from
 
     @property
     def run_dir(self) -> Path:
@@ -102,7 +115,7 @@ def expand(suite: SuiteConfig, folder: Path, cli_overrides: list[str]) -> list[C
                         cfg = build_config(raw)
                     except ConfigError as e:
                         raise ConfigError(f"suite cell {label}/{model_label}/target={target}/seed={seed}: {e}") from None
-                    cells.append(Cell(label, model_label, target, seed, cfg))
+                    cells.append(Cell(label, model_label, target, seed, cfg, raw))
     return cells
 
 
@@ -141,54 +154,129 @@ def _si(v: float) -> str:
     return f"{v:.0f}"
 
 
-def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, results_dir: str | None = None) -> int:
+def run_cell(raw: dict) -> str:
+    """Run one cell in this process (a worker, a SLURM task or the suite itself).
+
+    Under submitit with several tasks (gpus_per_job > 1), the tasks form one DDP run."""
+    from bench.train import train
+    try:
+        import submitit
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export()
+    except (ImportError, RuntimeError):
+        pass  # not inside a submitit job
+    cfg = build_config(raw)
+    train(cfg)
+    return run_name(cfg)
+
+
+def _run_local(cells: list[Cell], jobs: int) -> list[tuple[Cell, str]]:
+    """Cells in this process (jobs=1) or in `jobs` worker processes at once."""
+    failed = []
+    if jobs <= 1:
+        for i, c in enumerate(cells, 1):
+            print(f"[{i}/{len(cells)}] {c.label} {c.model} target={c.target} seed={c.seed}", flush=True)
+            try:
+                run_cell(c.raw)
+            except ConfigError:
+                raise
+            except Exception:  # noqa: BLE001 - one failed cell must not stop the others
+                failed.append((c, traceback.format_exc()))
+        return failed
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [(c, pool.submit(run_cell, c.raw)) for c in cells]
+        for c, fut in futures:
+            try:
+                fut.result()
+            except Exception:  # noqa: BLE001
+                failed.append((c, traceback.format_exc()))
+    return failed
+
+
+def _run_submitit(cells: list[Cell], kind: str, slurm: SlurmConfig, folder: Path, wait: bool
+                  ) -> list[tuple[Cell, str]]:
+    """One job per cell through submitit: a SLURM job array, or submitit's in-process
+    debug executor (kind="debug")."""
+    import submitit
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=kind)
+    params: dict[str, Any] = {"timeout_min": slurm.timeout_min, "name": "bench"}
+    if kind == "slurm":
+        params.update(slurm_partition=slurm.partition or None, gpus_per_node=slurm.gpus_per_job,
+                      tasks_per_node=slurm.gpus_per_job, cpus_per_task=slurm.cpus_per_task, nodes=1,
+                      mem_gb=slurm.mem_gb, slurm_array_parallelism=slurm.array_parallelism)
+        params = {k: v for k, v in params.items() if v is not None}
+    executor.update_parameters(**params)
+    jobs = executor.map_array(run_cell, [c.raw for c in cells])
+    print(f"submitted {len(jobs)} job(s) to {kind}" + (f": {jobs[0].job_id.split('_')[0]}" if jobs else ""))
+    if not wait:
+        return []
+    failed = []
+    for c, job in zip(cells, jobs):
+        try:
+            job.result()
+        except Exception:  # noqa: BLE001
+            failed.append((c, traceback.format_exc()))
+    return failed
+
+
+def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, results_dir: str | None = None,
+              executor: str = "local", jobs: int = 1, slurm_overrides: dict | None = None, wait: bool = True) -> int:
     suite, folder = load_suite(path)
     if results_dir:
         suite.results_dir = results_dir
+    for key, value in (slurm_overrides or {}).items():
+        if value is not None:
+            setattr(suite.slurm, key, value)
     cells = expand(suite, folder, cli_overrides)
     results = Path(cells[0].cfg.output_dir).parent
-    done = [c for c in cells if RunDir(c.run_dir).finished()]
-    print(f"suite {suite.name}: {len(cells)} runs ({len(done)} finished) -> {results}")
+    todo = [c for c in cells if not RunDir(c.run_dir).finished()]
+    print(f"suite {suite.name}: {len(cells)} runs ({len(cells) - len(todo)} finished) -> {results}")
     if dry_run:
-        cost: dict[tuple, tuple[float, float]] = {}
-        total_macs = total_s = 0.0
-        for c in cells:
-            key = (c.cfg.model.name, c.cfg.model.width, c.cfg.model.act, c.cfg.train.epochs,
-                   c.cfg.data.name, c.cfg.data.train_subset, c.cfg.train.batch_size)
-            if key not in cost:
-                cost[key] = estimate(c)
-            finished = RunDir(c.run_dir).finished()
-            if not finished:
-                total_macs, total_s = total_macs + cost[key][0], total_s + cost[key][1]
-            target = "-" if c.target is None else f"{c.target:g}"
-            print(f"  {'done' if finished else 'todo':4s}  {c.label:16s} {c.model:12s} target {target:5s} "
-                  f"seed {c.seed}  {c.cfg.train.epochs} ep  {_si(cost[key][0])}MAC  ~{cost[key][1] / 60:.1f} min")
-        print(f"estimated cost of the remaining runs: {_si(total_macs)}MAC of training, ~{total_s / 60:.0f} min "
-              f"here (dense-equivalent upper bound from timed steps; methods' own overheads not included)")
-        return 0
+        return _dry_run(cells)
 
     from bench.report import write_report
-    from bench.train import train
     write_json(results / "suite.json", {
-        "suite": suite.name, "file": str(path), "command": " ".join(sys.argv),
-        "overrides": cli_overrides, "machine": platform.platform(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "cells": len(cells)})
-    failed = []
-    for i, c in enumerate(cells, 1):
-        print(f"[{i}/{len(cells)}] {c.label} {c.model} target={c.target} seed={c.seed}", flush=True)
-        try:
-            train(c.cfg)
-        except ConfigError:
-            raise
-        except Exception:  # noqa: BLE001 - one failed cell must not stop the others
-            tb = traceback.format_exc()
-            c.run_dir.mkdir(parents=True, exist_ok=True)
-            (c.run_dir / "error.txt").write_text(tb)
-            print(tb, file=sys.stderr)
-            failed.append(c)
+        "suite": suite.name, "file": str(path), "command": "python -m bench " + " ".join(sys.argv[1:]),
+        "overrides": cli_overrides, "machine": platform.platform(), "executor": executor,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "cells": len(cells)})
+    if not todo:
+        failed = []
+    elif executor == "local":
+        failed = _run_local(todo, jobs)
+    elif executor in ("slurm", "debug"):
+        failed = _run_submitit(todo, executor, suite.slurm, results / "submitit", wait)
+        if not wait:
+            print(f"not waiting: build the report when the jobs are done with `python -m bench report {results}`")
+            return 0
+    else:
+        raise ConfigError(f"unknown executor '{executor}'; use local, slurm or debug")
+    for c, tb in failed:
+        c.run_dir.mkdir(parents=True, exist_ok=True)
+        (c.run_dir / "error.txt").write_text(tb)
+        print(tb, file=sys.stderr)
     write_report(results, suite_name=suite.name)
     if failed:
-        print(f"{len(failed)} run(s) failed: " + ", ".join(f"{c.label}/{c.model}/{c.target}/s{c.seed}" for c in failed)
+        print(f"{len(failed)} run(s) failed: " + ", ".join(f"{c.label}/{c.model}/{c.target}/s{c.seed}" for c, _ in failed)
               + " (see error.txt in their run directories)", file=sys.stderr)
         return 1
+    return 0
+
+
+def _dry_run(cells: list[Cell]) -> int:
+    cost: dict[tuple, tuple[float, float]] = {}
+    total_macs = total_s = 0.0
+    for c in cells:
+        key = (c.cfg.model.name, c.cfg.model.width, c.cfg.model.act, c.cfg.train.epochs,
+               c.cfg.data.name, c.cfg.data.train_subset, c.cfg.train.batch_size)
+        if key not in cost:
+            cost[key] = estimate(c)
+        finished = RunDir(c.run_dir).finished()
+        if not finished:
+            total_macs, total_s = total_macs + cost[key][0], total_s + cost[key][1]
+        target = "-" if c.target is None else f"{c.target:g}"
+        print(f"  {'done' if finished else 'todo':4s}  {c.label:16s} {c.model:12s} target {target:5s} "
+              f"seed {c.seed}  {c.cfg.train.epochs} ep  {_si(cost[key][0])}MAC  ~{cost[key][1] / 60:.1f} min")
+    print(f"estimated cost of the remaining runs: {_si(total_macs)}MAC of training, ~{total_s / 60:.0f} min "
+          f"here (dense-equivalent upper bound from timed steps; methods' own overheads not included)")
     return 0
