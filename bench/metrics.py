@@ -35,6 +35,15 @@ def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int
     The non-zero figure scales each weighted layer's MACs by its weight density:
     what a sparse kernel would do, not what the dense kernels here do."""
     was_training = model.training
+    # torch-pruning's counter dispatches on the exact module type: count subclasses
+    # (e.g. a Conv2d with a merged weight) as the layer they derive from.
+    from torch_pruning.utils import op_counter
+    for m in model.modules():
+        t = type(m)
+        if t not in op_counter.MODULES_MAPPING:
+            base = next((b for b in t.__mro__[1:] if b in op_counter.MODULES_MAPPING), None)
+            if base is not None:
+                op_counter.CUSTOM_MODULES_MAPPING[t] = op_counter.MODULES_MAPPING[base]
     macs, _, layer_macs, _ = tp.utils.count_ops_and_params(model, example_inputs[:1], layer_wise=True)
     model.train(was_training)
     removed = 0.0

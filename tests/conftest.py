@@ -18,6 +18,11 @@ def tiny_overrides(tmp_path) -> list[str]:
             "train.throughput_steps=1", "wandb.mode=disabled"]
 
 
+# Tests run tiny tensors: one thread is as fast, and does not collapse when the machine
+# is shared (two OpenMP threads per process on a loaded 2-core box are 10-50x slower).
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

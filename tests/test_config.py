@@ -7,10 +7,10 @@ from bench.config import ConfigError, config_hash, load_config, parse_override
 
 
 def test_overrides_are_coerced_to_field_types():
-    cfg = load_config("configs/smoke.yaml", ["train.epochs=5", "train.lr=1", "train.milestones=[2, 4]",
+    cfg = load_config("configs/smoke.yaml", ["train.epochs=5", "train.lr=1e-3", "train.milestones=[2, 4]",
                                              "data.augment=false", "model.width=0.25"])
     assert cfg.train.epochs == 5 and isinstance(cfg.train.epochs, int)
-    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float)   # YAML 1.1 reads 1e-3 as a string
     assert cfg.train.milestones == [2, 4]
     assert cfg.data.augment is False
     assert cfg.model.width == 0.25
