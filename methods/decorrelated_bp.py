@@ -1,0 +1,305 @@
+"""Decorrelated backpropagation (Dalm, Offergeld, Ahmad, van Gerven, arXiv 2405.02385).
+
+Every Conv2d and Linear (the first conv and the classifier included, as the authors
+did) reads its input through a decorrelation matrix R (d x d, d = fan-in: C_in*k*k
+for a conv, acting on each input patch), initialised to I and learned by its own
+local rule, not by autograd (METHODS.md sec. 6; the authors' code is github
+artcogsys/decorbp, `decorrelation/decorrelation.py`).
+
+Forward: `y = (W R) x`, computed as ONE ordinary conv/linear with the merged weight
+`(W.flatten(1) @ R).view_as(W)` (the authors merge the same way), so the per-image
+cost is the plain layer's; merging costs out*d^2 MACs a step (and as much again in
+the backward for dL/dW = dL/dM R^T), independent of the batch. The trained weight
+is W; R is a buffer. On zero-padded borders the identity is exact: the merged conv
+equals R applied to every unfolded (zero-padded) patch, then W.
+
+R update, after every optimizer step (`update_every_steps`, default 1 as the
+authors), per layer, from the layer inputs of that step's batch, of which a random
+`downsample_frac` of the images is kept (the authors' `downsample_perc`; CIFAR 0.1):
+with z = R x the decorrelated inputs (conv: every patch of the kept images is a row
+of Z; N rows),
+    Sigma = Z^T Z / N,   C = Sigma - diag(Sigma),   v = mean_n(z^2 - 1)   (a d-vector)
+    R <- R - eta [ (1 - kappa) C R + kappa v * R ]
+    loss = [ (1 - kappa) ||C||_F^2 + kappa ||v||^2 ] / d^2  (logged, computed before the update)
+This is the authors' `method='standard'` (their code also has a `'normalized'` variant
+with other scalings; not implemented). As in their loop, the z of an update are those
+of the step's own forward pass (R is unchanged by the optimizer step in between).
+`v * R` broadcasts v over R's last axis as the authors' code does
+(`self.kappa * v * self.weight`), i.e. it scales column j of R by v_j (= R diag(v));
+the gradient of the variance term alone would be diag(v) R (rows). The two agree
+while R is diagonal (at the start). Sigma is uncentred, as in the authors' code.
+
+Cheaper, mathematically identical arithmetic (our choice): when N (N + d) < d^2 (deep layers, few
+patch rows) `C R` is formed as `Z^T (Z R) / N - diag(Sigma) R` and ||Sigma||_F^2 from
+the N x N Gram matrix, O(N d^2) instead of O(d^3); otherwise the direct form.
+
+Inputs: each Decor layer keeps a reference (no copy) to its input during training
+forwards with autograd on; `after_step` takes it, keeps a random `downsample_frac`
+of the images (drawn from the method's generator; without replacement, where the
+authors draw with replacement) and drops the reference. The reference never enters
+a pickle or deep copy (`__getstate__`), so checkpoints hold no activations, there
+are no hooks to re-register after a resume, and a resumed run is exact.
+
+Epoch 0. The authors' loop (`decorrelation/train.py`) runs `epochs + 1` passes: pass 0
+only measures the losses (no BP step and no R update), then every pass updates both.
+This harness has no measure-only epoch, so R is updated from the first step; the
+first update's loss is reported as the initial decorrelation loss.
+
+MACs: bench.metrics.count_macs counts DecorConv2d/DecorLinear as the plain layers
+they run (it maps subclasses to their base layer).
+
+Reported: decorrelation loss per layer per epoch (`decorrelated_bp/loss/<layer>`,
+mean over the epoch's updates) and its mean over layers; the time of the R updates
+per step against the mean training-step time; the merge MACs per step.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.config import ConfigError, opt
+from bench.surgery import set_module
+from methods.base import Method, MethodConfig, register
+
+# Authors' CIFAR ResNet-18 settings (METHODS.md sec. 6): Adam lr 1e-4, batch 128.
+AUTHORS_DECOR_LR = 1e-4
+AUTHORS_KAPPA = 0.01
+AUTHORS_DOWNSAMPLE_FRAC = 0.1
+
+
+# --------------------------------------------------------------------------- layers
+INPUT_ATTR = "_decor_input"   # transient: the last training forward's input, never pickled
+
+
+class _Decorrelated:
+    """What the two Decor layers share: the captured input and pickling without it."""
+
+    def _keep_input(self, x: torch.Tensor) -> None:
+        # A reference, not a copy (autograd keeps this tensor for the weight gradient anyway);
+        # after_step subsamples it and drops it.
+        if self.training and torch.is_grad_enabled():
+            self.__dict__[INPUT_ATTR] = x.detach()
+
+    def take_input(self) -> Optional[torch.Tensor]:
+        return self.__dict__.pop(INPUT_ATTR, None)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop(INPUT_ATTR, None)
+        return state
+
+
+class DecorConv2d(_Decorrelated, nn.Conv2d):
+    """Conv2d whose input patches are decorrelated by the buffer `decor` (R, d x d)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._keep_input(x)
+        merged = (self.weight.flatten(1) @ self.decor).view_as(self.weight)
+        return self._conv_forward(x, merged, self.bias)
+
+    def patches(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's input patches as rows: [N * L, d] (same order as the weight's fan-in)."""
+        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+class DecorLinear(_Decorrelated, nn.Linear):
+    """Linear whose input is decorrelated by the buffer `decor` (R, d x d)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._keep_input(x)
+        return F.linear(x, self.weight @ self.decor, self.bias)
+
+    def patches(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, x.shape[-1])
+
+
+DECOR_TYPES = (DecorConv2d, DecorLinear)
+
+
+def decorrelate_layer(layer: nn.Module) -> nn.Module:
+    """A Decor layer sharing `layer`'s parameters, with R = I (built on the meta device,
+    so no random initialisation runs)."""
+    w = layer.weight
+    if isinstance(layer, nn.Conv2d):
+        if layer.groups != 1 or layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+            raise ConfigError("decorrelated_bp supports ungrouped, zero-padded convs with numeric padding only; "
+                              "this model has another kind")
+        new = DecorConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                          layer.dilation, bias=layer.bias is not None, device="meta")
+    elif isinstance(layer, nn.Linear):
+        new = DecorLinear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+    else:
+        raise TypeError(f"expected Conv2d or Linear, got {type(layer).__name__}")
+    new.weight = w
+    new.bias = layer.bias
+    d = w[0].numel()
+    new.register_buffer("decor", torch.eye(d, device=w.device, dtype=w.dtype))
+    new.train(layer.training)
+    return new
+
+
+# --------------------------------------------------------------------------- the rule
+@torch.no_grad()
+def decor_step(r: torch.Tensor, x: torch.Tensor, lr: float, kappa: float, gram: Optional[bool] = None
+               ) -> float:
+    """One update of R (in place) from input rows `x` [N, d]; returns the loss before it.
+
+    R <- R - lr [(1 - kappa) C R + kappa v * R] (authors' broadcasting of v, see the
+    module docstring); `gram` forces the N x N (True) or d x d (False) arithmetic."""
+    z = x @ r.T
+    n, d = z.shape
+    sq = (z * z).mean(0)                  # diag(Sigma)
+    v = sq - 1.0
+    if gram is None:
+        gram = n * (n + d) < d * d
+    if gram:
+        g = z @ z.T
+        c_fro2 = float((g.double() ** 2).sum()) / n ** 2 - float((sq.double() ** 2).sum())
+        c_fro2 = max(c_fro2, 0.0)
+        cr = z.T @ (z @ r) / n - sq[:, None] * r
+    else:
+        c = z.T @ z / n
+        c.diagonal().zero_()
+        c_fro2 = float((c.double() ** 2).sum())
+        cr = c @ r
+    loss = ((1 - kappa) * c_fro2 + kappa * float((v.double() ** 2).sum())) / d ** 2
+    r.sub_(lr * ((1 - kappa) * cr + kappa * v * r))   # v * r: v over the last axis, as the authors' code
+    return loss
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+# --------------------------------------------------------------------------- the method
+@register("decorrelated_bp")
+class DecorrelatedBP(Method):
+    """Decorrelated backpropagation (Dalm et al. 2024): every layer's input patches decorrelated by a learned R."""
+
+    @dataclass
+    class Config(MethodConfig):
+        decor_lr: float = opt(AUTHORS_DECOR_LR, "eta, learning rate of the R update (authors' CIFAR ResNet-18: 1e-4)")
+        kappa: float = opt(AUTHORS_KAPPA, "weight of the unit-variance term against decorrelation, in [0, 1] "
+                                          "(authors' CIFAR ResNet-18: 0.01)")
+        downsample_frac: float = opt(AUTHORS_DOWNSAMPLE_FRAC, "fraction of the batch's images whose inputs update R "
+                                                              "(authors' downsample_perc; CIFAR: 0.1)")
+        update_every_steps: int = opt(1, "update R every this many optimizer steps (authors: 1); trades the "
+                                         "O(N d^2 + d^3) update cost per layer against decorrelation")
+
+        def validate(self) -> None:
+            if self.decor_lr < 0:
+                raise ConfigError(f"method.decor_lr={self.decor_lr} must be >= 0")
+            if not 0.0 <= self.kappa <= 1.0:
+                raise ConfigError(f"method.kappa={self.kappa} must be in [0, 1]")
+            if not 0.0 < self.downsample_frac <= 1.0:
+                raise ConfigError(f"method.downsample_frac={self.downsample_frac} must be in (0, 1]")
+            if self.update_every_steps < 1:
+                raise ConfigError(f"method.update_every_steps={self.update_every_steps} must be >= 1")
+
+    def __init__(self, cfg: Config, ctx):
+        super().__init__(cfg, ctx)
+        self.layers_info: dict[str, dict] = {}
+        self.first_loss: dict[str, float] = {}
+        self.epochs_log: list[dict] = []
+        self._acc = self._fresh_acc()
+        self._last_end: Optional[float] = None
+
+    @staticmethod
+    def _fresh_acc() -> dict[str, Any]:
+        return {"loss": {}, "updates": 0, "calls": 0, "update_s": 0.0, "step_s": 0.0, "steps": 0}
+
+    def on_train_start(self, model: nn.Module) -> Optional[nn.Module]:
+        targets = [(n, m) for n, m in model.named_modules()
+                   if isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, DECOR_TYPES)]
+        if not targets:
+            raise ConfigError(f"model {self.ctx.model_name} has no Conv2d or Linear layer to decorrelate")
+        for name, layer in targets:
+            new = decorrelate_layer(layer)
+            set_module(model, name, new)
+            d = new.decor.shape[0]
+            self.layers_info[name] = {"d": d, "out": new.weight.shape[0], "merge_macs": new.weight.shape[0] * d * d}
+        return None   # same parameter tensors: the optimizer stays valid
+
+    def after_step(self, model: nn.Module) -> None:
+        ctx, acc, cfg = self.ctx, self._acc, self.cfg
+        t0 = _now(ctx.device)
+        acc["calls"] += 1
+        if self._last_end is not None:
+            acc["step_s"] += t0 - self._last_end
+            acc["steps"] += 1
+        update = ctx.step % cfg.update_every_steps == 0
+        for name, m in model.named_modules():
+            if not isinstance(m, DECOR_TYPES):
+                continue
+            x = m.take_input()
+            if x is None or not update:
+                continue
+            # the authors' downsampling: a random fraction of the batch's images (ours without replacement)
+            n = max(1, int(len(x) * cfg.downsample_frac))
+            x = x[torch.randperm(len(x), generator=ctx.generator)[:n].to(x.device)]
+            loss = decor_step(m.decor, m.patches(x), cfg.decor_lr, cfg.kappa)
+            self.first_loss.setdefault(name, loss)
+            s = acc["loss"].setdefault(name, [0.0, 0])
+            s[0] += loss
+            s[1] += 1
+        if update:
+            acc["updates"] += 1
+            acc["update_s"] += _now(ctx.device) - t0
+        self._last_end = _now(ctx.device)
+
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> Optional[nn.Module]:
+        acc = self._acc
+        loss = {n: s / max(1, c) for n, (s, c) in acc["loss"].items()}
+        step_s = acc["step_s"] / max(1, acc["steps"])
+        per_step = acc["update_s"] / max(1, acc["calls"])
+        self.epochs_log.append({
+            "epoch": epoch, "loss_mean": sum(loss.values()) / max(1, len(loss)), "updates": acc["updates"],
+            "update_s": acc["update_s"], "update_s_per_step": per_step, "step_s_mean": step_s,
+            "overhead_frac": per_step / step_s if step_s > 0 else None, "loss": loss,
+        })
+        self._acc = self._fresh_acc()
+        self._last_end = None
+        return None
+
+    # ---- reporting -----------------------------------------------------------------------
+    def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
+        if not self.epochs_log:
+            return {}
+        rec = self.epochs_log[-1]
+        out = {f"decorrelated_bp/{k}": v for k, v in rec.items() if k not in ("loss", "epoch") and v is not None}
+        out.update({f"decorrelated_bp/loss/{n}": v for n, v in rec["loss"].items()})
+        return out
+
+    def summary(self, model: nn.Module) -> dict[str, Any]:
+        first = self.first_loss
+        last = self.epochs_log[-1]["loss"] if self.epochs_log else {}
+        steps = [r["step_s_mean"] for r in self.epochs_log if r["step_s_mean"] > 0]
+        ups = [r["update_s_per_step"] for r in self.epochs_log]
+        step_mean = sum(steps) / max(1, len(steps))
+        up_mean = sum(ups) / max(1, len(ups))
+        return {
+            "layers": self.layers_info,
+            "merge_macs_per_step": 2 * sum(v["merge_macs"] for v in self.layers_info.values()),
+            "loss_first_update": first, "loss_last_epoch": last,
+            "loss_mean_first_update": sum(first.values()) / max(1, len(first)),
+            "loss_mean_last_epoch": sum(last.values()) / max(1, len(last)),
+            "update_s_per_step": up_mean, "train_step_s_mean": step_mean,
+            "overhead_frac": up_mean / step_mean if step_mean > 0 else None,
+            "epochs": self.epochs_log,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"layers_info": self.layers_info, "first_loss": self.first_loss, "epochs_log": self.epochs_log}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.layers_info = state["layers_info"]
+        self.first_loss = state["first_loss"]
+        self.epochs_log = state["epochs_log"]
