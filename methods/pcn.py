@@ -1,0 +1,587 @@
+"""PCN: Principal Component Networks (Waleffe & Rekatsinas, arXiv 2006.13347; journal version:
+"Principal Component Networks: Utilizing Low-Rank Activation Structure to Reduce Parameters Early
+in Training", ACM/IMS J. Data Science 2024). Specification: METHODS.md sec. 1; the authors'
+TensorFlow code is github rogerwaleffe/Principal-Component-Networks, `src/pcns/` (read, not copied).
+
+Train the full network for `transform_epoch` epochs, then in one step (`pcn_transform`):
+
+1. Calibration: one eval-mode pass over `calibration_images` unaugmented training images,
+   accumulating in float64 the channel mean `mu` and covariance `S = Xc Xc^T / (s-1)` of exactly
+   the tensor each transformed layer reads (a forward PRE-hook on the consumer: after BN, ReLU
+   and pooling). `bench.stats.collect_covariances`, never all activations at once.
+2. Eigendecomposition `S = V diag(lambda) V^T` (`bench.stats.PCA`), top-k eigenvectors `V_k`.
+3. Output side (channel selection, code: `tf_kill_outputs` / `tf_get_indices_from_muVs`): the
+   producer's output channels are scored by their loadings on the kept components,
+   `score_c = sum_{j<k} |V[c, j]|`, or with `score: weighted`, `sum_{j<k} |V[c, j]| lambda_j`
+   (code's `weighted_row_sum`). The top-m channels are kept: the producer's filters, bias and BN
+   entries and the rows of the consumer's `mu`, `V` are sliced. A dropped channel is thereby
+   replaced by its calibration mean. The removal itself goes through torch-pruning's
+   `DependencyGraph`, which also slices every other layer coupled to the channel (the residual
+   adds, every block of a stage, the next stage's first block and the classifier).
+4. Input side (rotation, code: `tf_transform_conv_weights`, `Conv2DPCALayer`): the layer reads
+   `z = V_k^T (x - mu)`. Conv: `W'[:, :, i, j] = W[:, :, i, j] V_k`, `b' = b + sum_ij W[:, :, i, j] mu`
+   (`bench.surgery.substitute_inputs`). The projection is a frozen 1x1 conv (weight `V_k^T`,
+   bias `-V_k^T mu`) applied to the ZERO-PADDED input, then the k x k conv runs unpadded
+   (`PCNConv`): padding zeros of `x` become `-V_k^T mu`, which `W V_k` maps back to what the
+   original conv saw, so with k = d the function is unchanged border pixels included (the
+   authors' layer does the same: ZeroPadding2D, project, VALID conv). Linear: `PCNLinear`.
+   `V_k` and `mu` are frozen parameters (`requires_grad=False`): counted in the model's size,
+   never trained (the authors' `trainable=False` weights).
+
+Error of k components for one linear layer `y = W x + b` on the calibration data (tested):
+`sum_samples ||y - y_k||^2 / (s - 1) = sum_{j >= k} lambda_j ||W v_j||^2`.
+
+Choices where the sources are silent or differ (METHODS.md "choice"):
+- How many components: `dims` (explicit, as the authors' configs), else `target_params`
+  (one shared explained-variance threshold for all selected layers, found by bisection so the
+  total parameter count, frozen projections included, is within 2% of the target fraction of
+  the dense count), else `energy` (per-layer explained-variance threshold). The code's absolute
+  eigenvalue cut-off and width fraction are not offered.
+- How many output channels: the code takes a separate count or threshold per layer; its CIFAR
+  VGG-16 and ResNet configs select none, its one config that selects channels keeps as many as
+  the next layer keeps components (`'d64'` out / `'d64'` in). Here
+  `m = min(d, ceil(out_channels_ratio * k))`; the default `null` keeps every channel (their CIFAR
+  configs), `1.0` is that pattern. Measured on VGG-11 width 0.5 after one CIFAR-10 epoch (test
+  accuracy 0.501), `target_params: 0.5`: accuracy right after the transform 0.464 keeping all
+  channels, 0.121 with ratio 1, 0.232 with ratio 2 (dropped channels lose 12-40% of the next
+  layer's input variance, `kept_var` in the summary): hence the default.
+- A stream's channels are removed only when every layer reading it is transformed (its score
+  needs their PCA); otherwise only the rotations are applied.
+- ResNets: the residual stream is never rotated; each reader of it (a block's first conv, and
+  its projection shortcut, which shares the block-input PCA and ONE frozen projection module:
+  the authors duplicated it) and each block-internal input (conv2, Bottleneck conv3) is.
+  Residual channels are removed per stage, jointly over the stage's stem/projection-shortcut
+  and last-conv producers (`residual_channels: joint`, the default), or never (`keep`). In the
+  suite's timm ResNet-20 the stem writes into stage 1's stream (no shortcut projection there),
+  so the stem belongs to that stage; the authors' net had a stage-1 projection.
+- `layers: late` = the authors' choice of layers: VGG, the convs of the last two blocks
+  between max-pools (VGG-16: conv 8-13, classifier excluded as in their code); ResNet, every
+  input read inside the last stage (block-internal inputs, the first convs of blocks 2..n, the
+  classifier), as in their CIFAR ResNet config (stage 3 and fc1).
+- `transform_epoch` None: 1 for VGG, 5 for ResNets (vgg16.py / resnet/cifar10.py
+  EPOCHS_BEFORE_COMPRESSION). Calibration: 5,000 images (NUM_SAMPLES_FOR_COMPRESSION).
+- The transformed convs carry a bias (absorbing `W mu`) even before a BN, as in the code. With
+  k = d the PCN trains like the dense net except that the centred input moves the batch-mean
+  part of a layer's weight gradient into its bias (nil before a BN; the classifier differs).
+- Timings: `summary()["timing_s"]` has our own sub-steps; `epoch_wall_s` is the wall-clock from
+  the previous hook call to the end of the transform epoch (training plus evaluation), so the
+  ratio is approximate; the harness's `transforms[].seconds` / `epoch_s_mean` are the exact pair.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional, Union
+
+import torch
+import torch_pruning as tp
+from timm.models.resnet import BasicBlock, Bottleneck
+from torch import nn
+
+from bench.config import ConfigError, opt
+from bench.metrics import param_counts
+from bench.stats import PCA, collect_covariances
+from bench.surgery import get_module, set_module, substitute_inputs
+from methods.base import Method, MethodConfig, register
+
+CALIBRATION_IMAGES = 5000          # NUM_SAMPLES_FOR_COMPRESSION in vgg16.py and resnet/cifar10.py
+TRANSFORM_EPOCH_VGG = 1            # EPOCHS_BEFORE_COMPRESSION in vgg16.py
+TRANSFORM_EPOCH_RESNET = 5         # EPOCHS_BEFORE_COMPRESSION in resnet/cifar10.py
+TARGET_TOLERANCE_FRAC = 0.02       # issue 5: meet target_params within 2%
+BISECTION_STEPS = 60               # halvings of the threshold interval (float resolution)
+
+
+# --------------------------------------------------------------------------- PCN layers
+class PCNConv(nn.Module):
+    """Zero-pad, frozen 1x1 projection `z = V^T (x - mu)`, then the k x k conv `W V`, unpadded."""
+
+    def __init__(self, pad: nn.Module, proj: nn.Conv2d, conv: nn.Conv2d):
+        super().__init__()
+        self.pad, self.proj, self.conv = pad, proj, conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.proj(self.pad(x)))
+
+
+class PCNLinear(nn.Module):
+    """Frozen projection `z = V^T (x - mu)`, then the Linear `W V`."""
+
+    def __init__(self, proj: nn.Linear, linear: nn.Linear):
+        super().__init__()
+        self.proj, self.linear = proj, linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.proj(x))
+
+
+@torch.no_grad()
+def make_projection(v: torch.Tensor, mu: torch.Tensor, conv: bool, like: torch.Tensor) -> nn.Module:
+    """Frozen `z = V^T (x - mu)`: weight `V^T` (k x d), bias `-V^T mu`; 1x1 conv or Linear."""
+    d, k = v.shape
+    proj = nn.Conv2d(d, k, 1, bias=True) if conv else nn.Linear(d, k, bias=True)
+    proj = proj.to(device=like.device, dtype=like.dtype)
+    v64, mu64 = v.to(torch.float64), mu.to(device=v.device, dtype=torch.float64)
+    proj.weight.copy_(v64.T.reshape(proj.weight.shape).to(like.dtype))
+    proj.bias.copy_((-(v64.T @ mu64)).to(like.dtype))
+    proj.requires_grad_(False)
+    return proj
+
+
+@torch.no_grad()
+def pcn_layer(layer: nn.Conv2d | nn.Linear, v: torch.Tensor, mu: torch.Tensor,
+              proj: Optional[nn.Module] = None) -> nn.Module:
+    """The PCN replacement of `layer` reading `z = V^T (x - mu)` (`v`: [d, k], `mu`: [d]).
+    `proj` lets layers reading the same tensor share one frozen projection."""
+    if proj is None:
+        proj = make_projection(v, mu, isinstance(layer, nn.Conv2d), layer.weight)
+    inner = substitute_inputs(layer, v, mu)          # W V at every kernel position, b + sum W mu
+    if isinstance(layer, nn.Linear):
+        return PCNLinear(proj, inner)
+    if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+        raise ConfigError(f"pcn: conv padding {layer.padding!r} ({layer.padding_mode}) is not supported; "
+                          f"leave this layer out of method.layers")
+    ph, pw = layer.padding
+    pad = nn.ZeroPad2d((pw, pw, ph, ph)) if (ph or pw) else nn.Identity()
+    inner.padding = (0, 0)                           # the padding now happens before the projection
+    return PCNConv(pad, proj, inner)
+
+
+# --------------------------------------------------------------------------- model graph
+@dataclass
+class Stream:
+    """A set of channels written by one or more producers (conv, its BN) and read by sites."""
+    name: str
+    producers: list[tuple[str, Optional[str]]]
+    width: int
+    residual: bool = False
+    stage: int = 0
+    sites: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Site:
+    """One tensor some layers read: one PCA. `consumers[0]` carries the hook and the name."""
+    name: str
+    consumers: list[str]
+    stream: str
+    late: bool
+
+
+@dataclass
+class Graph:
+    sites: dict[str, Site]        # in forward order: the order `dims` follows
+    streams: dict[str, Stream]
+
+    def add_site(self, site: Site) -> None:
+        self.sites[site.name] = site
+        self.streams[site.stream].sites.append(site.name)
+
+
+def analyse(model: nn.Module) -> Graph:
+    """Sites (transformable inputs) and streams (prunable channel sets) of the suite's models."""
+    if isinstance(getattr(model, "features", None), nn.Sequential) and isinstance(
+            getattr(getattr(model, "head", None), "fc", None), nn.Linear):
+        return _analyse_vgg(model)
+    if isinstance(getattr(model, "layer1", None), nn.Sequential) and isinstance(getattr(model, "fc", None), nn.Linear):
+        return _analyse_resnet(model)
+    raise ConfigError(f"pcn: model {type(model).__name__} is not one of the suite's VGG or ResNet models; "
+                      f"use model.name=vgg*/resnet*")
+
+
+def _analyse_vgg(model: nn.Module) -> Graph:
+    feats = model.features
+    convs, block_of, block, in_block = [], {}, 0, False
+    for i, m in enumerate(feats):
+        if isinstance(m, nn.MaxPool2d) and in_block:
+            block, in_block = block + 1, False
+        elif isinstance(m, nn.Conv2d):
+            convs.append(i)
+            block_of[i], in_block = block, True
+    n_blocks = max(block_of.values()) + 1
+    g = Graph({}, {})
+    for j, i in enumerate(convs):
+        bn = f"features.{i + 1}" if i + 1 < len(feats) and isinstance(feats[i + 1], nn.BatchNorm2d) else None
+        st = Stream(f"features.{i}", [(f"features.{i}", bn)], feats[i].out_channels)
+        g.streams[st.name] = st
+        if j + 1 < len(convs):
+            nxt = f"features.{convs[j + 1]}"
+            g.add_site(Site(nxt, [nxt], st.name, late=block_of[convs[j + 1]] >= n_blocks - 2))
+        else:
+            g.add_site(Site("head.fc", ["head.fc"], st.name, late=False))  # authors: 'output': (None, None)
+    return g
+
+
+def _downsample_parts(ds: nn.Module, prefix: str) -> tuple[str, Optional[str]]:
+    conv = [n for n, m in ds.named_children() if isinstance(m, nn.Conv2d)]
+    bn = [n for n, m in ds.named_children() if isinstance(m, nn.BatchNorm2d)]
+    if len(conv) != 1:
+        raise ConfigError(f"pcn: shortcut {prefix} is not a conv + BN projection; use a suite ResNet")
+    return f"{prefix}.{conv[0]}", (f"{prefix}.{bn[0]}" if bn else None)
+
+
+def _analyse_resnet(model: nn.Module) -> Graph:
+    stages = [f"layer{i}" for i in range(1, 5) if isinstance(getattr(model, f"layer{i}", None), nn.Sequential)]
+    g = Graph({}, {})
+    current = Stream("conv1", [("conv1", "bn1")], model.conv1.out_channels, residual=True, stage=0)
+    g.streams[current.name] = current
+    last = len(stages) - 1
+    for s, sname in enumerate(stages):
+        for b, block in enumerate(getattr(model, sname)):
+            p = f"{sname}.{b}"
+            if isinstance(block, BasicBlock):
+                convs = ["conv1", "conv2"]
+            elif isinstance(block, Bottleneck):
+                convs = ["conv1", "conv2", "conv3"]
+            else:
+                raise ConfigError(f"pcn: block {p} ({type(block).__name__}) is not a timm BasicBlock/Bottleneck")
+            readers = [f"{p}.conv1"]
+            if block.downsample is not None:
+                readers.append(_downsample_parts(block.downsample, f"{p}.downsample")[0])
+            # The block input is the residual stream: rotated for its readers, never in itself.
+            g.add_site(Site(readers[0], readers, current.name, late=current.stage == last))
+            for a, c in zip(convs, convs[1:]):   # block-internal: conv_a -> bn_a -> act -> conv_c
+                inner = Stream(f"{p}.{a}", [(f"{p}.{a}", f"{p}.bn{a[-1]}")], getattr(block, a).out_channels,
+                               stage=s)
+                g.streams[inner.name] = inner
+                g.add_site(Site(f"{p}.{c}", [f"{p}.{c}"], inner.name, late=s == last))
+            out = (f"{p}.{convs[-1]}", f"{p}.bn{convs[-1][-1]}")
+            if block.downsample is not None:
+                current = Stream(sname if b == 0 else p, [_downsample_parts(block.downsample, f"{p}.downsample"), out],
+                                 getattr(block, convs[-1]).out_channels, residual=True, stage=s)
+                g.streams[current.name] = current
+            else:
+                current.producers.append(out)
+    g.add_site(Site("fc", ["fc"], current.name, late=current.stage == last))
+    return g
+
+
+def select_sites(graph: Graph, layers: Union[str, list[str]]) -> list[str]:
+    if layers == "all":
+        chosen = list(graph.sites)
+    elif layers == "late":
+        chosen = [s for s, site in graph.sites.items() if site.late]
+    else:
+        by_consumer = {c: s for s, site in graph.sites.items() for c in site.consumers}
+        unknown = [n for n in layers if n not in by_consumer]
+        if unknown:
+            raise ConfigError(f"method.layers: unknown layer '{unknown[0]}'; transformable inputs of this model: "
+                              f"{', '.join(graph.sites)}")
+        wanted = {by_consumer[n] for n in layers}
+        chosen = [s for s in graph.sites if s in wanted]
+    if not chosen:
+        raise ConfigError(f"method.layers={layers!r} selects no layer of this model; use all, late or names from: "
+                          f"{', '.join(graph.sites)}")
+    return chosen
+
+
+# --------------------------------------------------------------------------- plan
+@dataclass
+class Plan:
+    dims: dict[str, int]                  # site -> kept components k
+    keep: dict[str, torch.Tensor]         # stream -> kept channel indices (sorted); pruned streams only
+
+
+def channel_scores(pca: PCA, k: int, weighted: bool) -> torch.Tensor:
+    """Loadings of each channel on the kept components: `sum_j |V[c, j]|` (times `lambda_j`)."""
+    v = pca.eigenvectors[:, :k].abs()
+    return v @ pca.eigenvalues[:k] if weighted else v.sum(1)
+
+
+def make_plan(graph: Graph, pcas: dict[str, PCA], dims: dict[str, int], out_channels_ratio: Optional[float],
+              residual_channels: str = "joint", score: str = "loadings") -> Plan:
+    keep = {}
+    if out_channels_ratio is not None:
+        for st in graph.streams.values():
+            if (st.residual and residual_channels == "keep") or not st.sites \
+                    or any(s not in dims for s in st.sites):
+                continue
+            m = min(st.width, math.ceil(out_channels_ratio * max(dims[s] for s in st.sites)))
+            if m >= st.width:
+                continue
+            scores = torch.stack([channel_scores(pcas[s], dims[s], score == "weighted") for s in st.sites]).mean(0)
+            keep[st.name] = torch.sort(torch.topk(scores, m).indices).values.cpu()
+    return Plan(dict(dims), keep)
+
+
+def planned_params(model: nn.Module, graph: Graph, plan: Plan) -> int:
+    """Parameter count of `build_pcn(model, ..., plan)`, frozen projections included, without building it."""
+    out_w: dict[str, int] = {}
+    for name, idx in plan.keep.items():
+        for conv, bn in graph.streams[name].producers:
+            out_w[conv] = len(idx)
+            if bn is not None:
+                out_w[bn] = len(idx)
+    in_w: dict[str, tuple[int, Optional[int]]] = {}
+    total = 0
+    for s, site in graph.sites.items():
+        st = graph.streams[site.stream]
+        d = len(plan.keep[st.name]) if st.name in plan.keep else st.width
+        k = plan.dims.get(s)
+        for c in site.consumers:
+            in_w[c] = (d, k)
+        if k is not None:
+            total += k * d + k                    # one shared frozen projection per site: V^T and -V^T mu
+    for name, mod in model.named_modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)) and (name in out_w or name in in_w):
+            conv = isinstance(mod, nn.Conv2d)
+            o = out_w.get(name, mod.out_channels if conv else mod.out_features)
+            d, k = in_w.get(name, (mod.in_channels if conv else mod.in_features, None))
+            kk = math.prod(mod.kernel_size) if conv else 1
+            total += o * (k if k is not None else d) * kk + (o if (k is not None or mod.bias is not None) else 0)
+        elif isinstance(mod, nn.BatchNorm2d) and name in out_w:
+            total += out_w[name] * sum(1 for _ in mod.parameters(recurse=False))
+        else:
+            total += sum(p.numel() for p in mod.parameters(recurse=False))
+    return total
+
+
+def fit_target(model: nn.Module, graph: Graph, pcas: dict[str, PCA], target: int, plan_for) -> tuple[float, Plan, int]:
+    """Bisect one explained-variance threshold shared by every selected layer until the planned
+    parameter count is within TARGET_TOLERANCE_FRAC of `target` (a count)."""
+    def at(tau: float) -> tuple[Plan, int]:
+        plan = plan_for({s: p.components_for(tau) for s, p in pcas.items()})
+        return plan, planned_params(model, graph, plan)
+
+    lo, hi = 0.0, 1.0
+    (p_lo, n_lo), (p_hi, n_hi) = at(lo), at(hi)
+    if n_lo > target * (1 + TARGET_TOLERANCE_FRAC):
+        raise ConfigError(f"method.target_params: even one component per layer leaves {n_lo:,} parameters "
+                          f"(target {target:,}); transform more layers (method.layers=all) or raise the target")
+    if n_hi < target * (1 - TARGET_TOLERANCE_FRAC):
+        raise ConfigError(f"method.target_params: keeping every component gives {n_hi:,} parameters, below the "
+                          f"target {target:,}; lower the target")
+    for _ in range(BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        p_mid, n_mid = at(mid)
+        if n_mid <= target:
+            lo, p_lo, n_lo = mid, p_mid, n_mid
+        else:
+            hi, p_hi, n_hi = mid, p_mid, n_mid
+    tau, plan, n = min(((lo, p_lo, n_lo), (hi, p_hi, n_hi)), key=lambda t: abs(t[2] - target))
+    if abs(n - target) > TARGET_TOLERANCE_FRAC * target:
+        raise ConfigError(f"method.target_params: the closest count one shared threshold reaches is {n:,} "
+                          f"(target {target:,}, tolerance {TARGET_TOLERANCE_FRAC:.0%}); use method.dims instead")
+    return tau, plan, n
+
+
+# --------------------------------------------------------------------------- build
+def prune_streams(model: nn.Module, graph: Graph, plan: Plan, example_inputs: torch.Tensor) -> None:
+    """Remove the channels the plan drops, in place, with torch-pruning's DependencyGraph (it slices
+    the producers' filters, biases and BN entries and every coupled consumer's inputs)."""
+    if not plan.keep:
+        return
+    was_training = model.training
+    model.eval()                                   # the tracing forward must not touch BN statistics
+    with torch.enable_grad():
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    for name, keep in plan.keep.items():
+        st = graph.streams[name]
+        drop = sorted(set(range(st.width)) - set(keep.tolist()))
+        dg.get_pruning_group(get_module(model, st.producers[0][0]), tp.prune_conv_out_channels, idxs=drop).prune()
+        for conv, _ in st.producers:               # the coupling torch-pruning found is the one planned
+            assert get_module(model, conv).out_channels == len(keep), (name, conv)
+        for s in st.sites:
+            for c in graph.sites[s].consumers:
+                m = get_module(model, c)
+                assert (m.in_channels if isinstance(m, nn.Conv2d) else m.in_features) == len(keep), (name, c)
+    model.train(was_training)
+
+
+@torch.no_grad()
+def rotate_sites(model: nn.Module, graph: Graph, pcas: dict[str, PCA], plan: Plan) -> None:
+    """Replace every consumer of a transformed site by its PCN layer, in place."""
+    for s, k in plan.dims.items():
+        site = graph.sites[s]
+        rows = plan.keep.get(site.stream)
+        v, mu = pcas[s].eigenvectors[:, :k], pcas[s].mean
+        if rows is not None:                       # dropped channels: read as their calibration mean
+            v, mu = v[rows.to(v.device)], mu[rows.to(mu.device)]
+        first = get_module(model, site.consumers[0])
+        proj = make_projection(v, mu, isinstance(first, nn.Conv2d), first.weight)
+        for c in site.consumers:
+            set_module(model, c, pcn_layer(get_module(model, c), v, mu, proj))
+
+
+def build_pcn(model: nn.Module, graph: Graph, pcas: dict[str, PCA], plan: Plan,
+              example_inputs: torch.Tensor) -> tuple[nn.Module, dict[str, float]]:
+    """A transformed copy of `model` (the original is left as it was) and the sub-step timings."""
+    new = copy.deepcopy(model)
+    t0 = time.perf_counter()
+    prune_streams(new, graph, plan, example_inputs)
+    t1 = time.perf_counter()
+    rotate_sites(new, graph, pcas, plan)
+    return new, {"prune": t1 - t0, "rotate": time.perf_counter() - t1}
+
+
+def kept_variance(pca: PCA, k: int, rows: Optional[torch.Tensor]) -> float:
+    """Fraction of the input's variance the PCN layer still sees: 1 - tr(A S A^T) / tr(S) with
+    `A = I - V_k V_k[rows]^T E_rows` (`x - mu` -> reconstruction error). Without channel selection
+    it is the explained-variance fraction of the k components."""
+    if rows is None:
+        return float(pca.explained()[k - 1])
+    vals, vecs = pca.eigenvalues, pca.eigenvectors
+    s = vecs @ torch.diag(vals) @ vecs.T
+    d, v = s.shape[0], vecs[:, :k]
+    sel = torch.zeros(k, d, dtype=v.dtype, device=v.device)
+    sel[:, rows.to(v.device)] = v[rows.to(v.device)].T
+    a = torch.eye(d, dtype=v.dtype, device=v.device) - v @ sel
+    return float(1 - torch.trace(a @ s @ a.T) / torch.trace(s).clamp_min(1e-300))
+
+
+# --------------------------------------------------------------------------- the whole transform
+def pcn_transform(model: nn.Module, cfg: "PCN.Config", batches: Iterable[torch.Tensor], example_inputs: torch.Tensor,
+                  dense_params: int) -> tuple[nn.Module, dict[str, Any]]:
+    """Calibrate, decompose, choose dims (and channels), build. Returns the PCN and its report."""
+    t_start = time.perf_counter()
+    graph = analyse(model)
+    sites = select_sites(graph, cfg.layers)
+    if cfg.dims and len(cfg.dims) != len(sites):
+        raise ConfigError(f"method.dims has {len(cfg.dims)} entries but method.layers={cfg.layers!r} selects "
+                          f"{len(sites)}: {', '.join(sites)}")
+    t0 = time.perf_counter()
+    accs = collect_covariances(model, {s: get_module(model, graph.sites[s].consumers[0]) for s in sites},
+                               batches, inputs=True)
+    t1 = time.perf_counter()
+    pcas = {s: PCA.from_accumulator(accs[s]) for s in sites}
+    t2 = time.perf_counter()
+
+    def plan_for(dims: dict[str, int]) -> Plan:
+        return make_plan(graph, pcas, dims, cfg.out_channels_ratio, cfg.residual_channels, cfg.score)
+
+    threshold = None
+    if cfg.dims:
+        for s, k in zip(sites, cfg.dims):
+            if not 1 <= k <= len(pcas[s].eigenvalues):
+                raise ConfigError(f"method.dims: {k} components for {s}, which reads {len(pcas[s].eigenvalues)} "
+                                  f"channels; use 1..{len(pcas[s].eigenvalues)}")
+        plan, selection = plan_for(dict(zip(sites, cfg.dims))), "dims"
+    elif cfg.target_params is not None:
+        threshold, plan, _ = fit_target(model, graph, pcas, round(cfg.target_params * dense_params), plan_for)
+        selection = "target_params"
+    else:
+        threshold, selection = cfg.energy, "energy"
+        plan = plan_for({s: p.components_for(cfg.energy) for s, p in pcas.items()})
+    planned = planned_params(model, graph, plan)
+    t3 = time.perf_counter()
+    new, build_s = build_pcn(model, graph, pcas, plan, example_inputs)
+    report = {
+        "selection": selection, "threshold": threshold, "layers_option": cfg.layers,
+        "layers": [{"layer": s, "consumers": graph.sites[s].consumers, "reads": graph.sites[s].stream,
+                    "in_dims_before": len(pcas[s].eigenvalues),
+                    "in_channels_kept": len(plan.keep[graph.sites[s].stream])
+                    if graph.sites[s].stream in plan.keep else len(pcas[s].eigenvalues),
+                    "in_dims_after": k, "explained_var": float(pcas[s].explained()[k - 1]),
+                    "kept_var": kept_variance(pcas[s], k, plan.keep.get(graph.sites[s].stream))}
+                   for s, k in plan.dims.items()],
+        "streams": [{"stream": n, "residual": graph.streams[n].residual,
+                     "producers": [c for c, _ in graph.streams[n].producers],
+                     "channels_before": graph.streams[n].width, "channels_after": len(idx)}
+                    for n, idx in plan.keep.items()],
+        "planned_params": planned, "dense_params": dense_params,
+        "calibration_samples": {s: accs[s].count for s in sites},
+        "timing_s": {"calibration": t1 - t0, "eigendecomposition": t2 - t1, "plan": t3 - t2, **build_s,
+                     "total": time.perf_counter() - t_start},
+    }
+    return new, report
+
+
+# --------------------------------------------------------------------------- the method
+def default_transform_epoch(model_name: str) -> int:
+    return TRANSFORM_EPOCH_RESNET if "resnet" in model_name else TRANSFORM_EPOCH_VGG
+
+
+@register("pcn")
+class PCN(Method):
+    """Principal Component Networks: train, transform once by PCA of layer inputs, keep training."""
+
+    @dataclass
+    class Config(MethodConfig):
+        transform_epoch: Optional[int] = opt(None, "transform after this many epochs; null: 1 for VGG, 5 for "
+                                             "ResNets (authors' vgg16.py, resnet/cifar10.py)")
+        calibration_images: int = opt(CALIBRATION_IMAGES, "unaugmented training images for the PCA "
+                                      "(authors: 5000)")
+        calibration_batch_size: int = opt(500, "images per calibration forward pass (memory only)")
+        layers: Union[str, list[str]] = opt("all", "inputs to transform: all, late (authors' choice: VGG last two "
+                                            "conv blocks, ResNet last stage + fc) or a list of layer names")
+        energy: float = opt(0.99, "per-layer explained-variance fraction to keep (used when neither dims nor "
+                            "target_params is set; METHODS.md sec. 1 example)")
+        dims: list[int] = opt([], "explicit components per selected layer, in forward order of the layers "
+                              "`layers` selects (the summary lists them); authors' VGG-16: late + "
+                              "[64, 64, 64, 32, 32, 32]")
+        target_params: Optional[float] = opt(None, "fraction of the dense parameter count to meet (within 2%) "
+                                             "by bisecting one explained-variance threshold shared by all layers")
+        out_channels_ratio: Optional[float] = opt(None, "output-side selection: producer channels kept per kept "
+                                                  "component of the next layer, m = ceil(ratio k) (authors' one "
+                                                  "channel-selecting config: 1); null keeps all channels (their "
+                                                  "CIFAR configs; more accurate here, see the module docstring)")
+        residual_channels: str = opt("joint", "ResNet residual-stream channels when out_channels_ratio is set: "
+                                     "removed jointly per stage, or kept", choices=("joint", "keep"))
+        score: str = opt("loadings", "channel score: sum |V| over kept components, or weighted by eigenvalues "
+                         "(code: weighted_row_sum)", choices=("loadings", "weighted"))
+
+        def validate(self) -> None:
+            if self.transform_epoch is not None and self.transform_epoch < 1:
+                raise ConfigError("method.transform_epoch must be >= 1 (or null for the per-family default)")
+            if self.calibration_images < 2 or self.calibration_batch_size < 1:
+                raise ConfigError("method.calibration_images must be >= 2 and calibration_batch_size >= 1")
+            if isinstance(self.layers, str) and self.layers not in ("all", "late"):
+                raise ConfigError(f"method.layers: '{self.layers}' is not all, late or a list of layer names")
+            if not 0 < self.energy <= 1:
+                raise ConfigError(f"method.energy must be in (0, 1], got {self.energy}")
+            if self.dims and self.target_params is not None:
+                raise ConfigError("method.dims and method.target_params both set; keep one of them")
+            if any(k < 1 for k in self.dims):
+                raise ConfigError("method.dims entries must be >= 1")
+            if self.target_params is not None and not 0 < self.target_params <= 1:
+                raise ConfigError(f"method.target_params must be in (0, 1], got {self.target_params}")
+            if self.out_channels_ratio is not None and self.out_channels_ratio <= 0:
+                raise ConfigError("method.out_channels_ratio must be > 0 (or null to keep all channels)")
+
+    def __init__(self, cfg: Config, ctx):
+        super().__init__(cfg, ctx)
+        self.transform_epoch = cfg.transform_epoch or default_transform_epoch(ctx.model_name)
+        if self.transform_epoch > ctx.epochs:
+            raise ConfigError(f"method.transform_epoch={self.transform_epoch} is past the budget of "
+                              f"{ctx.epochs} epochs; set method.transform_epoch <= train.epochs")
+        self.report: dict[str, Any] = {}
+        self._last_hook_time: Optional[float] = None
+
+    def on_train_start(self, model: nn.Module) -> None:
+        self._last_hook_time = time.perf_counter()
+        return None
+
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> Optional[nn.Module]:
+        now = time.perf_counter()
+        epoch_s = None if self._last_hook_time is None else now - self._last_hook_time
+        self._last_hook_time = now
+        if epoch != self.transform_epoch or self.report:
+            return None
+        batches = self.ctx.calibration(self.cfg.calibration_images, self.cfg.calibration_batch_size)
+        new, report = pcn_transform(model, self.cfg, batches, self.ctx.example_inputs, self.ctx.dense_params)
+        report.update({"transform_epoch": epoch, "epoch_wall_s": epoch_s,
+                       "transform_to_epoch_ratio": None if not epoch_s else report["timing_s"]["total"] / epoch_s})
+        self.report = report
+        self._last_hook_time = time.perf_counter()
+        return new
+
+    def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
+        if not self.report:
+            return {"pcn/transformed": 0}
+        dims = [(l["in_dims_after"], l["in_dims_before"]) for l in self.report["layers"]]
+        return {"pcn/transformed": 1, "pcn/dims_frac": sum(a for a, _ in dims) / sum(b for _, b in dims)}
+
+    def summary(self, model: nn.Module) -> dict[str, Any]:
+        counts = param_counts(model)
+        params = {"trainable": counts["params_trainable"], "frozen": counts["params_total"] - counts["params_trainable"],
+                  "total": counts["params_total"], "dense": self.ctx.dense_params,
+                  "fraction_of_dense": counts["params_total"] / self.ctx.dense_params}
+        return {"transform_epoch": self.transform_epoch, "transformed": bool(self.report), **self.report,
+                "params": params}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"report": self.report}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.report = state.get("report", {})
