@@ -15,6 +15,7 @@ from methods import REGISTRY
 # Settings that fit the tiny synthetic set (512 training images) and a 3-epoch budget.
 TINY_METHOD_OVERRIDES: dict[str, list[str]] = {
     "pcn": ["method.calibration_images=256"],
+    "snp": ["method.calibration_images=256"],
 }
 BUILTIN = sorted(REGISTRY)
 

@@ -1,0 +1,199 @@
+"""Structured-pruning glue shared by `l1_filter` and `snp` (not a method: the name starts
+with an underscore, so the registry skips it).
+
+- `PruningConfig`: the options both methods share (when to prune, what to reach).
+- `prune_schedule`: the epochs at which pruning happens (pure function).
+- Torch-Pruning's `DependencyGraph` for the suite's timm models: built in eval mode
+  (tracing runs a forward pass, which in train mode would move the BatchNorm running
+  statistics), classifier never pruned; `prune_out_channels` removes given output
+  channels of a layer together with everything that depends on them (BN entries,
+  the consumers' input channels, residual partners).
+- Measurements: parameters or MACs (bench.metrics, the harness's own counters) as a
+  fraction of dense, a target check, per-layer channel tables.
+"""
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from timm.models.resnet import BasicBlock, Bottleneck
+
+from bench.config import ConfigError, opt
+from bench.metrics import count_macs
+from methods.base import MethodConfig
+
+# Share of the budget spent before pruning when `prune_epoch` is not given:
+# torch-pruning's ResNet-56 CIFAR-10 reproduction (METHODS.md sec. 3) pretrains 200
+# epochs and fine-tunes 100, i.e. prunes after 2/3 of 300 epochs.
+DEFAULT_PRUNE_AT_FRAC = 2 / 3
+
+
+@dataclass
+class PruningConfig(MethodConfig):
+    """Options shared by the structured-pruning methods."""
+    prune_epoch: Optional[int] = opt(
+        None, "prune after this many completed epochs (0: before training) and fine-tune for the rest "
+              "of train.epochs; null: round(2/3 of train.epochs), torch-pruning's ResNet-56 recipe "
+              "(200 training + 100 fine-tuning epochs)")
+    target_params: Optional[float] = opt(
+        0.5, "kept parameters as a fraction of the dense model (METHODS.md sec. 7 operating points "
+             "0.5/0.25/0.1); null to use target_macs or a fixed setting (l1_filter: pruning_ratio, snp: tau)")
+    target_macs: Optional[float] = opt(None, "kept MACs per image as a fraction of dense (set target_params: null)")
+    target_tol_frac: float = opt(
+        0.02, "a target is met when the kept fraction is within this relative distance of it, at or "
+              "below the target when the channel granularity allows (issue 7: 'within 2%')")
+
+    def targets_set(self) -> list[str]:
+        return [k for k in ("target_params", "target_macs") if getattr(self, k) is not None]
+
+    def validate(self) -> None:
+        if len(self.targets_set()) > 1:
+            raise ConfigError("method: set only one of target_params and target_macs "
+                              "(e.g. method.target_macs=null)")
+        for key in self.targets_set():
+            v = getattr(self, key)
+            if not 0.0 < v <= 1.0:
+                raise ConfigError(f"method.{key} must be in (0, 1] (a kept fraction of dense), got {v}")
+        if not 0.0 <= self.target_tol_frac < 1.0:
+            raise ConfigError(f"method.target_tol_frac must be in [0, 1), got {self.target_tol_frac}")
+        if self.prune_epoch is not None and self.prune_epoch < 0:
+            raise ConfigError(f"method.prune_epoch must be >= 0 (0: prune before training), got {self.prune_epoch}")
+
+    def target_spec(self) -> Optional[tuple[str, float]]:
+        """("params" | "macs", fraction of dense), or None."""
+        if self.target_params is not None:
+            return "params", self.target_params
+        if self.target_macs is not None:
+            return "macs", self.target_macs
+        return None
+
+
+def prune_schedule(prune_epoch: Optional[int], total_epochs: int, steps: int = 1,
+                   every_epochs: int = 1) -> list[int]:
+    """Epochs (completed, 0 = before training) at which the pruning events happen:
+    `prune_epoch`, then every `every_epochs` until `steps` events."""
+    first = round(DEFAULT_PRUNE_AT_FRAC * total_epochs) if prune_epoch is None else prune_epoch
+    epochs = [first + k * every_epochs for k in range(steps)]
+    if epochs[-1] > total_epochs:
+        raise ConfigError(f"method: pruning events at epochs {epochs} do not fit in train.epochs={total_epochs}; "
+                          f"lower method.prune_epoch or the number of steps, or raise train.epochs")
+    return epochs
+
+
+def event_fraction(target: float, k: int, n: int) -> float:
+    """Target of the k-th of n pruning events (1-based): the removed share grows linearly."""
+    return 1.0 - (1.0 - target) * k / n
+
+
+# --------------------------------------------------------------------------- model structure
+def classifier_of(model: nn.Module) -> nn.Module:
+    """The classifier layer (never pruned: its outputs are the classes)."""
+    get = getattr(model, "get_classifier", None)
+    if get is None:
+        raise ConfigError(f"{type(model).__name__} has no get_classifier(); the pruning methods need a timm model")
+    return get()
+
+
+def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """Every Conv2d in registration order, which is forward order for the suite's VGG and
+    ResNet; `prune_layers` options index this list from 1 (Li et al.'s conv_1 ... conv_13)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def block_internal_convs(model: nn.Module) -> list[nn.Conv2d]:
+    """Convs whose output channels stay inside a residual block: conv1 of a BasicBlock,
+    conv1 and conv2 of a Bottleneck (Li et al. 2017 sec. 4.2 prune only these in ResNets).
+    A network without residual blocks (VGG): every conv."""
+    blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+    if not blocks:
+        return [m for _, m in conv_layers(model)]
+    convs = []
+    for b in blocks:
+        convs.append(b.conv1)
+        if isinstance(b, Bottleneck):
+            convs.append(b.conv2)
+    return convs
+
+
+def channels(model: nn.Module) -> dict[str, int]:
+    """Output channels of every conv, by name."""
+    return {n: m.out_channels for n, m in conv_layers(model)}
+
+
+def channel_table(before: dict[str, int], after: dict[str, int]) -> dict[str, list[int]]:
+    """{conv name: [channels before, channels after]} for the layers that changed."""
+    return {n: [c, after.get(n, 0)] for n, c in before.items() if after.get(n, 0) != c}
+
+
+# --------------------------------------------------------------------------- torch-pruning
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of `model`, traced in eval mode."""
+    with eval_mode(model):
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+
+
+def prune_out_channels(graph: tp.DependencyGraph, layer: nn.Module, idxs: Sequence[int]) -> None:
+    """Remove output channels `idxs` of `layer` and everything coupled to them (BN entries,
+    consumers' input channels, residual partners). Kept channels keep their order."""
+    idxs = sorted(int(i) for i in idxs)
+    if not idxs:
+        return
+    fn = tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
+    group = graph.get_pruning_group(layer, fn, idxs=idxs)
+    if not graph.check_pruning_group(group):
+        raise ValueError(f"cannot remove {len(idxs)} of {graph.get_out_channels(layer)} channels of {layer}")
+    group.prune()
+
+
+def is_out_pruning(graph: tp.DependencyGraph, dep) -> bool:
+    return graph.is_out_channel_pruning_fn(dep.handler)
+
+
+# --------------------------------------------------------------------------- measurement
+def measure(model: nn.Module, example_inputs: torch.Tensor, kind: str) -> int:
+    """Parameters or MACs per image, with the harness's own counters."""
+    if kind == "params":
+        return sum(p.numel() for p in model.parameters())      # = param_counts()["params_total"]
+    if kind == "macs":
+        return count_macs(model, example_inputs)[0]
+    raise ValueError(f"unknown measure '{kind}'")
+
+
+def dense_value(ctx, kind: str) -> int:
+    return ctx.dense_params if kind == "params" else ctx.dense_macs
+
+
+def within(achieved_frac: float, target_frac: float, tol_frac: float) -> bool:
+    """|achieved / target - 1| <= tol (issue 7: a target is met "within 2%")."""
+    return abs(achieved_frac - target_frac) <= tol_frac * target_frac * (1 + 1e-12)
+
+
+def check_target(achieved_frac: float, target_frac: float, tol_frac: float, key: str, hint: str) -> None:
+    """Raise ConfigError unless `achieved` is within `tol` (relative) of `target`."""
+    if not within(achieved_frac, target_frac, tol_frac):
+        raise ConfigError(f"method.{key}={target_frac:g} not met within {tol_frac:.0%}: pruning reached "
+                          f"{achieved_frac:.4f} of dense; {hint}")
+
+
+def sizes(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, int]:
+    return {"params": measure(model, example_inputs, "params"), "macs": measure(model, example_inputs, "macs")}
+
+
+def detached_copy(model: nn.Module) -> nn.Module:
+    """A deep copy to prune (the harness's model is left as it was if pruning fails)."""
+    return copy.deepcopy(model)
