@@ -24,8 +24,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
+# The test-suite, then the smoke profile of the benchmark (every method through the
+# suite and the report, on synthetic data) into a scratch folder.
 test: $(STAMP)
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q
+	rm -rf out/smoke-suite
+	WANDB_MODE=disabled $(MAKE) --no-print-directory bench-cifar PROFILE=smoke ARGS="--results-dir out/smoke-suite"
 
 bench-cifar: $(STAMP)
 	@test -n "$(SUITE)" || { echo "error: unknown PROFILE '$(PROFILE)'; use PROFILE=full, quick or smoke" >&2; exit 2; }

@@ -12,10 +12,7 @@ clocks) sits behind `Runtime`; the CPU path is the tested one.
 """
 from __future__ import annotations
 
-import math
 import random
-import sys
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path

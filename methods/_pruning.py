@@ -14,9 +14,10 @@ with an underscore, so the registry skips it).
 from __future__ import annotations
 
 import copy
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch_pruning as tp
@@ -25,7 +26,7 @@ from timm.models.resnet import BasicBlock, Bottleneck
 
 from bench.config import ConfigError, opt
 from bench.metrics import count_macs
-from methods.base import MethodConfig
+from methods.base import Method, MethodConfig
 
 # Share of the budget spent before pruning when `prune_epoch` is not given:
 # torch-pruning's ResNet-56 CIFAR-10 reproduction (METHODS.md sec. 3) pretrains 200
@@ -197,3 +198,51 @@ def sizes(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, int]:
 def detached_copy(model: nn.Module) -> nn.Module:
     """A deep copy to prune (the harness's model is left as it was if pruning fails)."""
     return copy.deepcopy(model)
+
+
+class ScheduledPruning(Method):
+    """What the structured-pruning methods share: prune at the scheduled epochs (0 = before
+    training), log each event, and report channels, parameter and MAC fractions. A subclass
+    sets `self.events` and implements `prune(model, k, n) -> (pruned model, info)` for event
+    k of n; `check(model)` fails before training on a model it cannot prune."""
+
+    events: list[int]
+
+    def __init__(self, cfg: MethodConfig, ctx):
+        super().__init__(cfg, ctx)
+        self.log: list[dict[str, Any]] = []
+        self.dense_channels: dict[str, int] = {}
+
+    def check(self, model: nn.Module) -> None:
+        pass
+
+    def on_train_start(self, model: nn.Module) -> Optional[nn.Module]:
+        self.check(model)
+        self.dense_channels = channels(model)
+        return self._maybe_prune(model, 0)
+
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> Optional[nn.Module]:
+        return self._maybe_prune(model, epoch)
+
+    def _maybe_prune(self, model: nn.Module, epoch: int) -> Optional[nn.Module]:
+        if epoch not in self.events:
+            return None
+        k, n = self.events.index(epoch) + 1, len(self.events)
+        t0 = time.perf_counter()
+        pruned, info = self.prune(model, k, n)
+        info.update({"epoch": epoch, "event": k, "seconds": time.perf_counter() - t0})
+        self.log.append(info)
+        return pruned
+
+    def summary(self, model: nn.Module) -> dict[str, Any]:
+        now = sizes(model, self.ctx.example_inputs)
+        return {"events": self.log, "prune_epochs": self.events,
+                "channels": channel_table(self.dense_channels, channels(model)),
+                "params_frac": now["params"] / self.ctx.dense_params, "macs_frac": now["macs"] / self.ctx.dense_macs}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"log": self.log, "dense_channels": self.dense_channels}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.log = list(state.get("log", []))
+        self.dense_channels = dict(state.get("dense_channels", {}))

@@ -19,16 +19,13 @@ needs to resume after an interruption (the model itself is checkpointed whole).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterator, Optional
 
 import torch
 from torch import nn
 
 from bench.config import ConfigError, _suggest, opt
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass

@@ -42,7 +42,6 @@ channel counts multiples of a number.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -51,10 +50,10 @@ import torch_pruning as tp
 from torch import nn
 
 from bench.config import ConfigError, opt
-from methods._pruning import (PruningConfig, block_internal_convs, channel_table, channels, check_target,
+from methods._pruning import (PruningConfig, ScheduledPruning, block_internal_convs, channel_table, channels, check_target,
                               classifier_of, conv_layers, dense_value, detached_copy, eval_mode, event_fraction,
                               measure, prune_out_channels, prune_schedule, sizes, within)
-from methods.base import Method, register
+from methods.base import register
 
 
 class FirstLayerL1(tp.importance.MagnitudeImportance):
@@ -109,7 +108,7 @@ def step_until(pruner: tp.pruner.BasePruner, value: Callable[[], int], limit: fl
 
 
 @register("l1_filter")
-class L1Filter(Method):
+class L1Filter(ScheduledPruning):
     """L1-norm filter pruning (Li et al. 2017) through Torch-Pruning: train, prune, fine-tune."""
 
     @dataclass
@@ -155,27 +154,9 @@ class L1Filter(Method):
     def __init__(self, cfg: "L1Filter.Config", ctx):
         super().__init__(cfg, ctx)
         self.events = prune_schedule(cfg.prune_epoch, ctx.epochs, cfg.iterative_steps, cfg.step_every_epochs)
-        self.log: list[dict[str, Any]] = []
-        self.dense_channels: dict[str, int] = {}
 
-    # ---- hooks -----------------------------------------------------------------------
-    def on_train_start(self, model: nn.Module) -> Optional[nn.Module]:
+    def check(self, model: nn.Module) -> None:
         selected_convs(model, self.cfg.scope, self.cfg.prune_layers)    # fail now, not after training
-        self.dense_channels = channels(model)
-        return self._maybe_prune(model, 0)
-
-    def on_epoch_end(self, model: nn.Module, epoch: int) -> Optional[nn.Module]:
-        return self._maybe_prune(model, epoch)
-
-    def _maybe_prune(self, model: nn.Module, epoch: int) -> Optional[nn.Module]:
-        if epoch not in self.events:
-            return None
-        k, n = self.events.index(epoch) + 1, len(self.events)
-        t0 = time.perf_counter()
-        pruned, info = self.prune(model, k, n)
-        info.update({"epoch": epoch, "event": k, "seconds": time.perf_counter() - t0})
-        self.log.append(info)
-        return pruned
 
     # ---- the pruning -----------------------------------------------------------------
     def make_pruner(self, model: nn.Module, chosen: list[nn.Conv2d], **kw) -> tp.pruner.BasePruner:
@@ -262,17 +243,3 @@ class L1Filter(Method):
                 (model, value), done = before, done - 1      # one group fewer: just above, within tolerance
                 break
         return model, value, {"steps": steps - 1, "groups_of_last_step": done}
-
-    # ---- reporting and resume --------------------------------------------------------
-    def summary(self, model: nn.Module) -> dict[str, Any]:
-        now = sizes(model, self.ctx.example_inputs)
-        return {"events": self.log, "prune_epochs": self.events,
-                "channels": channel_table(self.dense_channels, channels(model)),
-                "params_frac": now["params"] / self.ctx.dense_params, "macs_frac": now["macs"] / self.ctx.dense_macs}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"log": self.log, "dense_channels": self.dense_channels}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.log = list(state.get("log", []))
-        self.dense_channels = dict(state.get("dense_channels", {}))

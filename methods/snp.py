@@ -67,10 +67,10 @@ from torch import nn
 from bench.config import ConfigError, opt
 from bench.stats import collect_covariances
 from bench.surgery import get_module, substitute_inputs
-from methods._pruning import (PruningConfig, build_graph, channel_table, channels, check_target, classifier_of,
+from methods._pruning import (PruningConfig, ScheduledPruning, build_graph, channel_table, channels, check_target, classifier_of,
                               dense_value, detached_copy, is_out_pruning, measure,
                               prune_out_channels, prune_schedule, sizes, within)
-from methods.base import Method, register
+from methods.base import register
 
 # Relative threshold below which an eigenvalue or an LDL pivot counts as zero (float64
 # statistics; well above its 1e-16 roundoff, well below any real unit's variance share).
@@ -218,7 +218,7 @@ def spectrum(mean: torch.Tensor, cov: torch.Tensor, ordering: str, min_channels:
 
 # --------------------------------------------------------------------------- the method
 @register("snp")
-class SNP(Method):
+class SNP(ScheduledPruning):
     """Subspace Node Pruning (Offergeld et al. 2024): Gram-Schmidt (LDL) unit pruning with least-squares compensation."""
 
     @dataclass
@@ -253,28 +253,9 @@ class SNP(Method):
         if cfg.calibration_images > ctx.num_train_images:
             raise ConfigError(f"method.calibration_images={cfg.calibration_images} exceeds the {ctx.num_train_images} "
                               f"training images; lower it")
-        self.log: list[dict[str, Any]] = []
-        self.dense_channels: dict[str, int] = {}
-
-    # ---- hooks -----------------------------------------------------------------------
-    def on_train_start(self, model: nn.Module) -> Optional[nn.Module]:
-        self.dense_channels = channels(model)
-        return self._maybe_prune(model, 0)
-
-    def on_epoch_end(self, model: nn.Module, epoch: int) -> Optional[nn.Module]:
-        return self._maybe_prune(model, epoch)
-
-    def _maybe_prune(self, model: nn.Module, epoch: int) -> Optional[nn.Module]:
-        if epoch not in self.events:
-            return None
-        t0 = time.perf_counter()
-        pruned, info = self.prune(model)
-        info.update({"epoch": epoch, "seconds": time.perf_counter() - t0})
-        self.log.append(info)
-        return pruned
 
     # ---- the pruning -----------------------------------------------------------------
-    def prune(self, model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+    def prune(self, model: nn.Module, k: int = 1, n: int = 1) -> tuple[nn.Module, dict[str, Any]]:
         """A pruned (and compensated) copy of `model`, and what happened."""
         cfg, ctx = self.cfg, self.ctx
         example = ctx.example_inputs
@@ -415,16 +396,3 @@ class SNP(Method):
         shift = new.bias[keep_out]      # substitute_inputs gave a bias-free layer the bias W s
         bn.running_mean.sub_(shift)     # bn(y + shift) with running mean m == bn(y) with mean m - shift
 
-    # ---- reporting and resume --------------------------------------------------------
-    def summary(self, model: nn.Module) -> dict[str, Any]:
-        now = sizes(model, self.ctx.example_inputs)
-        return {"events": self.log, "prune_epochs": self.events,
-                "channels": channel_table(self.dense_channels, channels(model)),
-                "params_frac": now["params"] / self.ctx.dense_params, "macs_frac": now["macs"] / self.ctx.dense_macs}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"log": self.log, "dense_channels": self.dense_channels}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.log = list(state.get("log", []))
-        self.dense_channels = dict(state.get("dense_channels", {}))

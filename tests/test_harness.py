@@ -14,7 +14,7 @@ import torch
 
 from bench.config import load_config
 from bench.optim import lr_at
-from bench.runs import RunDir, run_name
+from bench.runs import run_name
 from bench.train import train
 
 REPO = Path(__file__).resolve().parents[1]
