@@ -256,6 +256,7 @@ def train(cfg: RunConfig, max_epochs: Optional[int] = None, log: Callable[[str],
         macs, macs_nz = count_macs(trainer.model, example)
         params = param_counts(trainer.model)
         ep = trainer.train_epoch(epoch, total_steps, log)
+        ctx.last_epoch_s = ep["epoch_s"]
         # Forward + backward ~ 3x the forward MACs (backward: grads of inputs and weights).
         trainer.train_macs += 3 * macs * ep["images"]
         trainer.train_macs_nonzero += 3 * macs_nz * ep["images"]

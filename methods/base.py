@@ -55,6 +55,7 @@ class Context:
     evaluate: Callable[[nn.Module], float]              # test accuracy of a model
     epoch: int = 0                   # completed epochs
     step: int = 0                    # completed optimizer steps
+    last_epoch_s: float = 0.0        # training seconds of the last completed epoch (for cost ratios)
     optimizer: Optional[torch.optim.Optimizer] = None
 
 

@@ -63,9 +63,8 @@ Choices where the sources are silent or differ (METHODS.md "choice"):
 - The transformed convs carry a bias (absorbing `W mu`) even before a BN, as in the code. With
   k = d the PCN trains like the dense net except that the centred input moves the batch-mean
   part of a layer's weight gradient into its bias (nil before a BN; the classifier differs).
-- Timings: `summary()["timing_s"]` has our own sub-steps; `epoch_wall_s` is the wall-clock from
-  the previous hook call to the end of the transform epoch (training plus evaluation), so the
-  ratio is approximate; the harness's `transforms[].seconds` / `epoch_s_mean` are the exact pair.
+- Timings: `summary()["timing_s"]` has our own sub-steps; `transform_to_epoch_ratio` divides
+  their total by the training seconds of the epoch just completed (`ctx.last_epoch_s`).
 """
 from __future__ import annotations
 
@@ -546,24 +545,16 @@ class PCN(Method):
             raise ConfigError(f"method.transform_epoch={self.transform_epoch} is past the budget of "
                               f"{ctx.epochs} epochs; set method.transform_epoch <= train.epochs")
         self.report: dict[str, Any] = {}
-        self._last_hook_time: Optional[float] = None
-
-    def on_train_start(self, model: nn.Module) -> None:
-        self._last_hook_time = time.perf_counter()
-        return None
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> Optional[nn.Module]:
-        now = time.perf_counter()
-        epoch_s = None if self._last_hook_time is None else now - self._last_hook_time
-        self._last_hook_time = now
         if epoch != self.transform_epoch or self.report:
             return None
         batches = self.ctx.calibration(self.cfg.calibration_images, self.cfg.calibration_batch_size)
         new, report = pcn_transform(model, self.cfg, batches, self.ctx.example_inputs, self.ctx.dense_params)
-        report.update({"transform_epoch": epoch, "epoch_wall_s": epoch_s,
-                       "transform_to_epoch_ratio": None if not epoch_s else report["timing_s"]["total"] / epoch_s})
+        epoch_s = self.ctx.last_epoch_s
+        report.update({"transform_epoch": epoch, "epoch_train_s": epoch_s,
+                       "transform_to_epoch_ratio": report["timing_s"]["total"] / epoch_s if epoch_s else None})
         self.report = report
-        self._last_hook_time = time.perf_counter()
         return new
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
