@@ -1,0 +1,247 @@
+"""PCNS (methods/pcns.py): the draft's algebra on tiny tensors and models, and one run through the harness."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.config import ConfigError, ModelConfig, load_config
+from bench.models import build_model
+from bench.surgery import substitute_inputs
+from bench.train import train
+from methods.pcns import PCNS, MixPool, shrink, sigma, sigma_inv
+
+
+# --------------------------------------------------------------------------- helpers
+def calibration_from(pool: torch.Tensor):
+    """ctx.calibration over a fixed pool: the first n samples, or the last n if held out."""
+    def calibration(n: int, batch_size: int = 500, heldout: bool = False):
+        assert n <= len(pool), f"asked for {n} calibration samples, the pool has {len(pool)}"
+        src = pool[len(pool) - n:] if heldout else pool[:n]
+        for i in range(0, n, batch_size):
+            yield src[i:i + batch_size]
+    return calibration
+
+
+def config(**kw) -> PCNS.Config:
+    base = dict(name="pcns", calib_images=32, error_images=16, calib_batch=16)
+    return PCNS.Config(**{**base, **kw})
+
+
+def randomize_bn(model: nn.Module, seed: int = 1) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+    return model
+
+
+def leaky_vgg(slope: float) -> nn.Module:
+    return randomize_bn(build_model(ModelConfig(name="vgg11", width=0.125, act="leaky_relu", leaky_slope=slope))).eval()
+
+
+def small_convnet(act: nn.Module) -> nn.Module:
+    """conv-BN-act-conv-BN-act-avgpool-fc: sites '0' (consumer '3') and '3' (consumer '8')."""
+    return randomize_bn(nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), copy.deepcopy(act),
+        nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(6), copy.deepcopy(act),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4))).eval()
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+# --------------------------------------------------------------------------- algebra
+@pytest.mark.parametrize("slope", [0.01, 0.2])
+def test_leaky_inverse_composed_with_leaky_is_identity(slope):
+    x = torch.randn(10_000, dtype=torch.float64) * 10
+    torch.testing.assert_close(sigma_inv(sigma(x, slope), slope), x, rtol=1e-15, atol=0)
+    torch.testing.assert_close(sigma(sigma_inv(x, slope), slope), x, rtol=1e-15, atol=0)
+
+
+def test_conv_consumer_reads_p_at_every_position_borders_included():
+    """No border approximation: P has no shift, so padding zeros of e are padding zeros of P e."""
+    consumer = nn.Conv2d(6, 5, 3, padding=1).double()
+    p = torch.randn(6, 3, dtype=torch.float64)
+    e = torch.randn(2, 3, 7, 7, dtype=torch.float64)
+    direct = consumer(torch.einsum("jm,nmhw->njhw", p, e))
+    torch.testing.assert_close(substitute_inputs(consumer, p)(e), direct, rtol=1e-12, atol=1e-12)
+
+
+def test_planted_low_rank_layer_shrinks_to_its_rank_and_generalises():
+    """Inputs t * v_k (t > 0, one of r directions) through a positive layer: its outputs are an exact
+    rank-r linear function of the input and every sigma^{-1}(c EV_i) is linear in it, so the least
+    squares is exact, M = r, and the next layer's pre-activations are reproduced on NEW inputs."""
+    torch.manual_seed(3)
+    d_in, r, n = 12, 3, 16
+    v = torch.rand(r, d_in) + 0.1
+    model = nn.Sequential(nn.Linear(d_in, n), nn.LeakyReLU(0.05), nn.Linear(n, 5)).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.rand(n, d_in))
+        model[0].bias.zero_()
+
+    def inputs(count: int) -> torch.Tensor:
+        return (torch.rand(count, 1) * 1.5 + 0.5) * v[torch.randint(r, (count,))]
+    pool, fresh = inputs(600), inputs(300)
+    old = copy.deepcopy(model)
+    new, report, plans = shrink(model, config(energy=1 - 1e-9, calib_batch=64), calibration_from(pool), pool[:1])
+    (row,) = report["layers"]
+    assert plans[0].m_comp == r and row["n_after"] == r + 1 and new[0].out_features == r + 1
+    assert row["ls_residual"] < 1e-10 and row["variance_kept"] > 1 - 1e-9
+    with torch.no_grad():
+        assert rel(new(fresh), old(fresh)) < 1e-5
+    assert row["next_err_heldout"] < 1e-5
+
+
+def test_all_components_reproduce_the_output_up_to_the_reported_ls_residual():
+    """LeakyReLU, M = n - 1: P sigma(T) = X exactly (PCA step), so the only error is the least squares
+    residual R; it is recomputed here independently (SVD over B samples, F.unfold, float64) and the
+    network output moves by at most ||W_fc P||_2 ||R||_F / sqrt(HW) (sigma is 1-Lipschitz)."""
+    torch.manual_seed(4)
+    slope = 0.1
+    model = small_convnet(nn.LeakyReLU(slope))
+    pool = torch.randn(64, 3, 8, 8)
+    old = copy.deepcopy(model)
+    new, report, plans = shrink(model, config(energy=1.0, transform_full_rank=True, layers=["3"]),
+                                calibration_from(pool), pool[:1])
+    (row,) = report["layers"]
+    (plan,) = [p for p in plans if p.shrink]
+    assert row["layer"] == "3" and row["components"] == 5 and row["n_after"] == 6
+
+    cal = pool[:32]                                            # calib_images = 32
+    with torch.no_grad():
+        x_in = old[:3](cal).double()
+        x = old[:6](cal).double().permute(1, 0, 2, 3).reshape(6, -1)   # X_l: n x B
+        y_old, y_new = old(cal).double(), new(cal).double()
+    c = row["c"]
+    u, s, vt = torch.linalg.svd(x - x.mean(0), full_matrices=False)
+    u, s, vt = u[:, :5], s[:5], vt[:5]
+    sign = torch.sign(((plan.p[:, :5] * c) * (u * s)).sum(0))  # the sign the method chose for each EV
+    targets = torch.cat([sigma_inv(c * sign[:, None] * vt, slope), sigma_inv(x.mean(0, keepdim=True), slope)])
+    a = F.unfold(x_in, 3, padding=1).permute(0, 2, 1).reshape(-1, 72)
+    a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], 1)
+    resid = a @ plan.w - targets.T
+    assert float((resid ** 2).sum()) == pytest.approx(row["ls_residual_abs"], rel=1e-4)
+    assert float((resid[:, :5] ** 2).sum() / (targets[:5] ** 2).sum()) == pytest.approx(row["ls_residual"], rel=1e-4)
+    assert float((resid[:, 5] ** 2).sum() / (targets[5] ** 2).sum()) == pytest.approx(row["ls_residual_mean_to"],
+                                                                                       rel=1e-4)
+    # PCA with all components is exact: P sigma(targets) = X.
+    torch.testing.assert_close(plan.p @ sigma(targets, slope), x, rtol=1e-9, atol=1e-9)
+    # The shrunk layer (conv + fresh BN, eval) computes A W.
+    with torch.no_grad():
+        pre = new[4](new[3](old[:3](cal))).double().permute(1, 0, 2, 3).reshape(6, -1)
+    assert rel(pre, (a @ plan.w).T) < 1e-5
+    bound = torch.linalg.matrix_norm(new[8].weight.double(), 2) * resid.norm() / 8.0   # sqrt(HW) = 8
+    assert float((y_new - y_old).norm()) <= float(bound.detach()) * (1 + 1e-4)
+    assert 0 < row["ls_residual"] < 1
+
+
+def test_scale_c_does_not_change_the_result():
+    torch.manual_seed(5)
+    model = small_convnet(nn.LeakyReLU(0.1))
+    pool, fresh = torch.randn(64, 3, 8, 8), torch.randn(16, 3, 8, 8)
+    a, rep_a, _ = shrink(copy.deepcopy(model), config(energy=0.9, ev_scale=1.0), calibration_from(pool), pool[:1])
+    b, rep_b, _ = shrink(copy.deepcopy(model), config(energy=0.9, ev_scale=37.0), calibration_from(pool), pool[:1])
+    assert [r["n_after"] for r in rep_a["layers"]] == [r["n_after"] for r in rep_b["layers"]]
+    for ra, rb in zip(rep_a["layers"], rep_b["layers"]):
+        assert ra["ls_residual"] == pytest.approx(rb["ls_residual"], rel=1e-8)
+        assert ra["next_err_heldout"] == pytest.approx(rb["next_err_heldout"], rel=1e-4)
+    with torch.no_grad():
+        assert rel(b(fresh), a(fresh)) < 1e-4
+
+
+# --------------------------------------------------------------------------- whole models
+def test_vgg_order_second_to_last_first_and_linear_case_is_exact():
+    """VGG-11: the last hidden conv (consumer: the classifier) is shrunk first, then down to the first.
+    With slope 1 (sigma linear) and all components every step is exact, so the whole shrunk VGG,
+    the 1x1 mixes kept in front of its max pools and the fresh BNs, computes the same function on
+    the calibration images (the last layers have fewer samples than unknowns: not on new ones)."""
+    torch.manual_seed(6)
+    model = leaky_vgg(slope=1.0)
+    convs = [f"features.{i}" for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
+    pool = torch.randn(48, 3, 32, 32)
+    old = copy.deepcopy(model)
+    new, report, _ = shrink(model, config(energy=1.0, transform_full_rank=True, samples_per_unit=1),
+                            calibration_from(pool), pool[:1])
+    assert report["order"] == convs[::-1]
+    assert [r["layer"] for r in report["layers"]] == convs[::-1]
+    assert report["layers"][0]["consumer"] == "head.fc"
+    assert sum(isinstance(m, MixPool) for m in new.features) == 5     # one per max pool
+    with torch.no_grad():
+        assert rel(new(pool[:32]), old(pool[:32])) < 1e-5
+    assert report["logit_err_cal"] < 1e-5 and report["top1_agreement_cal"] == 1.0
+
+
+def test_relu_needs_the_split_option():
+    model = small_convnet(nn.ReLU())
+    pool = torch.randn(64, 3, 8, 8)
+    with pytest.raises(ConfigError, match="model.act=leaky_relu"):
+        shrink(copy.deepcopy(model), config(), calibration_from(pool), pool[:1])
+    new, report, plans = shrink(model, config(energy=0.9, relu_split=True), calibration_from(pool), pool[:1])
+    for row, plan in zip(report["layers"], [p for p in reversed(plans) if p.shrink]):
+        m = row["components"]
+        assert row["n_after"] == 2 * m + 1
+        torch.testing.assert_close(plan.p[:, 1:2 * m:2], -plan.p[:, 0:2 * m:2])   # columns (lambda/c, -lambda/c)
+        assert 0 <= row["next_err_cal"] < float("inf")
+    with torch.no_grad():
+        assert torch.isfinite(new(pool[:4])).all()
+
+
+def test_repeated_shrinking_keeps_resnet_trainable_and_counts_exact():
+    torch.manual_seed(7)
+    model = randomize_bn(build_model(ModelConfig(name="resnet20", width=0.5, act="leaky_relu"))).eval()
+    pool = torch.randn(64, 3, 8, 8)
+    widths = {}
+    for k in range(2):
+        before = sum(p.numel() for p in model.parameters())
+        model, report, _ = shrink(model, config(energy=0.8, samples_per_unit=2), calibration_from(pool), pool[:1])
+        assert sum(p.numel() for p in model.parameters()) == report["projected_params"] < before
+        assert all(r["layer"].endswith(".conv1") for r in report["layers"])    # block-internal only
+        for r in report["layers"]:
+            if k == 1 and r["layer"] in widths:
+                assert r["n_before"] == widths[r["layer"]]
+            widths[r["layer"]] = r["n_after"]
+    assert model.layer1[0].conv2.out_channels == 8 and model.layer3[2].conv2.out_channels == 32   # stream kept
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss = F.cross_entropy(model(pool[:8]), torch.arange(8) % 10)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
+    opt.step()
+
+
+# --------------------------------------------------------------------------- harness
+def test_relu_model_is_refused_before_training(tiny_overrides):
+    cfg = load_config("configs/smoke.yaml", tiny_overrides + ["method.name=pcns", "method.calib_images=64",
+                                                              "method.error_images=32"])
+    with pytest.raises(ConfigError, match="model.act=leaky_relu"):
+        train(cfg, log=lambda s: None)
+
+
+def test_end_to_end_target_params_two_shrinks(tiny_overrides):
+    cfg = load_config("configs/smoke.yaml", tiny_overrides + [
+        "model.name=resnet20", "model.width=0.5", "model.act=leaky_relu", "data.synthetic_train_size=256",
+        "data.synthetic_test_size=64", "method.name=pcns",
+        "method.shrink_epochs=[1, 2]", "method.target_params=0.7", "method.calib_images=64",
+        "method.error_images=32"])
+    summary = train(cfg, log=lambda s: None)
+    ms = summary["method_summary"]
+    assert [s["epoch"] for s in ms["shrinks"]] == [1, 2]
+    assert summary["params_total"] == ms["params"] == ms["shrinks"][-1]["params_after"] \
+        == ms["shrinks"][-1]["projected_params"]
+    assert 0.68 <= summary["params_total"] / summary["dense_params"] <= 0.70
+    assert ms["shrinks"][-1]["target_met"] and ms["shrinks"][-1]["shrink_to_epoch_ratio"] > 0
+    for s in ms["shrinks"]:
+        assert {"n_before", "n_after", "variance_kept", "ls_residual", "next_err_cal", "next_err_heldout"} \
+            <= set(s["layers"][0]) and s["timing_s"]["total_s"] > 0
+    model = torch.load(Path(cfg.output_dir) / summary["run_id"] / "checkpoint.pt", weights_only=False)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
