@@ -12,7 +12,7 @@ SUITE_full  := configs/suites/cifar10.yaml
 SUITE_quick := configs/suites/cifar10-quick.yaml
 SUITE_smoke := configs/suites/cifar10-smoke.yaml
 SUITE := $(SUITE_$(PROFILE))
-OVERRIDES := $(foreach v,$(MAKEOVERRIDES),$(if $(findstring .,$(firstword $(subst =, ,$(v)))),$(v)))
+OVERRIDES := $(foreach v,$(MAKEOVERRIDES),$(if $(and $(findstring =,$(v)),$(findstring .,$(firstword $(subst =, ,$(v))))),$(v)))
 ARGS ?=
 
 .PHONY: venv test bench-cifar bench-overhead clean

@@ -99,6 +99,21 @@ def _rel(v: float) -> str:
     return "" if v != v else f" ({v:.2f}x)"
 
 
+def _si(v: float) -> str:
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if v >= scale:
+            return f"{v / scale:.1f}{unit}"
+    return f"{v:.0f}"
+
+
+def _seconds(v: float) -> str:
+    return f"{v:.0f}s" if v >= 10 else f"{v:.1f}s"
+
+
+def _has_target(t: Any) -> bool:
+    return t is not None and t == t   # None, or NaN after a CSV round trip, mean "no target"
+
+
 def markdown_table(agg: pd.DataFrame, model: str) -> str:
     rows = agg[agg["model"] == model]
     head = ("| method | target | top-1 % (mean ± std) | Δ vs dense | params | non-zero params | MACs/img | "
@@ -108,18 +123,39 @@ def markdown_table(agg: pd.DataFrame, model: str) -> str:
     ref = float(dense.iloc[0]) if len(dense) else float("nan")
     lines = []
     for _, r in rows.iterrows():
-        target = "-" if r["target"] is None else f"{r['target']:.0%}"
+        target = f"{r['target']:.0%}" if _has_target(r["target"]) else "-"
         acc = f"{100 * r['test_acc']:.2f} ± {100 * r['test_acc_std']:.2f}" if r["seeds"] > 1 else f"{100 * r['test_acc']:.2f}"
         delta = "" if ref != ref else f"{100 * (r['test_acc'] - ref):+.2f}"
-        tta = "never" if r["reached"] == 0 else f"ep {r['tta_epoch']:.0f}, {r['tta_s']:.0f}s"
+        tta = "never" if r["reached"] == 0 else f"ep {r['tta_epoch']:.0f}, {_seconds(r['tta_s'])}"
         lines.append(
             f"| {r['label']} | {target} | {acc} | {delta} | {_fmt_count(r['params_total'])}{_rel(r['params_total_rel'])} "
             f"| {_fmt_count(r['params_nonzero'])}{_rel(r['params_nonzero_rel'])} "
             f"| {_fmt_count(r['macs'])}{_rel(r['macs_rel'])} "
-            f"| {r['train_wall_s']:.0f}s{_rel(r['train_wall_s_rel'])} | {r['train_macs'] / 1e12:.1f}T{_rel(r['train_macs_rel'])} "
+            f"| {_seconds(r['train_wall_s'])}{_rel(r['train_wall_s_rel'])} | {_si(r['train_macs'])}{_rel(r['train_macs_rel'])} "
             f"| {r['throughput_train_img_s']:.0f}{_rel(r['throughput_train_img_s_rel'])} "
             f"| {r['throughput_infer_img_s']:.0f}{_rel(r['throughput_infer_img_s_rel'])} | {tta} |")
     return head + "\n".join(lines) + "\n"
+
+
+def highlights(agg: pd.DataFrame, model: str) -> list[str]:
+    """One line per target (the most accurate method there) and the fastest run to the
+    dense control's accuracy: what a reader should not have to dig out of the table."""
+    rows = agg[agg["model"] == model]
+    lines = []
+    for target in sorted({t for t in rows["target"] if _has_target(t)}, reverse=True):
+        at = rows[rows["target"] == target].sort_values("test_acc", ascending=False)
+        best = at.iloc[0]
+        lines.append(f"- At {target:.0%} of the parameters, **{best['label']}** keeps the most accuracy: "
+                     f"{100 * best['test_acc']:.2f}% (" + ", ".join(
+                         f"{r['label']} {100 * r['test_acc']:.2f}" for _, r in at.iloc[1:].iterrows()) + ").")
+    reached = rows[(rows["reached"] > 0) & (rows["label"] != DENSE_LABEL)].sort_values("tta_s")
+    if len(reached):
+        r = reached.iloc[0]
+        target = f" at {r['target']:.0%}" if _has_target(r["target"]) else ""
+        lines.append(f"- Fastest to the dense control's accuracy: **{r['label']}**{target}, epoch "
+                     f"{r['tta_epoch']:.0f} after {_seconds(r['tta_s'])} of training; "
+                     f"{len(reached)} of {len(rows) - 1} other rows reach it at all.")
+    return lines
 
 
 def plot(agg: pd.DataFrame, runs: pd.DataFrame, histories: dict[str, pd.DataFrame], out: Path) -> list[Path]:
@@ -156,7 +192,7 @@ def plot(agg: pd.DataFrame, runs: pd.DataFrame, histories: dict[str, pd.DataFram
             h = histories.get(r["run_id"])
             if h is None:
                 continue
-            target = "" if r["target"] is None or r["target"] != r["target"] else f" @{float(r['target']):.0%}"
+            target = f" @{float(r['target']):.0%}" if _has_target(r["target"]) else ""
             ax.plot(h["train_wall_s_cum"], 100 * h["test_acc"], marker=".", label=f"{r['label']}{target}",
                     **({"color": "black", "linewidth": 2.5} if r["label"] == DENSE_LABEL else {}))
         ax.set_xlabel("training wall-clock (s)")
@@ -196,7 +232,7 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None) -> O
               "wall-clock until then. MACs and params of sparse (DSR) models count non-zero weights in the "
               "*non-zero* columns only; their MACs are theoretical (dense kernels still run).", ""]
     for model in dict.fromkeys(agg["model"]):
-        lines += [f"## {model}", "", markdown_table(agg, model)]
+        lines += [f"## {model}", "", *highlights(agg, model), "", markdown_table(agg, model)]
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     write_text(out / "README.md", "\n".join(lines))
     log_to_wandb(name, runs, plots, out, wandb_cfg)
