@@ -54,7 +54,6 @@ per step against the mean training-step time; the merge MACs per step.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -63,6 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.config import ConfigError, opt
+from bench.metrics import Clock
 from bench.surgery import set_module
 from methods.base import Method, MethodConfig, register
 
@@ -173,12 +173,6 @@ def decor_step(r: torch.Tensor, x: torch.Tensor, lr: float, kappa: float, gram: 
     return loss
 
 
-def _now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 # --------------------------------------------------------------------------- the method
 @register("decorrelated_bp")
 class DecorrelatedBP(Method):
@@ -230,7 +224,7 @@ class DecorrelatedBP(Method):
 
     def after_step(self, model: nn.Module) -> None:
         ctx, acc, cfg = self.ctx, self._acc, self.cfg
-        t0 = _now(ctx.device)
+        t0 = Clock(ctx.device)()
         acc["calls"] += 1
         if self._last_end is not None:
             acc["step_s"] += t0 - self._last_end
@@ -252,8 +246,8 @@ class DecorrelatedBP(Method):
             s[1] += 1
         if update:
             acc["updates"] += 1
-            acc["update_s"] += _now(ctx.device) - t0
-        self._last_end = _now(ctx.device)
+            acc["update_s"] += Clock(ctx.device)() - t0
+        self._last_end = Clock(ctx.device)()
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> Optional[nn.Module]:
         acc = self._acc

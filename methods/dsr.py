@@ -66,7 +66,6 @@ reallocation, the time of each reallocation against the mean training-step time.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -74,6 +73,7 @@ import torch
 from torch import nn
 
 from bench.config import ConfigError, opt
+from bench.metrics import Clock
 from bench.stats import capture
 from methods.base import Method, MethodConfig, register
 
@@ -224,12 +224,6 @@ def apply_masks(model: nn.Module, optimizer: Optional[torch.optim.Optimizer]) ->
                     v.mul_(mask)
 
 
-def _now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 # --------------------------------------------------------------------------- the method
 @register("dsr")
 class DSR(Method):
@@ -336,19 +330,19 @@ class DSR(Method):
 
     def after_step(self, model: nn.Module) -> None:
         ctx, acc = self.ctx, self._epoch_acc
-        t0 = _now(ctx.device)
+        t0 = Clock(ctx.device)()
         if self._last_end is not None:
             acc["step_s"] += t0 - self._last_end
             acc["steps"] += 1
         apply_masks(model, ctx.optimizer)
-        t1 = _now(ctx.device)
+        t1 = Clock(ctx.device)()
         acc["mask_s"] += t1 - t0
         self.steps_since += 1
         period = self.period_at(ctx.step / ctx.steps_per_epoch)
         if period is not None and self.steps_since >= period:
             self.steps_since = 0
             self._reallocate(model, t1)
-        self._last_end = _now(ctx.device)
+        self._last_end = Clock(ctx.device)()
 
     def _reallocate(self, model: nn.Module, t_start: float) -> None:
         ctx = self.ctx
@@ -358,7 +352,7 @@ class DSR(Method):
                          ctx.generator)
         apply_masks(model, ctx.optimizer)   # zero the pruned weights' optimizer state
         self.threshold = adjust_threshold(h, out["pruned"], self.info["np"], self.cfg.tolerance)
-        seconds = _now(ctx.device) - t_start
+        seconds = Clock(ctx.device)() - t_start
         self.reallocs.append({"step": ctx.step, "epoch": ctx.epoch, "threshold": h, "pruned": out["pruned"],
                               "grown": sum(out["grown_per_layer"]), "seconds": seconds})
         self._epoch_acc["reallocs"] += 1
