@@ -109,6 +109,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from timm.models.vgg import VGG
 from torch import nn
 
+from bench import dist
 from bench.config import ConfigError, opt
 from bench.stats import as_samples, capture
 from bench.surgery import fold_bn, get_module, set_module, substitute_inputs
@@ -475,6 +476,9 @@ def shrink(model: nn.Module, cfg: "PCNS.Config", calibration: Callable[..., Iter
     with capture({a: get_module(model, a) for a in act_of}, gram_hook):
         for x in batches():
             model(x)
+    for name in grams:          # under torchrun: sums over every rank's shard of the images
+        dist.all_reduce_sum_(grams[name])
+        counts[name] = int(dist.all_reduce_sum_(torch.tensor(float(counts[name]), dtype=torch.float64)).item())
     for pl in plans:
         g = grams[pl.site.producer]
         pl.samples, pl.total_sq = counts[pl.site.producer], float(g.trace())
@@ -542,6 +546,9 @@ def shrink(model: nn.Module, cfg: "PCNS.Config", calibration: Callable[..., Iter
     with capture({pl.site.producer: get_module(model, pl.site.producer) for pl in active}, ls_hook, inputs=True):
         for x in batches():
             model(x)
+    for a_ in acc.values():
+        for key in ("ata", "att", "ttt"):
+            dist.all_reduce_sum_(a_[key])
     timing["ls_pass_s"] = time.perf_counter() - t0
 
     # Solve, build the isolated new modules (producer + fresh BN, consumer W P).
