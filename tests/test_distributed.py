@@ -45,18 +45,22 @@ def summary_in(folder: Path) -> dict:
 LONGER = ["train.epochs=4", "data.synthetic_train_size=1024"]
 
 
-def test_two_process_ddp_run_matches_on_both_ranks_and_the_single_process_run(tmp_path):
-    r = run_cli(["run", "configs/smoke.yaml", *TINY, *LONGER, f"output_dir={tmp_path}/ddp"], nproc=2)
+@pytest.mark.parametrize("method", [["method.name=dense"], ["method.name=pcn", "method.calibration_images=256",
+                                                                 "method.target_params=0.5"]])
+def test_two_process_ddp_run_matches_on_both_ranks_and_the_single_process_run(tmp_path, method):
+    r = run_cli(["run", "configs/smoke.yaml", *TINY, *LONGER, *method, f"output_dir={tmp_path}/ddp"], nproc=2)
     assert r.returncode == 0, r.stderr[-3000:]
     ddp = summary_in(tmp_path / "ddp")
     assert ddp["world_size"] == 2
     a, b = ddp["rank_weight_checksums"]
     assert a == b                                    # identical weights on both ranks
-    single = run_cli(["run", "configs/smoke.yaml", *TINY, *LONGER, f"output_dir={tmp_path}/one"])
+    single = run_cli(["run", "configs/smoke.yaml", *TINY, *LONGER, *method, f"output_dir={tmp_path}/one"])
     assert single.returncode == 0, single.stderr[-3000:]
     one = summary_in(tmp_path / "one")
     # Same global batch, averaged gradients; BN statistics are per shard, so not bit-equal.
     assert one["test_acc"] > 0.8 and abs(ddp["test_acc"] - one["test_acc"]) < 0.1
+    # A transform computed from all-reduced statistics builds the same model as one process.
+    assert ddp["params_total"] == one["params_total"]
     assert len(list((tmp_path / "ddp").glob("*/summary.json"))) == 1   # rank 0 alone wrote
 
 
