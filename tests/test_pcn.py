@@ -292,7 +292,7 @@ def test_transform_epoch_past_the_budget_is_a_config_error(tiny_overrides):
 
 
 def test_every_pcn_config_file_loads():
-    files = sorted(glob.glob(str(REPO / "configs/methods/pcn*.yaml")))
+    files = sorted(glob.glob(str(REPO / "configs/methods/pcn-*.yaml")))
     assert len(files) >= 5
     targets = set()
     for f in files:

@@ -56,7 +56,7 @@ def test_suite_runs_reports_and_skips_finished_cells(tmp_path, capsys):
     assert "| dense | - |" in readme and "dense_leaky" in readme
     capsys.readouterr()
     assert run_suite(str(path), [], results_dir=str(out)) == 0
-    assert capsys.readouterr().out.count("already finished") == 2
+    assert "2 runs (2 finished)" in capsys.readouterr().out          # nothing re-run
 
 
 def test_dry_run_prints_the_grid_and_cost(tmp_path, capsys):
