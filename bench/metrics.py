@@ -7,7 +7,9 @@ count, measured throughput and peak memory.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import resource
 import time
 from typing import Callable
@@ -17,6 +19,7 @@ import torch_pruning as tp
 from torch import nn
 
 from bench import dist
+from bench.surgery import set_module
 
 
 def param_counts(model: nn.Module) -> dict[str, int]:
@@ -26,6 +29,18 @@ def param_counts(model: nn.Module) -> dict[str, int]:
         "params_trainable": sum(p.numel() for p in params if p.requires_grad),
         "params_nonzero": sum(int(torch.count_nonzero(p.detach())) for p in params),
     }
+
+
+def unshare_modules(model: nn.Module) -> nn.Module:
+    """A copy of `model` in which every module reachable under several names is replaced,
+    at all but its first name, by its own copy: same computation, one parent per module."""
+    model = copy.deepcopy(model)
+    seen = set()
+    for name, m in list(model.named_modules(remove_duplicate=False)):
+        if id(m) in seen:
+            set_module(model, name, copy.deepcopy(m))
+        seen.add(id(m))
+    return model
 
 
 @torch.no_grad()
@@ -44,7 +59,12 @@ def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int
             base = next((b for b in t.__mro__[1:] if b in op_counter.MODULES_MAPPING), None)
             if base is not None:
                 op_counter.CUSTOM_MODULES_MAPPING[t] = op_counter.MODULES_MAPPING[base]
-    macs, _, layer_macs, _ = tp.utils.count_ops_and_params(model, example_inputs[:1], layer_wise=True)
+    # Its ptflops-derived walk visits a module once per parent: one reachable from two
+    # parents (e.g. a projection shared by a block's conv and its shortcut) gets two hooks,
+    # so every call would count twice, plus a warning on stdout. Count an unshared copy.
+    counted = unshare_modules(model)
+    with contextlib.redirect_stdout(io.StringIO()):
+        macs, _, layer_macs, _ = tp.utils.count_ops_and_params(counted, example_inputs[:1], layer_wise=True)
     model.train(was_training)
     removed = 0.0
     for m, lm in layer_macs.items():

@@ -55,3 +55,23 @@ def test_width_and_activation_options(name):
 def test_unknown_model_suggests_a_name():
     with pytest.raises(ConfigError, match="did you mean 'resnet20'"):
         build_model(ModelConfig(name="resnet21"))
+
+
+def test_macs_match_the_closed_form_and_a_shared_module_counts_once_per_call():
+    from bench.metrics import count_macs
+    conv = nn.Conv2d(4, 6, 3, padding=1, bias=False)
+    dense = nn.Sequential(conv, nn.Flatten(), nn.Linear(6 * 8 * 8, 10, bias=False))
+    expected = 8 * 8 * 6 * 4 * 9 + 6 * 8 * 8 * 10
+    assert count_macs(dense, torch.randn(2, 4, 8, 8))[0] == expected
+
+    class Shared(nn.Module):              # one module under two parents, called once by each
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Sequential(conv), nn.Sequential(conv)
+
+        def forward(self, x):
+            return self.a(x) + self.b(x)
+
+    with torch.no_grad():
+        conv.weight[:3] = 0                  # half the filters zero: half the non-zero MACs
+    assert count_macs(Shared(), torch.randn(1, 4, 8, 8)) == (2 * 8 * 8 * 6 * 4 * 9, 8 * 8 * 6 * 4 * 9)
