@@ -8,9 +8,10 @@ A suite file (configs/suites/*.yaml) is validated like a run config:
     models:                          # label -> run-config overrides
       vgg11: {model: {name: vgg11, width: 0.5}}
     methods:                         # label -> method options; `name` defaults to the label,
-      dense: {}                      # `run` holds overrides of other sections
+      dense: {}                      # `run` holds overrides of other sections,
       dense_leaky: {name: dense, run: {model: {act: leaky_relu}}}
       pcn: {calibration_images: 5000}
+      dsr: {targets: [0.5, 0.25, 0.1]}   # `targets` replaces the suite's for this method
     targets: [0.5, 0.25]             # method.target_params, for methods that take one
     seeds: [0]
 
@@ -54,7 +55,7 @@ class SuiteConfig:
     results_dir: str = opt("", "where runs and the report go (default: results/<name>)")
     overrides: dict[str, Any] = opt({}, "run-config overrides applied to every cell")
     models: dict[str, Any] = opt({}, "model label -> run-config overrides")
-    methods: dict[str, Any] = opt({}, "method label -> options (name, method options, run: overrides)")
+    methods: dict[str, Any] = opt({}, "method label -> options (name, targets, method options, run: overrides)")
     targets: list[float] = opt([], "parameter targets (fractions of dense) for methods with target_params")
     seeds: list[int] = opt([0], "seeds; every cell runs once per seed")
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
@@ -98,9 +99,14 @@ def expand(suite: SuiteConfig, folder: Path, cli_overrides: list[str]) -> list[C
                 entry = dict(entry or {})
                 name = entry.pop("name", label)
                 run_raw = entry.pop("run", {}) or {}
+                own_targets = entry.pop("targets", None)
                 method_cls = get_method(name)
                 fields = {f.name for f in dataclasses.fields(method_cls.Config)}
-                targets = suite.targets if ("target_params" in fields and suite.targets) else [None]
+                if own_targets is not None and ("target_params" not in fields or not isinstance(own_targets, list)):
+                    raise ConfigError(f"suite.methods.{label}.targets: must be a list of fractions, for a method "
+                                      f"with target_params ({name} has {'one' if 'target_params' in fields else 'none'})")
+                targets = own_targets if own_targets is not None else suite.targets
+                targets = targets if ("target_params" in fields and targets) else [None]
                 for target in targets:
                     method_raw = {**entry, "name": name}
                     if target is not None:

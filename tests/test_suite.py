@@ -64,3 +64,13 @@ def test_dry_run_prints_the_grid_and_cost(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "2 runs (0 finished)" in text and "estimated cost" in text
     assert not (tmp_path / "o").exists()
+
+
+def test_a_method_can_carry_its_own_targets(tmp_path):
+    path = write_suite(tmp_path, methods={"dense": {}, "snp": {"prune_epoch": 1, "targets": [0.1]}, "l1_filter": {}})
+    cells = expand(*load_suite(str(path)), [])
+    assert sorted((c.label, c.target or 0) for c in cells) == [
+        ("dense", 0), ("l1_filter", 0.25), ("l1_filter", 0.5), ("snp", 0.1)]
+    assert [c.cfg.method.target_params for c in cells if c.label == "snp"] == [0.1]
+    with pytest.raises(ConfigError, match=r"suite.methods.dense.targets: .*dense has none"):
+        expand(*load_suite(str(write_suite(tmp_path, methods={"dense": {"targets": [0.5]}}))), [])
