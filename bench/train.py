@@ -253,9 +253,11 @@ def train(cfg: RunConfig, max_epochs: Optional[int] = None, log: Callable[[str],
     done_now = 0
     for epoch in range(start_epoch, epochs):
         ctx.epoch = epoch
+        ep = trainer.train_epoch(epoch, total_steps, log)
+        # The model as trained and evaluated in this epoch (its architecture is fixed within
+        # the epoch; non-zero counts, e.g. DSR's regrown weights, are as at the epoch's end).
         macs, macs_nz = count_macs(trainer.model, example)
         params = param_counts(trainer.model)
-        ep = trainer.train_epoch(epoch, total_steps, log)
         ctx.last_epoch_s = ep["epoch_s"]
         # Forward + backward ~ 3x the forward MACs (backward: grads of inputs and weights).
         trainer.train_macs += 3 * macs * ep["images"]

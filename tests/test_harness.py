@@ -43,6 +43,10 @@ def test_a_short_run_on_synthetic_data_learns_and_writes_its_files(tiny_override
     assert summary["env"]["versions"]["torch"] == torch.__version__.split("+")[0] or summary["env"]["versions"]["torch"]
     # Training MACs: 3 x forward MACs x images seen, summed over epochs.
     assert summary["train_macs"] == pytest.approx(3 * summary["macs"] * hist["images"].sum())
+    # An epoch's row describes the model as trained in it, at the epoch's end: every weight of a
+    # dense net is non-zero by then (timm initialises biases at zero, so a count taken before
+    # the first epoch would be lower).
+    assert (hist["params_nonzero"] == summary["params_nonzero"]).all()
     model = torch.load(d / "checkpoint.pt", weights_only=False)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
