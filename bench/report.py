@@ -145,9 +145,10 @@ def highlights(agg: pd.DataFrame, model: str) -> list[str]:
     for target in sorted({t for t in rows["target"] if _has_target(t)}, reverse=True):
         at = rows[rows["target"] == target].sort_values("test_acc", ascending=False)
         best = at.iloc[0]
-        lines.append(f"- At {target:.0%} of the parameters, **{best['label']}** keeps the most accuracy: "
-                     f"{100 * best['test_acc']:.2f}% (" + ", ".join(
-                         f"{r['label']} {100 * r['test_acc']:.2f}" for _, r in at.iloc[1:].iterrows()) + ").")
+        others = ", ".join(f"{r['label']} {100 * r['test_acc']:.2f}" for _, r in at.iloc[1:].iterrows())
+        lines.append(f"- At {target:.0%} of the parameters, " + (
+            f"**{best['label']}** keeps the most accuracy: {100 * best['test_acc']:.2f}% ({others})." if others else
+            f"only **{best['label']}** was run: {100 * best['test_acc']:.2f}%."))
     # Controls (dense, dense_leaky, ...) are references, not candidates.
     methods = rows[~rows["label"].str.startswith(DENSE_LABEL)]
     reached = methods[methods["reached"] > 0].sort_values("tta_s")
@@ -211,6 +212,18 @@ def plot(agg: pd.DataFrame, runs: pd.DataFrame, histories: dict[str, pd.DataFram
     return paths
 
 
+def all_histories(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Every run's per-epoch rows in one table, keyed by run, so the curves (and per-method
+    series such as DSR's per-layer active counts) survive without the run folders."""
+    keys = ["run_id", "label", "model", "target", "seed"]
+    frames = [h.assign(**{k: r[k] for k in keys if k in r}) for _, r in runs.iterrows()
+              if (h := histories.get(r["run_id"])) is not None]
+    if not frames:
+        return pd.DataFrame(columns=keys)
+    table = pd.concat(frames, ignore_index=True)
+    return table[[k for k in keys if k in table] + [c for c in table if c not in keys]]
+
+
 def write_report(results_dir: str | Path, suite_name: Optional[str] = None) -> Optional[Path]:
     out = Path(results_dir)
     runs, histories = load_runs(out)
@@ -218,9 +231,10 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None) -> O
     if runs.empty:
         print(f"report: no finished runs under {out}/runs")
         return None
-    runs.to_csv(out / "runs.csv", index=False)
+    write_text(out / "runs.csv", runs.to_csv(index=False))
+    write_text(out / "histories.csv", all_histories(runs, histories).to_csv(index=False))
     agg = aggregate(runs, histories)
-    agg.to_csv(out / "table.csv", index=False)
+    write_text(out / "table.csv", agg.to_csv(index=False))
     plots = plot(agg, runs, histories, out)
     meta: dict[str, Any] = {}
     if (out / "suite.json").is_file():
@@ -229,7 +243,7 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None) -> O
     lines = [f"# Results: {name}", ""]
     if meta:
         lines += [f"Produced by `{meta.get('command', '')}` on {meta.get('machine', '')} "
-                  f"(devices: {', '.join(sorted(set(map(str, runs['device']))))}), started {meta.get('started', '')}.", ""]
+                  f"(devices: {', '.join(sorted(set(map(str, runs['device']))))}), last invoked {meta.get('started', '')} (finished runs are reused, not re-run).", ""]
     lines += ["Each figure is measured by the harness, the same way for every method. Relative figures "
               "(in parentheses) are against the `dense` control of the same model. *to dense acc*: the "
               "first epoch at which a run reached the dense control's final accuracy, with its training "

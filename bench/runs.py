@@ -32,6 +32,10 @@ def run_name(cfg: RunConfig) -> str:
     return f"{cfg.method.name}-{cfg.model.name}-s{cfg.seed}-{config_hash(cfg)}"
 
 
+_UMASK = os.umask(0)   # read the process umask (there is no getter) and put it back
+os.umask(_UMASK)
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path in the same folder; rename it over `path` on success."""
@@ -40,6 +44,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600; give the file a plain file's mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -50,6 +50,8 @@ def test_suite_runs_reports_and_skips_finished_cells(tmp_path, capsys):
     assert run_suite(str(path), [], results_dir=str(out)) == 0
     runs = pd.read_csv(out / "runs.csv")
     assert sorted(runs["label"]) == ["dense", "dense_leaky"]
+    hist = pd.read_csv(out / "histories.csv")         # every run's epochs, kept outside runs/
+    assert sorted(hist.groupby("label")["epoch"].max().items()) == [("dense", 2), ("dense_leaky", 2)]
     for name in ("README.md", "acc_vs_params.png", "acc_vs_macs.png", "acc_vs_train_time.png", "acc_over_time.png"):
         assert (out / name).is_file(), name
     readme = (out / "README.md").read_text()
@@ -74,3 +76,19 @@ def test_a_method_can_carry_its_own_targets(tmp_path):
     assert [c.cfg.method.target_params for c in cells if c.label == "snp"] == [0.1]
     with pytest.raises(ConfigError, match=r"suite.methods.dense.targets: .*dense has none"):
         expand(*load_suite(str(write_suite(tmp_path, methods={"dense": {"targets": [0.5]}}))), [])
+
+
+def test_highlights_name_the_best_method_per_target_and_skip_the_controls():
+    from bench.report import highlights
+    agg = pd.DataFrame([
+        {"model": "m", "label": "dense", "target": None, "test_acc": 0.80, "reached": 1, "tta_s": 10.0, "tta_epoch": 4},
+        {"model": "m", "label": "a", "target": 0.5, "test_acc": 0.78, "reached": 0, "tta_s": None, "tta_epoch": None},
+        {"model": "m", "label": "b", "target": 0.5, "test_acc": 0.79, "reached": 1, "tta_s": 12.0, "tta_epoch": 4},
+        {"model": "m", "label": "b", "target": 0.1, "test_acc": 0.70, "reached": 0, "tta_s": None, "tta_epoch": None},
+    ])
+    assert highlights(agg, "m") == [
+        "- At 50% of the parameters, **b** keeps the most accuracy: 79.00% (a 78.00).",
+        "- At 10% of the parameters, only **b** was run: 70.00%.",
+        "- Fastest to the dense control's accuracy: **b** at 50%, epoch 4 after 12s of training; "
+        "1 of 3 method rows reach it at all.",
+    ]
