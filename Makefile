@@ -15,7 +15,7 @@ SUITE := $(SUITE_$(PROFILE))
 OVERRIDES := $(foreach v,$(MAKEOVERRIDES),$(if $(and $(findstring =,$(v)),$(findstring .,$(firstword $(subst =, ,$(v))))),$(v)))
 ARGS ?=
 
-.PHONY: venv test bench-cifar bench-overhead clean
+.PHONY: venv test bench-cifar bench-overhead check-cuda clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,11 @@ bench-cifar: $(STAMP)
 
 bench-overhead: $(STAMP)
 	$(BIN)/python -m bench.overhead $(OVERRIDES) $(ARGS)
+
+# On a GPU machine, before a paper-scale suite: smoke suite in bf16 + channels_last,
+# torch.compile and DDP over every visible GPU, each PASS/FAIL with its step time.
+check-cuda: $(STAMP)
+	$(BIN)/python -m bench.check_cuda
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -77,8 +77,11 @@ class TrainConfig:
     gamma: float = opt(0.2, "step schedule: LR factor at each milestone")
     label_smoothing: float = opt(0.1, "cross-entropy label smoothing")
     eval_batch_size: int = opt(1000, "evaluation batch size")
-    amp: bool = opt(True, "bf16 autocast (CUDA only; ignored on CPU)")
-    channels_last: bool = opt(True, "channels_last memory format (CUDA only; ignored on CPU)")
+    precision: str = opt("auto", "auto: bf16 autocast where the device runs bf16 natively (CUDA with bf16, CPUs "
+                         "with AVX512-BF16/AMX), else fp32; bf16 where it is not native is an error",
+                         choices=("auto", "bf16", "fp32"))
+    memory_format: str = opt("auto", "auto: channels_last where bf16 is native, else contiguous",
+                             choices=("auto", "channels_last", "contiguous"))
     compile: bool = opt(False, "torch.compile the model (rebuilt after a method changes it)")
     log_every_steps: int = opt(50, "print a progress line every N steps (0: only per epoch)")
     throughput_steps: int = opt(5, "timed steps when measuring train/inference throughput at the end")
@@ -100,6 +103,7 @@ class RunConfig:
     device: str = opt("auto", "auto (cuda if available), cpu, cuda or cuda:N")
     output_dir: str = opt("results/runs", "where run directories are written")
     label: str = opt("", "name shown in reports and W&B (default: the method name); suites set it")
+    control: str = opt("", "label of the run the report compares this one with (default: dense); suites set it")
     resume: bool = opt(True, "resume an interrupted run from its last completed epoch")
     save_checkpoint: bool = opt(True, "write the final model to checkpoint.pt")
     data: DataConfig = field(default_factory=DataConfig)
@@ -111,7 +115,7 @@ class RunConfig:
 
 # Keys that change where or how a run is reported, not what it computes: they are
 # left out of the run's hash so that the same experiment is found again.
-NON_SEMANTIC_KEYS = ("output_dir", "label", "resume", "wandb", "train.log_every_steps", "train.throughput_steps",
+NON_SEMANTIC_KEYS = ("output_dir", "label", "control", "resume", "wandb", "train.log_every_steps", "train.throughput_steps",
                      "save_checkpoint")
 
 

@@ -38,6 +38,8 @@ def init_from_env(device_name: str) -> torch.device:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     want_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if world > 1 and want_cuda:
+        torch.cuda.set_device(local)       # NCCL's collectives use the current device
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if want_cuda else "gloo", timeout=timedelta(minutes=30))
     if world > 1:

@@ -77,7 +77,7 @@ def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Callable, prepare: Callable = lambda x: x,
-             autocast: Callable = None) -> float:
+             autocast: Callable = contextlib.nullcontext) -> float:
     """Top-1 accuracy over all examples (not a mean of per-batch accuracies); under
     torchrun each rank evaluates its shard of every batch and the counts are summed."""
     was_training = model.training
@@ -85,10 +85,7 @@ def evaluate(model: nn.Module, batches: Callable, prepare: Callable = lambda x: 
     correct, total = 0, 0
     for x, y in batches():
         x, y = prepare(dist.shard(x)), dist.shard(y)
-        if autocast is not None:
-            with autocast():
-                out = model(x)
-        else:
+        with autocast():
             out = model(x)
         correct += int((out.argmax(1) == y).sum())
         total += len(y)
@@ -118,13 +115,14 @@ class Clock:
 
 
 def measure_throughput(model: nn.Module, x: torch.Tensor, y: torch.Tensor, make_step: Callable,
-                       steps: int, clock: Clock) -> dict[str, float]:
-    """Images/s for inference (eval mode) and for training steps (on a copy, so the
-    measured model is not changed), after one untimed warm-up each."""
+                       steps: int, clock: Clock, autocast: Callable = contextlib.nullcontext) -> dict[str, float]:
+    """Images/s for inference (eval mode, under the training precision's `autocast`) and for
+    training steps (on a copy, so the measured model is not changed), after one untimed
+    warm-up each."""
     steps = max(1, steps)
     m = copy.deepcopy(model)
     m.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         m(x)
         t0 = clock()
         for _ in range(steps):

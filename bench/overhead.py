@@ -1,14 +1,18 @@
 """Benchmark: the harness's training step against a bare hand-written PyTorch loop.
 
-Same model (two copies of one initialisation), same device-resident data and
-augmentation, same optimizer, in one process. Rounds alternate harness / bare so
-that drift in machine load hits both; the ratio of median seconds per step is
-printed. Usage: `python -m bench.overhead [CONFIG] [key=value ...]` (default:
-the quick VGG recipe on synthetic data of the same shape).
+Same model (copies of one initialisation), same device-resident data and
+augmentation, same optimizer, in one process. Each round runs the harness, the bare
+loop at the harness's precision and memory format, and the bare loop in plain fp32
+(contiguous), so that drift in machine load hits all three; the ratios of median
+seconds per step are printed: harness/bare (the harness's overhead) and bare
+fp32/bare at the run's precision (what bf16 autocast and channels_last buy).
+Usage: `python -m bench.overhead [CONFIG] [key=value ...]` (default: the quick VGG
+recipe on synthetic data of the same shape).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import sys
@@ -20,19 +24,22 @@ from bench.config import ConfigError, load_config
 from bench.data import load_data
 from bench.models import build_model
 from bench.optim import make_optimizer
-from bench.train import Runtime, Trainer, build_context, resolve_device, seed_all
+from bench.device import Runtime, native_bf16, resolve_device
+from bench.train import Trainer, build_context, seed_all
 from methods import get_method
 
 DEFAULT_OVERRIDES = ["data.name=synthetic", "data.synthetic_train_size=2560", "train.log_every_steps=0"]
 
 
-def bare_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module, batches) -> int:
+def bare_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module, batches,
+               autocast=contextlib.nullcontext) -> int:
     """What a person writes by hand: forward, loss, backward, step."""
     model.train()
     n = 0
     for x, y in batches:
-        out = model(x)
-        loss = criterion(out, y)
+        with autocast():
+            out = model(x)
+            loss = criterion(out, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -48,28 +55,40 @@ def measure(config: str, overrides: list[str], rounds: int) -> dict[str, float]:
     data = load_data(cfg.data, device, cfg.model.num_classes)
     model = rt.place(build_model(cfg.model))
     bare_model = copy.deepcopy(model)
+    fp32_model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     example = rt.prepare(data.normalize(data.train_x[:1]))
     ctx = build_context(cfg, data, model, rt, example, lambda m: 0.0)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     trainer = Trainer(cfg, data, rt, get_method("dense")(cfg.method, ctx), ctx, model, criterion)
-    bare_opt = make_optimizer(bare_model, cfg.train)
+    bare_opt, fp32_opt = make_optimizer(bare_model, cfg.train), make_optimizer(fp32_model, cfg.train)
     steps = ctx.steps_per_epoch
     total = steps * (rounds + 1)
-    harness_s, bare_s = [], []
-    for r in range(rounds + 1):                       # round 0 is an untimed warm-up
+    times: dict[str, list[float]] = {"harness": [], "bare": [], "bare_fp32": []}
+    # Only where the run trains in bf16 is there an fp32 loop to compare with; where bf16 is
+    # not native the run is fp32 already (and an emulated bf16 loop would take hours).
+    compare_fp32 = rt.precision != "fp32" or rt.memory_format != "contiguous"
+
+    def batches(r: int, prepare=rt.prepare):
         gen = torch.Generator().manual_seed(r)
+        return ((prepare(x), y) for x, y in data.train_batches(cfg.train.batch_size, gen, cfg.data.augment))
+
+    for r in range(rounds + 1):                       # round 0 is an untimed warm-up
         t0 = rt.clock()
         trainer.train_epoch(r, total, log=lambda s: None)
         t1 = rt.clock()
-        bare_epoch(bare_model, bare_opt, criterion,
-                   ((rt.prepare(x), y) for x, y in data.train_batches(cfg.train.batch_size, gen, cfg.data.augment)))
+        bare_epoch(bare_model, bare_opt, criterion, batches(r), rt.autocast)
         t2 = rt.clock()
+        if compare_fp32:
+            bare_epoch(fp32_model, fp32_opt, criterion, batches(r, prepare=lambda x: x))
+        t3 = rt.clock()
         if r:
-            harness_s.append((t1 - t0) / steps)
-            bare_s.append((t2 - t1) / steps)
-    h, b = statistics.median(harness_s), statistics.median(bare_s)
-    return {"harness_s_per_step": h, "bare_s_per_step": b, "ratio": h / b, "steps_per_round": steps,
-            "rounds": rounds, "device": str(device), "model": cfg.model.name, "batch_size": cfg.train.batch_size}
+            for key, s in (("harness", t1 - t0), ("bare", t2 - t1), ("bare_fp32", t3 - t2)):
+                times[key].append(s / steps)
+    h, b, f = (statistics.median(times[k]) for k in ("harness", "bare", "bare_fp32"))
+    return {"harness_s_per_step": h, "bare_s_per_step": b, "ratio": h / b,
+            **({"bare_fp32_s_per_step": f, "fp32_ratio": f / b} if compare_fp32 else {}),
+            "precision_note": native_bf16(device)[1], **rt.describe(), "steps_per_round": steps, "rounds": rounds,
+            "device": str(device), "model": cfg.model.name, "batch_size": cfg.train.batch_size}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,10 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{res['model']} batch {res['batch_size']} on {res['device']}, {res['rounds']} rounds x "
-          f"{res['steps_per_round']} steps, alternating:")
+    print(f"{res['model']} batch {res['batch_size']} on {res['device']} ({res['precision']}, {res['memory_format']}), "
+          f"{res['rounds']} rounds x {res['steps_per_round']} steps, alternating:")
     print(f"  harness {res['harness_s_per_step'] * 1e3:.1f} ms/step   bare loop "
-          f"{res['bare_s_per_step'] * 1e3:.1f} ms/step   ratio {res['ratio']:.3f}")
+          f"{res['bare_s_per_step'] * 1e3:.1f} ms/step   harness/bare {res['ratio']:.3f}")
+    if "fp32_ratio" in res:
+        print(f"  bare loop in fp32, contiguous: {res['bare_fp32_s_per_step'] * 1e3:.1f} ms/step   "
+              f"fp32/{res['precision']}+{res['memory_format']} {res['fp32_ratio']:.2f}x")
+    else:
+        print(f"  fp32/bf16 not measured: the run trains in fp32 ({res['precision_note']})")
     return 0
 
 

@@ -8,12 +8,11 @@
     final metrics -> checkpoint -> summary.json (the "finished" marker)
 
 Device-specific work (bf16 autocast, channels_last, synchronising before reading
-clocks) sits behind `Runtime`; the CPU path is the tested one.
+clocks) sits behind `bench.device.Runtime`; the CPU path is the tested one.
 """
 from __future__ import annotations
 
 import random
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -23,9 +22,10 @@ import torch
 from torch import nn
 
 from bench import dist
-from bench.config import ConfigError, RunConfig, TrainConfig, to_dict
+from bench.config import RunConfig, to_dict
 from bench.data import DeviceData, load_data
-from bench.metrics import Clock, count_macs, evaluate, measure_throughput, param_counts, peak_memory_mb
+from bench.device import Runtime, resolve_device
+from bench.metrics import count_macs, evaluate, measure_throughput, param_counts, peak_memory_mb
 from bench.models import build_model
 from bench.optim import lr_at, make_optimizer
 from bench.runs import RunDir, environment, run_name
@@ -33,51 +33,10 @@ from bench.wandb_log import WandbLogger
 from methods import Context, Method, get_method
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' requested but CUDA is not available; use device=cpu or device=auto")
-    return dev
-
-
 def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-class Runtime:
-    """What differs between CPU and CUDA, in one place."""
-
-    def __init__(self, device: torch.device, cfg: TrainConfig):
-        self.device = device
-        cuda = device.type == "cuda"
-        self.amp = cfg.amp and cuda
-        self.channels_last = cfg.channels_last and cuda
-        self.compile = cfg.compile
-        self.clock = Clock(device)
-
-    def place(self, model: nn.Module) -> nn.Module:
-        model = model.to(self.device)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
-
-    def runner(self, model: nn.Module, parallel: bool = True) -> nn.Module:
-        """The callable that runs forward passes (DDP-wrapped under torchrun, compiled if
-        asked); `model` stays the one methods see and checkpoints hold."""
-        if parallel and dist.is_distributed():
-            model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        return torch.compile(model) if self.compile else model
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
 
 
 def make_step(runner: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
@@ -147,7 +106,7 @@ class Trainer:
     def evaluate(self) -> float:
         t0 = self.rt.clock()
         acc = evaluate(self.model, lambda: self.data.eval_batches(self.cfg.train.eval_batch_size),
-                       self.rt.prepare, self.rt.autocast if self.rt.amp else None)
+                       self.rt.prepare, self.rt.autocast)
         self.times["eval_s"] += self.rt.clock() - t0
         return acc
 
@@ -224,12 +183,12 @@ def train(cfg: RunConfig, max_epochs: Optional[int] = None, log: Callable[[str],
     data = load_data(cfg.data, device, cfg.model.num_classes)
     model = rt.place(build_model(cfg.model))
     example = rt.prepare(data.normalize(data.train_x[:1]))
-    env = {**environment(device), "world_size": dist.world_size()}
+    env = {**environment(device), **rt.describe(), "world_size": dist.world_size()}
     if main:
         rd.prepare(cfg, env)
 
     ctx = build_context(cfg, data, model, rt, example, lambda m: evaluate(
-        m, lambda: data.eval_batches(cfg.train.eval_batch_size), rt.prepare))
+        m, lambda: data.eval_batches(cfg.train.eval_batch_size), rt.prepare, rt.autocast))
     method = get_method(cfg.method.name)(cfg.method, ctx)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     trainer = Trainer(cfg, data, rt, method, ctx, model, criterion)
@@ -306,7 +265,8 @@ def final_summary(trainer: Trainer, cfg: RunConfig, run_id: str, env: dict, exam
         return make_step(trainer.rt.runner(m, parallel=False), make_optimizer(m, cfg.train), trainer.criterion,
                          trainer.rt)
 
-    throughput = measure_throughput(model, x, y, probe_step, cfg.train.throughput_steps, trainer.rt.clock)
+    throughput = measure_throughput(model, x, y, probe_step, cfg.train.throughput_steps, trainer.rt.clock,
+                                    trainer.rt.autocast)
     # One checksum per rank: equal values show the ranks ended with identical weights.
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
     epoch_s = [r["epoch_s"] for r in trainer.history]
@@ -333,6 +293,7 @@ def final_summary(trainer: Trainer, cfg: RunConfig, run_id: str, env: dict, exam
         "transforms": trainer.transforms,
         **throughput, **peak_memory_mb(trainer.rt.device),
         "method_summary": trainer.method.summary(model),
+        **trainer.rt.describe(),
         "world_size": dist.world_size(), "rank_weight_checksums": dist.all_gather_object(checksum),
         "env": env, "config": to_dict(cfg),
     }

@@ -1,0 +1,100 @@
+"""Precision and memory format per device: detection, resolution, errors, and training
+under bf16 autocast + channels_last on the CPU (forced on where the CPU lacks native bf16,
+so that CI exercises the path on any x86 machine)."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+import bench.device as device_mod
+from bench.config import ConfigError, load_config
+from bench.device import Runtime, cpu_bf16_flags, resolve_memory_format, resolve_precision
+from bench.runs import run_name
+from bench.train import train
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def native(monkeypatch):
+    """Pretend the CPU runs bf16 natively."""
+    monkeypatch.setattr(device_mod, "native_bf16", lambda dev: (True, "forced native by the test"))
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    monkeypatch.setattr(device_mod, "native_bf16", lambda dev: (False, "this CPU has no native bf16"))
+
+
+@pytest.mark.parametrize("text, flags", [
+    ("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile amx_bf16\n", ("avx512_bf16", "amx_bf16")),
+    ("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n", ()),          # AVX-512 without BF16
+    ("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n", ("bf16",)),           # Arm
+])
+def test_bf16_flags_are_read_from_cpuinfo(tmp_path, text, flags):
+    (tmp_path / "cpuinfo").write_text(text)
+    assert cpu_bf16_flags(str(tmp_path / "cpuinfo")) == flags
+
+
+def test_missing_cpuinfo_means_no_native_bf16(tmp_path):
+    assert cpu_bf16_flags(str(tmp_path / "absent")) == ()
+
+
+def test_auto_takes_bf16_and_channels_last_where_native(native):
+    assert resolve_precision("auto", CPU) == "bf16"
+    assert resolve_memory_format("auto", CPU) == "channels_last"
+
+
+def test_auto_falls_back_to_fp32_with_a_notice_where_emulated(emulated):
+    said = []
+    assert resolve_precision("auto", CPU, notice=said.append) == "fp32"
+    assert len(said) == 1 and "fp32" in said[0] and "no native bf16" in said[0]
+    assert resolve_memory_format("auto", CPU) == "contiguous"
+
+
+def test_bf16_where_the_device_cannot_honour_it_is_an_error(emulated):
+    with pytest.raises(ConfigError, match=r"train.precision=bf16 .*use train.precision=fp32 or auto"):
+        resolve_precision("bf16", CPU)
+
+
+def test_explicit_choices_are_kept(emulated):
+    assert resolve_precision("fp32", CPU) == "fp32"
+    assert resolve_memory_format("channels_last", CPU) == "channels_last"
+
+
+def test_an_unknown_precision_is_a_config_error():
+    with pytest.raises(ConfigError, match="train.precision"):
+        load_config("configs/smoke.yaml", ["train.precision=fp16"])
+
+
+def test_runtime_places_and_prepares_in_channels_last(native):
+    cfg = load_config("configs/smoke.yaml", [])
+    rt = Runtime(CPU, cfg.train)
+    conv = rt.place(torch.nn.Conv2d(3, 8, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert rt.prepare(torch.zeros(2, 3, 8, 8)).is_contiguous(memory_format=torch.channels_last)
+    with rt.autocast():
+        assert conv(rt.prepare(torch.randn(2, 3, 8, 8))).dtype == torch.bfloat16
+    assert conv.weight.dtype == torch.float32          # parameters stay fp32 under autocast
+
+
+def run(tiny_overrides, tmp_path, precision: str, folder: str) -> tuple[dict, pd.DataFrame, dict]:
+    cfg = load_config("configs/smoke.yaml", tiny_overrides + ["train.epochs=3", f"train.precision={precision}",
+                                                              f"output_dir={tmp_path / folder}"])
+    summary = train(cfg, log=lambda s: None)
+    d = tmp_path / folder / run_name(cfg)
+    return summary, pd.read_csv(d / "history.csv"), json.loads((d / "env.json").read_text())
+
+
+def test_a_short_bf16_run_learns_and_records_its_precision(native, tiny_overrides, tmp_path):
+    bf16, hist, env = run(tiny_overrides, tmp_path, "bf16", "bf16")
+    assert bf16["test_acc"] > 0.6                                  # chance is 0.1
+    assert hist["train_loss"].iloc[-1] < hist["train_loss"].iloc[0]
+    assert (bf16["precision"], bf16["memory_format"]) == ("bf16", "channels_last")
+    assert (env["precision"], env["memory_format"]) == ("bf16", "channels_last")
+    fp32, fp32_hist, _ = run(tiny_overrides, tmp_path, "fp32", "fp32")
+    assert (fp32["precision"], fp32["memory_format"]) == ("fp32", "channels_last")   # auto: follows the device
+    assert not hist["train_loss"].equals(fp32_hist["train_loss"])  # autocast really ran
