@@ -7,12 +7,16 @@ and a W&B summary run in the suite's group.
 - `runs.csv`: one row per run, every scalar summary field (nested ones flattened);
 - `README.md`: per model, one row per (method, target): top-1 mean +- std over
   seeds, parameters, MACs, training wall-clock, training MACs and measured
-  throughput, each also relative to the dense control; and time to the dense
-  accuracy (epochs and training seconds until the run first reaches the dense
-  control's mean final accuracy);
+  throughput, each also relative to the row's control; and time to the control's
+  accuracy (epochs and training seconds until the run first reaches its control's
+  mean final accuracy);
 - plots: accuracy vs parameters, vs MACs, vs training wall-clock (one line per
   method across targets, dense as a reference point), and accuracy over
   training time per method.
+
+A row's control is another label of the suite (`control:` in the suite file,
+`dense` by default): the run's own record (`control` in its summary or config),
+else the suite's plan (`controls` in suite.json), else `dense`.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ def load_runs(results_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]
         histories.setdefault("__wandb__", s.get("config", {}).get("wandb", {}))
         row = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
                for k, v in flatten({k: v for k, v in s.items() if k not in ("env", "config")}).items()}
+        row.setdefault("control", s.get("config", {}).get("control") or None)
         row["run_dir"] = str(path.parent)
         row["device"] = s.get("env", {}).get("device")
         rows.append(row)
@@ -42,6 +47,15 @@ def load_runs(results_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]
         if hist.is_file():
             histories[s["run_id"]] = pd.read_csv(hist)
     return pd.DataFrame(rows), histories
+
+
+def assign_controls(runs: pd.DataFrame, plan: Optional[dict[str, str]] = None) -> pd.DataFrame:
+    """`runs` with a `control` column: each run's recorded control, else the suite plan's
+    for its label, else `dense`."""
+    plan = plan or {}
+    recorded = runs["control"] if "control" in runs else pd.Series(None, index=runs.index, dtype=object)
+    fallback = runs["label"].map(lambda lab: plan.get(lab, DENSE_LABEL))
+    return runs.assign(control=recorded.where(recorded.notna() & (recorded != ""), fallback))
 
 
 def time_to_accuracy(hist: pd.DataFrame, target_acc: float) -> tuple[Optional[int], Optional[float]]:
@@ -57,14 +71,21 @@ def time_to_accuracy(hist: pd.DataFrame, target_acc: float) -> tuple[Optional[in
     return int(first["epoch"]), float(first["train_wall_s_cum"])
 
 
+REL_METRICS = ["test_acc", "params_total", "params_nonzero", "macs", "macs_nonzero", "train_wall_s", "train_macs",
+               "throughput_train_img_s", "throughput_infer_img_s"]
+
+
 def aggregate(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    runs = runs.copy()
+    """One row per (model, label, target): means over seeds, and each row against its
+    control (the mean over the control label's runs of the same model)."""
+    runs = assign_controls(runs)
     runs["target"] = runs["target"].astype(object).where(runs["target"].notna(), None)
     runs["target_key"] = runs["target"].map(lambda t: -1.0 if t is None else float(t))
-    dense_acc = runs[runs["label"] == DENSE_LABEL].groupby("model")["test_acc"].mean().to_dict()
+    reference = runs.groupby(["model", "label"])[REL_METRICS].mean()
+    control_acc = reference["test_acc"].to_dict()
     tta_epoch, tta_s = [], []
     for _, r in runs.iterrows():
-        ref = dense_acc.get(r["model"])
+        ref = control_acc.get((r["model"], r["control"]))
         e, s = (None, None) if ref is None or r["run_id"] not in histories else time_to_accuracy(
             histories[r["run_id"]], ref)
         tta_epoch.append(e)
@@ -74,18 +95,20 @@ def aggregate(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.Data
                "throughput_train_img_s", "throughput_infer_img_s", "transform_s", "tta_s", "tta_epoch"]
     g = runs.groupby(["model", "label", "target_key"], dropna=False)
     agg = g[metrics].mean()
+    agg["control"] = g["control"].first()
     agg["test_acc_std"] = g["test_acc"].std(ddof=1).fillna(0.0)
     agg["seeds"] = g["seed"].nunique()
     agg["reached"] = g["tta_epoch"].apply(lambda s: int(s.notna().sum()))
     agg = agg.reset_index()
-    for m in ["test_acc", "params_total", "params_nonzero", "macs", "macs_nonzero", "train_wall_s", "train_macs",
-              "throughput_train_img_s", "throughput_infer_img_s"]:
-        ref = agg[agg["label"] == DENSE_LABEL].set_index("model")[m]
-        agg[m + "_rel"] = agg.apply(lambda r: r[m] / ref[r["model"]] if r["model"] in ref.index and ref[r["model"]]
-                                    else float("nan"), axis=1)
+    keys = list(zip(agg["model"], agg["control"]))
+    for m in REL_METRICS:
+        ref = pd.Series([reference[m].get(k, float("nan")) for k in keys], index=agg.index, dtype=float)
+        agg[m + "_rel"] = (agg[m] / ref).where(ref != 0)
+    agg["test_acc_delta"] = agg["test_acc"] - pd.Series(
+        [reference["test_acc"].get(k, float("nan")) for k in keys], index=agg.index, dtype=float)
     agg["target"] = agg["target_key"].map(lambda t: None if t < 0 else t)
-    order = {DENSE_LABEL: 0}
-    agg["_o"] = agg["label"].map(lambda lab: order.get(lab, 1))
+    controls = set(agg["control"])
+    agg["_o"] = agg["label"].map(lambda lab: 0 if lab == DENSE_LABEL else 1 if lab in controls else 2)
     return agg.sort_values(["model", "_o", "label", "target_key"], ascending=[True, True, True, False]).drop(columns="_o")
 
 
@@ -116,19 +139,18 @@ def _has_target(t: Any) -> bool:
 
 def markdown_table(agg: pd.DataFrame, model: str) -> str:
     rows = agg[agg["model"] == model]
-    head = ("| method | target | top-1 % (mean ± std) | Δ vs dense | params | non-zero params | MACs/img | "
-            "train wall-clock | train MACs | train img/s | infer img/s | to dense acc |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-    dense = rows[rows["label"] == DENSE_LABEL]["test_acc"]
-    ref = float(dense.iloc[0]) if len(dense) else float("nan")
+    head = ("| method | target | top-1 % (mean ± std) | control | Δ top-1 vs control | params | non-zero params | "
+            "MACs/img | train wall-clock | train MACs | train img/s | infer img/s | to control acc |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for _, r in rows.iterrows():
         target = f"{r['target']:.0%}" if _has_target(r["target"]) else "-"
         acc = f"{100 * r['test_acc']:.2f} ± {100 * r['test_acc_std']:.2f}" if r["seeds"] > 1 else f"{100 * r['test_acc']:.2f}"
-        delta = "" if ref != ref else f"{100 * (r['test_acc'] - ref):+.2f}"
+        delta = "" if r["test_acc_delta"] != r["test_acc_delta"] else f"{100 * r['test_acc_delta']:+.2f}"
         tta = "never" if r["reached"] == 0 else f"ep {r['tta_epoch']:.0f}, {_seconds(r['tta_s'])}"
         lines.append(
-            f"| {r['label']} | {target} | {acc} | {delta} | {_fmt_count(r['params_total'])}{_rel(r['params_total_rel'])} "
+            f"| {r['label']} | {target} | {acc} | {r['control']} | {delta} "
+            f"| {_fmt_count(r['params_total'])}{_rel(r['params_total_rel'])} "
             f"| {_fmt_count(r['params_nonzero'])}{_rel(r['params_nonzero_rel'])} "
             f"| {_fmt_count(r['macs'])}{_rel(r['macs_rel'])} "
             f"| {_seconds(r['train_wall_s'])}{_rel(r['train_wall_s_rel'])} | {_si(r['train_macs'])}{_rel(r['train_macs_rel'])} "
@@ -138,8 +160,8 @@ def markdown_table(agg: pd.DataFrame, model: str) -> str:
 
 
 def highlights(agg: pd.DataFrame, model: str) -> list[str]:
-    """One line per target (the most accurate method there) and the fastest run to the
-    dense control's accuracy: what a reader should not have to dig out of the table."""
+    """One line per target (the most accurate method there) and the fastest run to its
+    control's accuracy: what a reader should not have to dig out of the table."""
     rows = agg[agg["model"] == model]
     lines = []
     for target in sorted({t for t in rows["target"] if _has_target(t)}, reverse=True):
@@ -149,17 +171,22 @@ def highlights(agg: pd.DataFrame, model: str) -> list[str]:
         lines.append(f"- At {target:.0%} of the parameters, " + (
             f"**{best['label']}** keeps the most accuracy: {100 * best['test_acc']:.2f}% ({others})." if others else
             f"only **{best['label']}** was run: {100 * best['test_acc']:.2f}%."))
-    # Controls (dense, dense_leaky, ...) are references, not candidates.
-    methods = rows[~rows["label"].str.startswith(DENSE_LABEL)]
+    # Controls (dense, dense_leaky, any row's control) are references, not candidates.
+    controls = rows["control"] if "control" in rows else pd.Series(DENSE_LABEL, index=rows.index)
+    methods = rows[~rows["label"].str.startswith(DENSE_LABEL) & ~rows["label"].isin(set(controls))]
+    shared = set(controls[methods.index])
+    # One control for every method row: name it once; several: name each winner's own.
+    whose, it = (f"the {min(shared)} control's", "it") if len(shared) == 1 else ("its control's", "theirs")
     reached = methods[methods["reached"] > 0].sort_values("tta_s")
     if not len(reached):
-        lines.append("- No method row reaches the dense control's final accuracy within the budget.")
+        lines.append(f"- No method row reaches {whose} final accuracy within the budget.")
     else:
         r = reached.iloc[0]
         target = f" at {r['target']:.0%}" if _has_target(r["target"]) else ""
-        lines.append(f"- Fastest to the dense control's accuracy: **{r['label']}**{target}, epoch "
+        vs = "" if len(shared) == 1 else f" (control: {controls[r.name]})"
+        lines.append(f"- Fastest to {whose} accuracy: **{r['label']}**{target}{vs}, epoch "
                      f"{r['tta_epoch']:.0f} after {_seconds(r['tta_s'])} of training; "
-                     f"{len(reached)} of {len(methods)} method rows reach it at all.")
+                     f"{len(reached)} of {len(methods)} method rows reach {it} at all.")
     return lines
 
 
@@ -231,24 +258,25 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None) -> O
     if runs.empty:
         print(f"report: no finished runs under {out}/runs")
         return None
+    meta: dict[str, Any] = {}
+    if (out / "suite.json").is_file():
+        meta = json.loads((out / "suite.json").read_text())
+    runs = assign_controls(runs, meta.get("controls"))
     write_text(out / "runs.csv", runs.to_csv(index=False))
     write_text(out / "histories.csv", all_histories(runs, histories).to_csv(index=False))
     agg = aggregate(runs, histories)
     write_text(out / "table.csv", agg.to_csv(index=False))
     plots = plot(agg, runs, histories, out)
-    meta: dict[str, Any] = {}
-    if (out / "suite.json").is_file():
-        meta = json.loads((out / "suite.json").read_text())
     name = suite_name or meta.get("suite") or out.name
     lines = [f"# Results: {name}", ""]
     if meta:
         lines += [f"Produced by `{meta.get('command', '')}` on {meta.get('machine', '')} "
                   f"(devices: {', '.join(sorted(set(map(str, runs['device']))))}), last invoked {meta.get('started', '')} (finished runs are reused, not re-run).", ""]
     lines += ["Each figure is measured by the harness, the same way for every method. Relative figures "
-              "(in parentheses) are against the `dense` control of the same model. *to dense acc*: the "
-              "first epoch at which a run reached the dense control's final accuracy, with its training "
-              "wall-clock until then. MACs and params of sparse (DSR) models count non-zero weights in the "
-              "*non-zero* columns only; their MACs are theoretical (dense kernels still run).", ""]
+              "(in parentheses) and Δ are against the row's *control* (another row of the suite, `dense` "
+              "unless the suite names one) of the same model. *to control acc*: the first epoch at which a "
+              "run reached its control's mean final accuracy, with its training wall-clock until then. MACs "
+              "and params of sparse (DSR) models count non-zero weights in the *non-zero* columns only; their MACs are theoretical (dense kernels still run).", ""]
     for model in dict.fromkeys(agg["model"]):
         lines += [f"## {model}", "", *highlights(agg, model), "", markdown_table(agg, model)]
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]

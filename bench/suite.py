@@ -11,9 +11,16 @@ A suite file (configs/suites/*.yaml) is validated like a run config:
       dense: {}                      # `run` holds overrides of other sections,
       dense_leaky: {name: dense, run: {model: {act: leaky_relu}}}
       pcn: {calibration_images: 5000}
+      pcns: {control: dense_leaky, run: {model: {act: leaky_relu}}}   # compared with dense_leaky
       dsr: {targets: [0.5, 0.25, 0.1]}   # `targets` replaces the suite's for this method
     targets: [0.5, 0.25]             # method.target_params, for methods that take one
     seeds: [0]
+    control: dense                   # the methods' default control (the default: dense)
+
+Each method row of the report is compared with its control, another label of the
+suite: `control:` of its entry, else the suite's `control`, else `dense`. The
+mapping goes to results/<name>/suite.json and into each run's config (`control`,
+left out of the run's hash), so the report can be rebuilt from the runs alone.
 
 Every cell is expanded and validated before anything runs (a typo fails at
 once); finished cells are skipped, so an interrupted suite picks up where it
@@ -32,8 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import (ConfigError, RunConfig, build_config, build_dataclass, merge, opt,
+from bench.config import (ConfigError, RunConfig, _suggest, build_config, build_dataclass, merge, opt,
                           raw_from_sources, read_yaml)
+from bench.report import DENSE_LABEL
 from bench.runs import RunDir, run_name, write_json
 from methods import get_method
 
@@ -58,6 +66,8 @@ class SuiteConfig:
     methods: dict[str, Any] = opt({}, "method label -> options (name, targets, method options, run: overrides)")
     targets: list[float] = opt([], "parameter targets (fractions of dense) for methods with target_params")
     seeds: list[int] = opt([0], "seeds; every cell runs once per seed")
+    control: str = opt("", f"label of the method the others are compared with in the report, unless their entry "
+                           f"names its own (`control:`); default: {DENSE_LABEL}")
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def validate(self) -> None:
@@ -65,6 +75,19 @@ class SuiteConfig:
             raise ConfigError("suite: 'name' is required (it names the W&B group and results/<name>/)")
         if not self.models or not self.methods:
             raise ConfigError("suite: 'models' and 'methods' must each list at least one entry")
+        declared = {"suite.control": self.control} if self.control else {}
+        declared.update({f"suite.methods.{label}.control": (entry or {})["control"]
+                         for label, entry in self.methods.items() if "control" in (entry or {})})
+        for key, control in declared.items():
+            if not isinstance(control, str) or control not in self.methods:
+                raise ConfigError(f"{key}: '{control}' is not a method label of this suite"
+                                  f"{_suggest(str(control), self.methods)}; labels: {', '.join(self.methods)}")
+
+    def controls(self) -> dict[str, str]:
+        """Method label -> the label of its control: what the report compares its row with."""
+        return {label: (entry or {}).get("control") or self.control or DENSE_LABEL
+                for label, entry in self.methods.items()}
+
 
 
 @dataclass
@@ -92,12 +115,14 @@ def expand(suite: SuiteConfig, folder: Path, cli_overrides: list[str]) -> list[C
     partial suite already covers every method once)."""
     base = raw_from_sources([str(folder / suite.base)] if suite.base else [], [])
     results = suite.results_dir or f"results/{suite.name}"
+    controls = suite.controls()
     cells = []
     for seed in suite.seeds:
         for model_label, model_raw in suite.models.items():
             for label, entry in suite.methods.items():
                 entry = dict(entry or {})
                 name = entry.pop("name", label)
+                entry.pop("control", None)                  # the report's business, see controls()
                 run_raw = entry.pop("run", {}) or {}
                 own_targets = entry.pop("targets", None)
                 method_cls = get_method(name)
@@ -115,7 +140,8 @@ def expand(suite: SuiteConfig, folder: Path, cli_overrides: list[str]) -> list[C
                     raw = merge(raw, model_raw or {})
                     raw = merge(raw, run_raw)
                     raw = merge(raw, {"method": method_raw, "seed": seed, "label": label,
-                                      "output_dir": f"{results}/runs", "wandb": {"group": suite.name}})
+                                      "output_dir": f"{results}/runs", "wandb": {"group": suite.name},
+                                      "control": controls[label]})
                     raw = merge(raw, raw_from_sources([], cli_overrides))
                     try:
                         cfg = build_config(raw)
@@ -130,10 +156,11 @@ def estimate(cell: Cell) -> tuple[float, float]:
     upper bound for methods that shrink it): MACs are 3 x forward MACs x images seen;
     seconds come from timing three training steps of the dense model on this machine."""
     import torch
+    from bench.device import Runtime, resolve_device
     from bench.metrics import Clock, count_macs
     from bench.models import build_model
     from bench.optim import make_optimizer
-    from bench.train import Runtime, make_step, resolve_device
+    from bench.train import make_step
     device = resolve_device(cell.cfg.device)
     rt = Runtime(device, cell.cfg.train)
     model = rt.place(build_model(cell.cfg.model))
@@ -245,7 +272,7 @@ def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, result
     write_json(results / "suite.json", {
         "suite": suite.name, "file": str(path), "command": "python -m bench " + " ".join(sys.argv[1:]),
         "overrides": cli_overrides, "machine": platform.platform(), "executor": executor,
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "cells": len(cells)})
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "cells": len(cells), "controls": suite.controls()})
     if not todo:
         failed = []
     elif executor == "local":

@@ -1,6 +1,7 @@
 """Suites: grid expansion, validation before running, skip-finished, report files."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -56,9 +57,34 @@ def test_suite_runs_reports_and_skips_finished_cells(tmp_path, capsys):
         assert (out / name).is_file(), name
     readme = (out / "README.md").read_text()
     assert "| dense | - |" in readme and "dense_leaky" in readme
+    assert json.loads((out / "suite.json").read_text())["controls"] == {"dense": "dense", "dense_leaky": "dense"}
+    assert sorted(runs["control"]) == ["dense", "dense"]
     capsys.readouterr()
     assert run_suite(str(path), [], results_dir=str(out)) == 0
     assert "2 runs (2 finished)" in capsys.readouterr().out          # nothing re-run
+
+
+def test_a_method_declares_its_control(tmp_path):
+    methods = {"dense": {}, "dense_leaky": {"name": "dense", "run": {"model": {"act": "leaky_relu"}}},
+               "leaky": {"name": "dense", "control": "dense_leaky", "run": {"model": {"act": "leaky_relu"}}}}
+    suite, folder = load_suite(str(write_suite(tmp_path, methods=methods)))
+    assert suite.controls() == {"dense": "dense", "dense_leaky": "dense", "leaky": "dense_leaky"}
+    assert [c.label for c in expand(suite, folder, [])] == ["dense", "dense_leaky", "leaky"]  # not a method option
+    suite, _ = load_suite(str(write_suite(tmp_path, methods=methods, control="dense_leaky")))
+    assert suite.controls() == {"dense": "dense_leaky", "dense_leaky": "dense_leaky", "leaky": "dense_leaky"}
+
+
+def test_an_unknown_control_fails_when_the_suite_is_loaded(tmp_path):
+    methods = {"dense": {}, "dense_leaky": {"name": "dense"}, "pcns": {"control": "dense_leakey"}}
+    with pytest.raises(ConfigError, match=r"^suite.methods.pcns.control: 'dense_leakey' is not a method label of "
+                                          r"this suite \(did you mean 'dense_leaky'\?\); labels: dense, dense_leaky, "
+                                          r"pcns$"):
+        load_suite(str(write_suite(tmp_path, methods=methods)))
+    with pytest.raises(ConfigError, match=r"^suite.control: 'relu' is not a method label"):
+        load_suite(str(write_suite(tmp_path, control="relu")))
+    with pytest.raises(ConfigError, match="suite.methods.pcns.control"):
+        run_suite(str(write_suite(tmp_path, methods=methods)), [], results_dir=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
 
 
 def test_dry_run_prints_the_grid_and_cost(tmp_path, capsys):

@@ -1,0 +1,83 @@
+"""The report: each row is compared with its own control (issue 15, item 10)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.report import aggregate, highlights, markdown_table, write_report
+
+# dense and dense_leaky differ by 10 points, so a row measured against the wrong one shows it.
+FINAL = {"dense": 0.80, "dense_leaky": 0.70, "pcns": 0.72, "pcn": 0.81}
+CONTROLS = {"dense": "dense", "dense_leaky": "dense", "pcns": "dense_leaky", "pcn": "dense"}
+TARGETS = {"pcns": 0.5, "pcn": 0.5}
+# (test_acc, cumulative training seconds) per epoch: pcns passes 0.70 at epoch 2 but never 0.80.
+HISTORY = {"dense": [(0.75, 10.0), (0.80, 20.0)], "dense_leaky": [(0.65, 10.0), (0.70, 20.0)],
+           "pcns": [(0.60, 5.0), (0.72, 11.0)], "pcn": [(0.78, 30.0), (0.81, 60.0)]}
+
+
+def run_row(label: str, control: str | None) -> dict:
+    return {"run_id": f"{label}-vgg11-s0", "label": label, "model": "vgg11", "seed": 0,
+            "target": TARGETS.get(label), "test_acc": FINAL[label], "control": control,
+            "params_total": 1e6, "params_nonzero": 1e6, "macs": 1e8, "macs_nonzero": 1e8,
+            "train_wall_s": HISTORY[label][-1][1], "train_macs": 1e12, "throughput_train_img_s": 100.0,
+            "throughput_infer_img_s": 400.0, "transform_s": 0.0}
+
+
+def history(label: str) -> pd.DataFrame:
+    return pd.DataFrame([{"epoch": e, "test_acc": a, "train_wall_s_cum": t}
+                         for e, (a, t) in enumerate(HISTORY[label], 1)])
+
+
+def planted() -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    runs = pd.DataFrame([run_row(lab, CONTROLS[lab]) for lab in FINAL])
+    return runs, {f"{lab}-vgg11-s0": history(lab) for lab in FINAL}
+
+
+def test_delta_and_time_to_accuracy_use_each_rows_declared_control():
+    agg = aggregate(*planted()).set_index("label")
+    assert (agg.loc["pcns", "tta_epoch"], agg.loc["pcns", "tta_s"]) == (2, 11.0)   # dense's 0.80: never
+    assert agg.loc["pcns", "control"] == "dense_leaky"
+    assert agg.loc["pcns", "test_acc_delta"] == pytest.approx(0.02)          # not -0.08 (vs dense)
+    assert agg.loc["pcn", "test_acc_delta"] == pytest.approx(0.01) and agg.loc["pcn", "tta_epoch"] == 2
+    assert agg.loc["dense_leaky", "test_acc_delta"] == pytest.approx(-0.10)  # the control against its own
+    assert agg.loc["pcns", "train_wall_s_rel"] == pytest.approx(11.0 / 20.0)
+
+
+def test_table_names_the_control_and_highlights_skip_the_controls():
+    agg = aggregate(*planted())
+    table = markdown_table(agg, "vgg11")
+    assert "| control | Δ top-1 vs control |" in table and "to control acc |" in table
+    assert "| pcns | 50% | 72.00 | dense_leaky | +2.00 |" in table
+    assert table.index("| dense |") < table.index("| dense_leaky |") < table.index("| pcn |")  # controls first
+    assert highlights(agg, "vgg11")[-1] == (
+        "- Fastest to its control's accuracy: **pcns** at 50% (control: dense_leaky), epoch 2 after 11s of "
+        "training; 2 of 2 method rows reach theirs at all.")
+
+
+def write_runs(out: Path, runs: pd.DataFrame, histories: dict[str, pd.DataFrame], recorded: dict) -> None:
+    for _, r in runs.iterrows():
+        folder = out / "runs" / r["run_id"]
+        folder.mkdir(parents=True)
+        summary = {k: v for k, v in r.items() if k != "control" and v == v}
+        summary["target"] = r["target"] if r["target"] == r["target"] else None
+        config = {"wandb": {"mode": "disabled"}}
+        if r["label"] in recorded:
+            config["control"] = recorded[r["label"]]
+        summary.update(env={"device": "cpu"}, config=config)
+        (folder / "summary.json").write_text(json.dumps(summary))
+        histories[r["run_id"]].to_csv(folder / "history.csv", index=False)
+
+
+def test_report_rebuilt_from_the_results_folder_keeps_the_controls(tmp_path, monkeypatch):
+    """The control comes from the run's own config where it is recorded, else from suite.json."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    runs, histories = planted()
+    write_runs(tmp_path, runs, histories, recorded={"pcns": "dense_leaky"})
+    (tmp_path / "suite.json").write_text(json.dumps({"suite": "t", "controls": {"pcns": "dense", "pcn": "dense"}}))
+    write_report(tmp_path)
+    saved = pd.read_csv(tmp_path / "runs.csv").set_index("label")["control"].to_dict()
+    assert saved == CONTROLS                          # the run's record wins over the plan; dense by default
+    assert "| pcns | 50% | 72.00 | dense_leaky | +2.00 |" in (tmp_path / "README.md").read_text()
