@@ -6,9 +6,11 @@ TensorFlow code is github rogerwaleffe/Principal-Component-Networks, `src/pcns/`
 Train the full network for `transform_epoch` epochs, then in one step (`pcn_transform`):
 
 1. Calibration: one eval-mode pass over `calibration_images` unaugmented training images,
-   accumulating in float64 the channel mean `mu` and covariance `S = Xc Xc^T / (s-1)` of exactly
-   the tensor each transformed layer reads (a forward PRE-hook on the consumer: after BN, ReLU
-   and pooling). `bench.stats.collect_covariances`, never all activations at once.
+   accumulating the channel mean `mu` and covariance `S = Xc Xc^T / (s-1)` of exactly the tensor
+   each transformed layer reads (a forward PRE-hook on the consumer: after BN, ReLU and pooling).
+   `bench.stats.collect_covariances`, never all activations at once. Where and in which dtype:
+   the calibration forward runs in float32 with autocast disabled (bf16/fp16 batches are cast up,
+   channels_last ones are fine), and the sums are accumulated in float64 (`calibrate`).
 2. Eigendecomposition `S = V diag(lambda) V^T` (`bench.stats.PCA`), top-k eigenvectors `V_k`.
 3. Output side (channel selection, code: `tf_kill_outputs` / `tf_get_indices_from_muVs`): the
    producer's output channels are scored by their loadings on the kept components,
@@ -17,36 +19,50 @@ Train the full network for `transform_epoch` epochs, then in one step (`pcn_tran
    entries and the rows of the consumer's `mu`, `V` are sliced. A dropped channel is thereby
    replaced by its calibration mean. The removal itself goes through torch-pruning's
    `DependencyGraph`, which also slices every other layer coupled to the channel (the residual
-   adds, every block of a stage, the next stage's first block and the classifier).
+   adds, every block of a stage, the next stage's first block).
 4. Input side (rotation, code: `tf_transform_conv_weights`, `Conv2DPCALayer`): the layer reads
    `z = V_k^T (x - mu)`. Conv: `W'[:, :, i, j] = W[:, :, i, j] V_k`, `b' = b + sum_ij W[:, :, i, j] mu`
    (`bench.surgery.substitute_inputs`). The projection is a frozen 1x1 conv (weight `V_k^T`,
    bias `-V_k^T mu`) applied to the ZERO-PADDED input, then the k x k conv runs unpadded
-   (`PCNConv`): padding zeros of `x` become `-V_k^T mu`, which `W V_k` maps back to what the
-   original conv saw, so with k = d the function is unchanged border pixels included (the
-   authors' layer does the same: ZeroPadding2D, project, VALID conv). Linear: `PCNLinear`.
-   `V_k` and `mu` are frozen parameters (`requires_grad=False`): counted in the model's size,
-   never trained (the authors' `trainable=False` weights).
+   (`PCNConv`, as the authors' ZeroPadding2D, project, VALID conv). Every input position,
+   padding included, is thus seen as its reconstruction `mu + V_k V_k^T (x - mu)`: a padding zero
+   is treated like any pixel of value 0, so borders are exact only at k = d (then the function
+   is unchanged, border pixels included); at k < d they carry the same kind of error as the
+   interior. Linear: `PCNLinear`. `V_k` and `mu` are frozen parameters (`requires_grad=False`):
+   counted in the model's size, never trained (the authors' `trainable=False` weights).
 
 Error of k components for one linear layer `y = W x + b` on the calibration data (tested):
 `sum_samples ||y - y_k||^2 / (s - 1) = sum_{j >= k} lambda_j ||W v_j||^2`.
 
+Parameters of a site (the tensor some consumers read, one PCA) as a function of k (`SiteCost`):
+`k (sum_c out_c kh_c kw_c + d + 1) + sum_c out_c` rotated (k inputs per consumer, the frozen
+`d x k` projection and its k biases, a bias per consumer absorbing `W mu`), against the
+consumers' parameters as they are. A site whose k is at or above this break-even is left as it is
+(no projection, original layers; METHODS.md sec. 1) and listed in `skipped_sites`.
+
 Choices where the sources are silent or differ (METHODS.md "choice"):
-- How many components: `dims` (explicit, as the authors' configs), else `target_params`
-  (one shared explained-variance threshold for all selected layers, found by bisection so the
-  total parameter count, frozen projections included, is within 2% of the target fraction of
-  the dense count), else `energy` (per-layer explained-variance threshold). The code's absolute
-  eigenvalue cut-off and width fraction are not offered.
+- How many components: `dims` (explicit, as the authors' configs), else `target_params` (the total
+  parameter count, frozen projections included, within 2% of the target fraction of the dense
+  count), else `energy` (per-layer explained-variance threshold, 0.99 if unset). The code's
+  absolute eigenvalue cut-off and width fraction are not offered. `allocation` says how
+  `target_params` is spent: `threshold`, one explained-variance threshold shared by all sites,
+  bisected; `greedy`, every component of every site ranked by its eigenvalue share
+  `lambda_j / sum_i lambda_i` per parameter it costs (`out kh kw` summed over the consumers plus
+  `d + 1` for its projection row, at the unpruned shapes) and the best prefix of that ranking
+  bisected to the target. A site the ranking takes to its break-even is left as it is.
+- The classifier's input: never in `all` or `late`; it can be named in a list of layers, and
+  then keeps k >= num_classes (out_features; METHODS.md sec. 1). With a bias,
+  `k (out + d + 1) + out >= d out + out` for every k >= out, so a named classifier is always at
+  its break-even and left as it is: cutting it never saves parameters. Consequently the
+  classifier's input stream (VGG's last conv, a ResNet's last stage) keeps all its channels.
 - How many output channels: the code takes a separate count or threshold per layer; its CIFAR
   VGG-16 and ResNet configs select none, its one config that selects channels keeps as many as
   the next layer keeps components (`'d64'` out / `'d64'` in). Here
-  `m = min(d, ceil(out_channels_ratio * k))`; the default `null` keeps every channel (their CIFAR
-  configs), `1.0` is that pattern. Measured on VGG-11 width 0.5 after one CIFAR-10 epoch (test
-  accuracy 0.501), `target_params: 0.5`: accuracy right after the transform 0.464 keeping all
-  channels, 0.121 with ratio 1, 0.232 with ratio 2 (dropped channels lose 12-40% of the next
-  layer's input variance, `kept_var` in the summary): hence the default.
-- A stream's channels are removed only when every layer reading it is transformed (its score
-  needs their PCA); otherwise only the rotations are applied.
+  `m = min(d, ceil(out_channels_ratio * k))`; the default `null` keeps every channel (their
+  CIFAR configs), `1.0` is that pattern. Dropped channels lose part of the next layer's input
+  variance (`kept_var` in the summary). `score` and `residual_channels` only act with a ratio.
+- A stream's channels are removed only when every layer reading it is rotated (its score needs
+  their PCA, and an untouched reader would see a dropped channel as 0, not as its mean).
 - ResNets: the residual stream is never rotated; each reader of it (a block's first conv, and
   its projection shortcut, which shares the block-input PCA and ONE frozen projection module:
   the authors duplicated it) and each block-internal input (conv2, Bottleneck conv3) is.
@@ -55,14 +71,12 @@ Choices where the sources are silent or differ (METHODS.md "choice"):
   suite's timm ResNet-20 the stem writes into stage 1's stream (no shortcut projection there),
   so the stem belongs to that stage; the authors' net had a stage-1 projection.
 - `layers: late` = the authors' choice of layers: VGG, the convs of the last two blocks
-  between max-pools (VGG-16: conv 8-13, classifier excluded as in their code); ResNet, every
-  input read inside the last stage (block-internal inputs, the first convs of blocks 2..n, the
-  classifier), as in their CIFAR ResNet config (stage 3 and fc1).
+  between max-pools (VGG-16: conv 8-13); ResNet, every input read inside the last stage
+  (block-internal inputs, the first convs of blocks 2..n), as in their CIFAR ResNet config
+  (stage 3; their fc1 kept full width, a pure rotation that only adds parameters).
 - `transform_epoch` None: 1 for VGG, 5 for ResNets (vgg16.py / resnet/cifar10.py
   EPOCHS_BEFORE_COMPRESSION). Calibration: 5,000 images (NUM_SAMPLES_FOR_COMPRESSION).
-- The transformed convs carry a bias (absorbing `W mu`) even before a BN, as in the code. With
-  k = d the PCN trains like the dense net except that the centred input moves the batch-mean
-  part of a layer's weight gradient into its bias (nil before a BN; the classifier differs).
+- The transformed convs carry a bias (absorbing `W mu`) even before a BN, as in the code.
 - Timings: `summary()["timing_s"]` has our own sub-steps; `transform_to_epoch_ratio` divides
   their total by the training seconds of the epoch just completed (`ctx.last_epoch_s`).
 """
@@ -81,7 +95,7 @@ from torch import nn
 
 from bench.config import ConfigError, opt
 from bench.metrics import param_counts
-from bench.stats import PCA, collect_covariances
+from bench.stats import PCA, CovarianceAccumulator, collect_covariances
 from bench.surgery import get_module, set_module, substitute_inputs
 from methods.base import Method, MethodConfig, register
 
@@ -89,7 +103,8 @@ CALIBRATION_IMAGES = 5000          # NUM_SAMPLES_FOR_COMPRESSION in vgg16.py and
 TRANSFORM_EPOCH_VGG = 1            # EPOCHS_BEFORE_COMPRESSION in vgg16.py
 TRANSFORM_EPOCH_RESNET = 5         # EPOCHS_BEFORE_COMPRESSION in resnet/cifar10.py
 TARGET_TOLERANCE_FRAC = 0.02       # issue 5: meet target_params within 2%
-BISECTION_STEPS = 60               # halvings of the threshold interval (float resolution)
+BISECTION_STEPS = 60               # halvings of the bisection interval (float resolution)
+ENERGY_DEFAULT = 0.99              # METHODS.md sec. 1 example, when neither dims nor target_params is set
 
 
 # --------------------------------------------------------------------------- PCN layers
@@ -166,6 +181,7 @@ class Site:
     consumers: list[str]
     stream: str
     late: bool
+    classifier: bool = False      # the final Linear's input: only when named, k >= num_classes
 
 
 @dataclass
@@ -208,7 +224,7 @@ def _analyse_vgg(model: nn.Module) -> Graph:
             nxt = f"features.{convs[j + 1]}"
             g.add_site(Site(nxt, [nxt], st.name, late=block_of[convs[j + 1]] >= n_blocks - 2))
         else:
-            g.add_site(Site("head.fc", ["head.fc"], st.name, late=False))  # authors: 'output': (None, None)
+            g.add_site(Site("head.fc", ["head.fc"], st.name, late=False, classifier=True))
     return g
 
 
@@ -252,15 +268,16 @@ def _analyse_resnet(model: nn.Module) -> Graph:
                 g.streams[current.name] = current
             else:
                 current.producers.append(out)
-    g.add_site(Site("fc", ["fc"], current.name, late=current.stage == last))
+    g.add_site(Site("fc", ["fc"], current.name, late=False, classifier=True))
     return g
 
 
 def select_sites(graph: Graph, layers: Union[str, list[str]]) -> list[str]:
+    """Sites in forward order: `all` and `late` leave the classifier out, a list takes it if named."""
     if layers == "all":
-        chosen = list(graph.sites)
+        chosen = [s for s, site in graph.sites.items() if not site.classifier]
     elif layers == "late":
-        chosen = [s for s, site in graph.sites.items() if site.late]
+        chosen = [s for s, site in graph.sites.items() if site.late and not site.classifier]
     else:
         by_consumer = {c: s for s, site in graph.sites.items() for c in site.consumers}
         unknown = [n for n in layers if n not in by_consumer]
@@ -275,11 +292,52 @@ def select_sites(graph: Graph, layers: Union[str, list[str]]) -> list[str]:
     return chosen
 
 
+# --------------------------------------------------------------------------- costs
+@dataclass(frozen=True)
+class SiteCost:
+    """Parameters of one site's consumers against its k, at the unpruned shapes."""
+    d: int                # channels the site reads
+    per_input: int        # sum_c out_c kh_c kw_c: one more input channel of every consumer
+    bias: int             # sum_c out_c: a rotated consumer always has a bias (absorbing W mu)
+    original: int         # the consumers' parameters as they are
+    min_k: int            # 1, or num_classes for the classifier
+
+    @property
+    def unit(self) -> int:
+        """Parameters one more component costs: its consumer inputs, its projection row and bias."""
+        return self.per_input + self.d + 1
+
+    def rotated(self, k: int) -> int:
+        return k * self.unit + self.bias
+
+    @property
+    def break_even(self) -> int:
+        """Smallest k whose rotated form is not smaller than the original: `rotated(k) >= original`."""
+        return max(0, -(-(self.original - self.bias) // self.unit))
+
+    def rotates(self, k: int) -> bool:
+        return k < self.break_even
+
+
+def site_costs(model: nn.Module, graph: Graph, sites: Iterable[str]) -> dict[str, SiteCost]:
+    costs = {}
+    for s in sites:
+        mods = [get_module(model, c) for c in graph.sites[s].consumers]
+        outs = [m.out_channels if isinstance(m, nn.Conv2d) else m.out_features for m in mods]
+        kk = [math.prod(m.kernel_size) if isinstance(m, nn.Conv2d) else 1 for m in mods]
+        d = mods[0].in_channels if isinstance(mods[0], nn.Conv2d) else mods[0].in_features
+        costs[s] = SiteCost(d=d, per_input=sum(o * k for o, k in zip(outs, kk)), bias=sum(outs),
+                            original=sum(p.numel() for m in mods for p in m.parameters(recurse=False)),
+                            min_k=min(d, outs[0]) if graph.sites[s].classifier else 1)
+    return costs
+
+
 # --------------------------------------------------------------------------- plan
 @dataclass
 class Plan:
-    dims: dict[str, int]                  # site -> kept components k
+    dims: dict[str, int]                  # rotated site -> kept components k
     keep: dict[str, torch.Tensor]         # stream -> kept channel indices (sorted); pruned streams only
+    skipped: dict[str, int] = field(default_factory=dict)   # site -> its k, at or above break-even
 
 
 def channel_scores(pca: PCA, k: int, weighted: bool) -> torch.Tensor:
@@ -288,20 +346,25 @@ def channel_scores(pca: PCA, k: int, weighted: bool) -> torch.Tensor:
     return v @ pca.eigenvalues[:k] if weighted else v.sum(1)
 
 
-def make_plan(graph: Graph, pcas: dict[str, PCA], dims: dict[str, int], out_channels_ratio: Optional[float],
-              residual_channels: str = "joint", score: str = "loadings") -> Plan:
+def make_plan(graph: Graph, pcas: dict[str, PCA], costs: dict[str, SiteCost], dims: dict[str, int],
+              out_channels_ratio: Optional[float], residual_channels: str = "joint",
+              score: str = "loadings") -> Plan:
+    """Rotate the sites below their break-even, skip the others, then select channels of the
+    streams whose every reader is rotated."""
+    rotated = {s: k for s, k in dims.items() if costs[s].rotates(k)}
+    skipped = {s: k for s, k in dims.items() if s not in rotated}
     keep = {}
     if out_channels_ratio is not None:
         for st in graph.streams.values():
             if (st.residual and residual_channels == "keep") or not st.sites \
-                    or any(s not in dims for s in st.sites):
+                    or any(s not in rotated for s in st.sites):
                 continue
-            m = min(st.width, math.ceil(out_channels_ratio * max(dims[s] for s in st.sites)))
+            m = min(st.width, math.ceil(out_channels_ratio * max(rotated[s] for s in st.sites)))
             if m >= st.width:
                 continue
-            scores = torch.stack([channel_scores(pcas[s], dims[s], score == "weighted") for s in st.sites]).mean(0)
+            scores = torch.stack([channel_scores(pcas[s], rotated[s], score == "weighted") for s in st.sites]).mean(0)
             keep[st.name] = torch.sort(torch.topk(scores, m).indices).values.cpu()
-    return Plan(dict(dims), keep)
+    return Plan(rotated, keep, skipped)
 
 
 def planned_params(model: nn.Module, graph: Graph, plan: Plan) -> int:
@@ -336,15 +399,51 @@ def planned_params(model: nn.Module, graph: Graph, plan: Plan) -> int:
     return total
 
 
-def fit_target(model: nn.Module, graph: Graph, pcas: dict[str, PCA], target: int, plan_for) -> tuple[float, Plan, int]:
-    """Bisect one explained-variance threshold shared by every selected layer until the planned
-    parameter count is within TARGET_TOLERANCE_FRAC of `target` (a count)."""
-    def at(tau: float) -> tuple[Plan, int]:
-        plan = plan_for({s: p.components_for(tau) for s, p in pcas.items()})
-        return plan, planned_params(model, graph, plan)
+def threshold_dims(pcas: dict[str, PCA], costs: dict[str, SiteCost], tau: float) -> dict[str, int]:
+    """k per site: the fewest components explaining `tau` of its variance (at least `min_k`)."""
+    return {s: max(costs[s].min_k, p.components_for(tau)) for s, p in pcas.items()}
+
+
+def greedy_ranks(pcas: dict[str, PCA], costs: dict[str, SiteCost]) -> dict[str, torch.Tensor]:
+    """Rank of every component among all sites' components, best first, by eigenvalue share per
+    parameter, `(lambda_j / sum_i lambda_i) / unit`. Within a site the ranks increase with j
+    (eigenvalues descend; ties keep forward order), so any prefix keeps each site's top k."""
+    scores = [p.eigenvalues / p.eigenvalues.sum().clamp_min(1e-300) / costs[s].unit for s, p in pcas.items()]
+    order = torch.argsort(-torch.cat(scores), stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=order.device)
+    return dict(zip(pcas, torch.split(rank, [len(x) for x in scores])))
+
+
+def greedy_dims(ranks: dict[str, torch.Tensor], costs: dict[str, SiteCost], n: int) -> dict[str, int]:
+    """k per site when the `n` best-ranked components are kept (at least `min_k`)."""
+    return {s: max(costs[s].min_k, int((r < n).sum())) for s, r in ranks.items()}
+
+
+def retained_share(pcas: dict[str, PCA], dims: dict[str, int], costs: dict[str, SiteCost]) -> float:
+    """Sum over sites of the explained-variance fraction the site keeps (1 where left as it is)."""
+    return sum(1.0 if not costs[s].rotates(k) else float(pcas[s].explained()[k - 1]) for s, k in dims.items())
+
+
+def fit_target(pcas: dict[str, PCA], costs: dict[str, SiteCost], target: int, count,
+               allocation: str = "threshold") -> tuple[Optional[float], dict[str, int], int]:
+    """Dims whose parameter count `count(dims)` is within TARGET_TOLERANCE_FRAC of `target`.
+    Bisects x in [0, 1], along which every site's count only grows: the shared explained-variance
+    threshold (`threshold`), or the fraction of the global component ranking kept (`greedy`).
+    Returns (threshold or None, dims, count)."""
+    if allocation == "greedy":
+        ranks = greedy_ranks(pcas, costs)
+        total = sum(len(r) for r in ranks.values())
+        dims_at = lambda x: greedy_dims(ranks, costs, round(x * total))
+    else:
+        dims_at = lambda x: threshold_dims(pcas, costs, x)
+
+    def at(x: float) -> tuple[dict[str, int], int]:
+        dims = dims_at(x)
+        return dims, count(dims)
 
     lo, hi = 0.0, 1.0
-    (p_lo, n_lo), (p_hi, n_hi) = at(lo), at(hi)
+    (d_lo, n_lo), (d_hi, n_hi) = at(lo), at(hi)
     if n_lo > target * (1 + TARGET_TOLERANCE_FRAC):
         raise ConfigError(f"method.target_params: even one component per layer leaves {n_lo:,} parameters "
                           f"(target {target:,}); transform more layers (method.layers=all) or raise the target")
@@ -353,16 +452,16 @@ def fit_target(model: nn.Module, graph: Graph, pcas: dict[str, PCA], target: int
                           f"target {target:,}; lower the target")
     for _ in range(BISECTION_STEPS):
         mid = 0.5 * (lo + hi)
-        p_mid, n_mid = at(mid)
+        d_mid, n_mid = at(mid)
         if n_mid <= target:
-            lo, p_lo, n_lo = mid, p_mid, n_mid
+            lo, d_lo, n_lo = mid, d_mid, n_mid
         else:
-            hi, p_hi, n_hi = mid, p_mid, n_mid
-    tau, plan, n = min(((lo, p_lo, n_lo), (hi, p_hi, n_hi)), key=lambda t: abs(t[2] - target))
+            hi, d_hi, n_hi = mid, d_mid, n_mid
+    x, dims, n = min(((lo, d_lo, n_lo), (hi, d_hi, n_hi)), key=lambda t: abs(t[2] - target))
     if abs(n - target) > TARGET_TOLERANCE_FRAC * target:
-        raise ConfigError(f"method.target_params: the closest count one shared threshold reaches is {n:,} "
-                          f"(target {target:,}, tolerance {TARGET_TOLERANCE_FRAC:.0%}); use method.dims instead")
-    return tau, plan, n
+        raise ConfigError(f"method.target_params: the closest count method.allocation={allocation} reaches is "
+                          f"{n:,} (target {target:,}, tolerance {TARGET_TOLERANCE_FRAC:.0%}); use method.dims instead")
+    return (x if allocation == "threshold" else None), dims, n
 
 
 # --------------------------------------------------------------------------- build
@@ -430,6 +529,35 @@ def kept_variance(pca: PCA, k: int, rows: Optional[torch.Tensor]) -> float:
 
 
 # --------------------------------------------------------------------------- the whole transform
+def calibrate(model: nn.Module, graph: Graph, sites: list[str], batches: Iterable[torch.Tensor]
+              ) -> dict[str, CovarianceAccumulator]:
+    """Float64 statistics of each site's input from a float32 forward outside autocast (a bf16
+    activation would round the covariance); batches may be channels_last or low precision."""
+    device = next(model.parameters()).device
+    low = (torch.bfloat16, torch.float16)
+    with torch.autocast(device_type=device.type, enabled=False):
+        return collect_covariances(model, {s: get_module(model, graph.sites[s].consumers[0]) for s in sites},
+                                   (x.float() if x.dtype in low else x for x in batches), inputs=True)
+
+
+def choose_dims(cfg: "PCN.Config", sites: list[str], pcas: dict[str, PCA], costs: dict[str, SiteCost],
+                target: int, count) -> tuple[str, Optional[float], dict[str, int]]:
+    """(selection, threshold, k per site) from `dims`, `target_params` or `energy`."""
+    if cfg.dims:
+        for s, k in zip(sites, cfg.dims):
+            c = costs[s]
+            if not c.min_k <= k <= c.d:
+                what = f"; {s} is the classifier's input: keep >= num_classes" if c.min_k > 1 else ""
+                raise ConfigError(f"method.dims: {k} components for {s}, which reads {c.d} channels; use "
+                                  f"{c.min_k}..{c.d}{what}")
+        return "dims", None, dict(zip(sites, cfg.dims))
+    if cfg.target_params is not None:
+        threshold, dims, _ = fit_target(pcas, costs, target, count, cfg.allocation)
+        return "target_params", threshold, dims
+    energy = ENERGY_DEFAULT if cfg.energy is None else cfg.energy
+    return "energy", energy, threshold_dims(pcas, costs, energy)
+
+
 def pcn_transform(model: nn.Module, cfg: "PCN.Config", batches: Iterable[torch.Tensor], example_inputs: torch.Tensor,
                   dense_params: int) -> tuple[nn.Module, dict[str, Any]]:
     """Calibrate, decompose, choose dims (and channels), build. Returns the PCN and its report."""
@@ -439,34 +567,25 @@ def pcn_transform(model: nn.Module, cfg: "PCN.Config", batches: Iterable[torch.T
     if cfg.dims and len(cfg.dims) != len(sites):
         raise ConfigError(f"method.dims has {len(cfg.dims)} entries but method.layers={cfg.layers!r} selects "
                           f"{len(sites)}: {', '.join(sites)}")
+    costs = site_costs(model, graph, sites)
     t0 = time.perf_counter()
-    accs = collect_covariances(model, {s: get_module(model, graph.sites[s].consumers[0]) for s in sites},
-                               batches, inputs=True)
+    accs = calibrate(model, graph, sites, batches)
     t1 = time.perf_counter()
     pcas = {s: PCA.from_accumulator(accs[s]) for s in sites}
     t2 = time.perf_counter()
 
     def plan_for(dims: dict[str, int]) -> Plan:
-        return make_plan(graph, pcas, dims, cfg.out_channels_ratio, cfg.residual_channels, cfg.score)
+        return make_plan(graph, pcas, costs, dims, cfg.out_channels_ratio, cfg.residual_channels, cfg.score)
 
-    threshold = None
-    if cfg.dims:
-        for s, k in zip(sites, cfg.dims):
-            if not 1 <= k <= len(pcas[s].eigenvalues):
-                raise ConfigError(f"method.dims: {k} components for {s}, which reads {len(pcas[s].eigenvalues)} "
-                                  f"channels; use 1..{len(pcas[s].eigenvalues)}")
-        plan, selection = plan_for(dict(zip(sites, cfg.dims))), "dims"
-    elif cfg.target_params is not None:
-        threshold, plan, _ = fit_target(model, graph, pcas, round(cfg.target_params * dense_params), plan_for)
-        selection = "target_params"
-    else:
-        threshold, selection = cfg.energy, "energy"
-        plan = plan_for({s: p.components_for(cfg.energy) for s, p in pcas.items()})
+    selection, threshold, dims = choose_dims(cfg, sites, pcas, costs, round((cfg.target_params or 0) * dense_params),
+                                             lambda d: planned_params(model, graph, plan_for(d)))
+    plan = plan_for(dims)
     planned = planned_params(model, graph, plan)
     t3 = time.perf_counter()
     new, build_s = build_pcn(model, graph, pcas, plan, example_inputs)
     report = {
-        "selection": selection, "threshold": threshold, "layers_option": cfg.layers,
+        "selection": selection, "allocation": cfg.allocation if selection == "target_params" else None,
+        "threshold": threshold, "layers_option": cfg.layers,
         "layers": [{"layer": s, "consumers": graph.sites[s].consumers, "reads": graph.sites[s].stream,
                     "in_dims_before": len(pcas[s].eigenvalues),
                     "in_channels_kept": len(plan.keep[graph.sites[s].stream])
@@ -474,10 +593,14 @@ def pcn_transform(model: nn.Module, cfg: "PCN.Config", batches: Iterable[torch.T
                     "in_dims_after": k, "explained_var": float(pcas[s].explained()[k - 1]),
                     "kept_var": kept_variance(pcas[s], k, plan.keep.get(graph.sites[s].stream))}
                    for s, k in plan.dims.items()],
+        "skipped_sites": [{"layer": s, "consumers": graph.sites[s].consumers, "in_dims": costs[s].d, "k": k,
+                           "break_even": costs[s].break_even, "reason": "k at or above break-even"}
+                          for s, k in plan.skipped.items()],
         "streams": [{"stream": n, "residual": graph.streams[n].residual,
                      "producers": [c for c, _ in graph.streams[n].producers],
                      "channels_before": graph.streams[n].width, "channels_after": len(idx)}
                     for n, idx in plan.keep.items()],
+        "retained_share": retained_share(pcas, dims, costs),
         "planned_params": planned, "dense_params": dense_params,
         "calibration_samples": {s: accs[s].count for s in sites},
         "timing_s": {"calibration": t1 - t0, "eigendecomposition": t2 - t1, "plan": t3 - t2, **build_s,
@@ -503,14 +626,18 @@ class PCN(Method):
                                       "(authors: 5000)")
         calibration_batch_size: int = opt(500, "images per calibration forward pass (memory only)")
         layers: Union[str, list[str]] = opt("all", "inputs to transform: all, late (authors' choice: VGG last two "
-                                            "conv blocks, ResNet last stage + fc) or a list of layer names")
-        energy: float = opt(0.99, "per-layer explained-variance fraction to keep (used when neither dims nor "
-                            "target_params is set; METHODS.md sec. 1 example)")
+                                            "conv blocks, ResNet last stage) or a list of layer names; the "
+                                            "classifier only when named (then k >= num_classes)")
+        energy: Optional[float] = opt(None, "per-layer explained-variance fraction to keep, without dims or "
+                                      "target_params; null: 0.99 (METHODS.md sec. 1 example)")
         dims: list[int] = opt([], "explicit components per selected layer, in forward order of the layers "
                               "`layers` selects (the summary lists them); authors' VGG-16: late + "
                               "[64, 64, 64, 32, 32, 32]")
-        target_params: Optional[float] = opt(None, "fraction of the dense parameter count to meet (within 2%) "
-                                             "by bisecting one explained-variance threshold shared by all layers")
+        target_params: Optional[float] = opt(None, "fraction of the dense parameter count to meet (within 2%), "
+                                             "spent as method.allocation says")
+        allocation: str = opt("threshold", "how target_params is spent: threshold = one explained-variance "
+                              "threshold shared by all layers, bisected; greedy = components of all layers ranked "
+                              "by eigenvalue share per parameter, best kept", choices=("threshold", "greedy"))
         out_channels_ratio: Optional[float] = opt(None, "output-side selection: producer channels kept per kept "
                                                   "component of the next layer, m = ceil(ratio k) (authors' one "
                                                   "channel-selecting config: 1); null keeps all channels (their "
@@ -527,10 +654,20 @@ class PCN(Method):
                 raise ConfigError("method.calibration_images must be >= 2 and calibration_batch_size >= 1")
             if isinstance(self.layers, str) and self.layers not in ("all", "late"):
                 raise ConfigError(f"method.layers: '{self.layers}' is not all, late or a list of layer names")
-            if not 0 < self.energy <= 1:
+            if self.energy is not None and not 0 < self.energy <= 1:
                 raise ConfigError(f"method.energy must be in (0, 1], got {self.energy}")
             if self.dims and self.target_params is not None:
                 raise ConfigError("method.dims and method.target_params both set; keep one of them")
+            if self.energy is not None and (self.dims or self.target_params is not None):
+                raise ConfigError(f"method.energy does nothing with method.{'dims' if self.dims else 'target_params'}; "
+                                  f"remove method.energy")
+            if self.allocation != "threshold" and self.target_params is None:
+                raise ConfigError(f"method.allocation={self.allocation} only spends method.target_params; set "
+                                  f"method.target_params or remove method.allocation")
+            for key, default in (("score", "loadings"), ("residual_channels", "joint")):
+                if getattr(self, key) != default and self.out_channels_ratio is None:
+                    raise ConfigError(f"method.{key}={getattr(self, key)} only acts on channel selection, which "
+                                      f"method.out_channels_ratio=null turns off; set a ratio or remove method.{key}")
             if any(k < 1 for k in self.dims):
                 raise ConfigError("method.dims entries must be >= 1")
             if self.target_params is not None and not 0 < self.target_params <= 1:
@@ -561,6 +698,7 @@ class PCN(Method):
         if not self.report:
             return {"pcn/transformed": 0}
         dims = [(l["in_dims_after"], l["in_dims_before"]) for l in self.report["layers"]]
+        dims += [(l["in_dims"], l["in_dims"]) for l in self.report.get("skipped_sites", [])]   # left as they are
         return {"pcn/transformed": 1, "pcn/dims_frac": sum(a for a, _ in dims) / sum(b for _, b in dims)}
 
     def summary(self, model: nn.Module) -> dict[str, Any]:

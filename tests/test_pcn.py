@@ -1,10 +1,12 @@
 """PCN (methods/pcn.py): exactness of the full-rank transform (borders included, VGG and a ResNet
-with projection shortcuts), the k-component error formula, exact channel removal, parameter
-targets, training, and the harness end to end (checkpoint, resume)."""
+with projection shortcuts), the k-component error formula, exact channel removal, the classifier
+and break-even rules, parameter targets (threshold and greedy allocation), calibration statistics
+(channels_last, autocast), config checks, training, and the harness end to end (checkpoint, resume)."""
 from __future__ import annotations
 
 import glob
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -19,8 +21,9 @@ from bench.runs import run_name
 from bench.stats import PCA, CovarianceAccumulator, collect_covariances
 from bench.surgery import get_module, substitute_inputs
 from bench.train import train
-from methods.pcn import (PCN, PCNConv, analyse, channel_scores, make_projection, pcn_layer, pcn_transform,
-                         select_sites)
+from methods.pcn import (PCN, PCNConv, PCNLinear, Plan, SiteCost, analyse, build_pcn, calibrate, channel_scores,
+                         fit_target, make_projection, pcn_layer, pcn_transform, retained_share, select_sites,
+                         site_costs)
 
 REPO = Path(__file__).resolve().parents[1]
 quiet = dict(log=lambda s: None)
@@ -53,6 +56,21 @@ def images(n: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
+def full_rank(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
+    """Every site, the classifier included, rotated with k = d. `pcn_transform` leaves such sites
+    as they are (a pure rotation only adds parameters), so the plan is built here."""
+    graph = analyse(model)
+    sites = list(graph.sites)
+    pcas = {s: PCA.from_accumulator(a) for s, a in calibrate(model, graph, sites, batches).items()}
+    plan = Plan({s: len(p.eigenvalues) for s, p in pcas.items()}, {})
+    return build_pcn(model, graph, pcas, plan, batches[0][:1])[0].eval()
+
+
+def classifier_inputs(model: nn.Module) -> int:
+    fc = get_module(model, "fc" if hasattr(model, "fc") else "head.fc")
+    return fc.linear.in_features if isinstance(fc, PCNLinear) else fc.in_features
+
+
 # --------------------------------------------------------------------------- statistics
 def test_covariance_over_batches_equals_all_data_at_once():
     x = torch.randn(23, 5, 4, 3, dtype=torch.float64) * torch.tensor([1.0, 3, 0.1, 2, 1])[None, :, None, None] + 7
@@ -79,10 +97,8 @@ def test_pre_hook_statistics_are_of_the_tensor_the_consumer_reads():
 def test_full_rank_vgg_reproduces_the_output_border_pixels_included():
     model = randomised("vgg11", 0.125)
     x = images(40)
-    new, report = pcn_transform(model, cfg(energy=1.0), [x[:20], x[20:]], x[:1], param_counts(model)["params_total"])
-    new.eval()
-    assert all(l["in_dims_after"] == l["in_dims_before"] for l in report["layers"])
-    assert sum(isinstance(m, PCNConv) for m in new.modules()) == 7
+    new = full_rank(model, [x[:20], x[20:]])
+    assert sum(isinstance(m, PCNConv) for m in new.modules()) == 7 and isinstance(new.head.fc, PCNLinear)
     with torch.no_grad():
         assert rel_err(model.features[:4](x), new.features[:4](x)) < 1e-4       # every pixel of a feature map
         assert rel_err(model.features[:20](x), new.features[:20](x)) < 1e-4
@@ -103,8 +119,7 @@ def test_full_rank_resnet_with_projection_shortcuts_reproduces_the_output(name, 
     model = randomised(name, width)
     assert model.layer2[0].downsample is not None and model.layer3[0].downsample is not None
     x = images(40)
-    new, _ = pcn_transform(model, cfg(energy=1.0), [x[:20], x[20:]], x[:1], param_counts(model)["params_total"])
-    new.eval()
+    new = full_rank(model, [x[:20], x[20:]])
     # The block's first conv and its projection shortcut share one frozen projection module.
     assert new.layer3[0].conv1.proj is new.layer3[0].downsample[0].proj
     with torch.no_grad():
@@ -141,46 +156,54 @@ def test_channel_scores_are_loadings_on_the_kept_components():
 
 
 def test_a_dead_channel_is_the_one_removed_and_the_function_is_unchanged_vgg():
-    """A channel constant at its mean has zero loadings; dropping it with k = d - 1 is exact."""
+    """Channels constant at their mean have zero loadings; dropping them with k = the number of
+    live channels is exact. (k = d - 1 = 31 of 32 is above this site's break-even, 29: left as it is.)"""
     model = randomised("vgg11", 0.125)
     bn = model.features[9]                        # after conv features.8 (32 channels), read by features.11
-    # Keep every other channel alive: a second dead channel would make the null eigenspace
-    # two-dimensional, and which of its vectors LAPACK returns varies between CPUs.
+    # Keep every other channel alive, so the kept components span exactly the live channels (the
+    # null eigenspace is not kept: which of its vectors LAPACK returns does not matter).
     bn.bias.data += 5.0
-    bn.weight.data[5], bn.bias.data[5] = 0.0, -1.0   # ReLU output is 0 everywhere
+    DEAD = (5, 11, 17, 23)
+    for dead in DEAD:
+        bn.weight.data[dead], bn.bias.data[dead] = 0.0, -1.0   # ReLU output is 0 everywhere
     x = images(40)
-    c = cfg(layers=["features.11"], dims=[31], out_channels_ratio=1.0)
+    c = cfg(layers=["features.11"], dims=[32 - len(DEAD)], out_channels_ratio=1.0)
     new, report = pcn_transform(model, c, [x], x[:1], param_counts(model)["params_total"])
     new.eval()
     assert report["streams"] == [{"stream": "features.8", "residual": False, "producers": ["features.8"],
-                                  "channels_before": 32, "channels_after": 31}]
-    assert new.features[8].out_channels == 31 and new.features[9].num_features == 31
-    kept = torch.tensor([i for i in range(32) if i != 5])
+                                  "channels_before": 32, "channels_after": 28}]
+    assert new.features[8].out_channels == 28 and new.features[9].num_features == 28
+    kept = torch.tensor([i for i in range(32) if i not in DEAD])
     torch.testing.assert_close(new.features[8].weight, model.features[8].weight[kept])
     with torch.no_grad():
         assert rel_err(model(x), new(x)) < 1e-4
 
 
 def test_residual_channels_are_removed_jointly_per_stage_resnet():
+    """Stage 2 (16 channels at width 0.5), whose stream every reader of can be rotated: stage 3's is
+    read by the classifier, which is never cut. Half the channels dead after each add, k = 8."""
     model = randomised("resnet20", 0.5)
-    for bn in [model.layer3[0].downsample[1]] + [b.bn2 for b in model.layer3]:
-        bn.weight.data[3], bn.bias.data[3] = 0.0, -1.0   # stream channel 3 of stage 3 is dead after each add
+    dead = list(range(0, 16, 2))
+    model.layer2[0].downsample[1].bias.data += 5.0            # the live channels stay live
+    for bn in [model.layer2[0].downsample[1]] + [b.bn2 for b in model.layer2]:
+        bn.weight.data[dead], bn.bias.data[dead] = 0.0, -1.0  # stream channels `dead` are 0 after each add
     x = images(40)
-    readers = ["layer3.1.conv1", "layer3.2.conv1", "fc"]
-    c = cfg(layers=readers, dims=[31, 31, 31], out_channels_ratio=1.0, residual_channels="joint")
+    readers = ["layer2.1.conv1", "layer2.2.conv1", "layer3.0.conv1"]
+    c = cfg(layers=readers, dims=[8, 8, 8], out_channels_ratio=1.0, residual_channels="joint")
     new, report = pcn_transform(model, c, [x], x[:1], param_counts(model)["params_total"])
     new.eval()
     [stream] = report["streams"]
-    assert stream["residual"] and stream["channels_after"] == 31
-    assert stream["producers"] == ["layer3.0.downsample.0", "layer3.0.conv2", "layer3.1.conv2", "layer3.2.conv2"]
+    assert stream["residual"] and stream["channels_after"] == 8
+    assert stream["producers"] == ["layer2.0.downsample.0", "layer2.0.conv2", "layer2.1.conv2", "layer2.2.conv2"]
     for name in stream["producers"]:
-        assert get_module(new, name).out_channels == 31
-    assert new.layer3[0].conv1.out_channels == 32           # block-internal width untouched
+        assert get_module(new, name).out_channels == 8
+    assert new.layer2[0].conv1.out_channels == 16           # block-internal width untouched
+    assert new.layer3[0].downsample[0].proj is new.layer3[0].conv1.proj
     with torch.no_grad():
         assert rel_err(model(x), new(x)) < 1e-4
-    keep, _ = pcn_transform(model, cfg(layers=readers, dims=[31, 31, 31], residual_channels="keep"),
-                            [x], x[:1], 1)
-    assert keep.layer3[0].conv2.out_channels == 32
+    keep, _ = pcn_transform(model, cfg(layers=readers, dims=[8, 8, 8], out_channels_ratio=1.0,
+                                       residual_channels="keep"), [x], x[:1], 1)
+    assert keep.layer2[0].conv2.out_channels == 16
 
 
 # --------------------------------------------------------------------------- layers, targets, configs
@@ -190,36 +213,146 @@ def test_late_layers_are_the_authors_choice_and_their_vgg16_dims_apply():
     feats = build_model(ModelConfig(name="vgg16", width=0.25)).features
     conv_idx = [i for i, m in enumerate(feats) if isinstance(m, nn.Conv2d)]
     assert late == [f"features.{i}" for i in conv_idx[7:13]]           # conv 8-13
+    # The classifier is never in `late` (the authors kept their ResNet's fc1 at full width).
     assert select_sites(analyse(build_model(ModelConfig(name="resnet20", width=0.5))), "late") == [
-        "layer3.0.conv2", "layer3.1.conv1", "layer3.1.conv2", "layer3.2.conv1", "layer3.2.conv2", "fc"]
+        "layer3.0.conv2", "layer3.1.conv1", "layer3.1.conv2", "layer3.2.conv1", "layer3.2.conv2"]
     raw = raw_from_sources([str(REPO / "configs/smoke.yaml"), str(REPO / "configs/methods/pcn-vgg16-authors.yaml")],
-                           ["model.width=0.25"])
+                           ["model.width=0.5"])
     run = build_config(raw)
-    model = randomised("vgg16", 0.25)
+    model = randomised("vgg16", 0.5)
     x = images(8)
     new, report = pcn_transform(model, run.method, [x], x[:1], param_counts(model)["params_total"])
     assert [l["in_dims_after"] for l in report["layers"]] == [64, 64, 64, 32, 32, 32]
-    assert report["streams"] == []                                     # their VGG-16 setting selects no channels
+    assert report["streams"] == [] and report["skipped_sites"] == []  # their VGG-16 setting selects no channels
+    assert param_counts(new)["params_total"] == report["planned_params"]
+    # At width 0.25 conv 8 reads 64 channels: k = 64 is a pure rotation, above break-even, left as it is.
+    model = randomised("vgg16", 0.25)
+    new, report = pcn_transform(model, run.method, [x], x[:1], param_counts(model)["params_total"])
+    assert [l["in_dims_after"] for l in report["layers"]] == [64, 64, 32, 32, 32]
+    assert [(l["layer"], l["k"], l["in_dims"]) for l in report["skipped_sites"]] == [(late[0], 64, 64)]
+    assert isinstance(get_module(new, late[0]), nn.Conv2d)
     assert param_counts(new)["params_total"] == report["planned_params"]
 
 
+@pytest.mark.parametrize("allocation", ["threshold", "greedy"])
 @pytest.mark.parametrize("name,width", [("vgg11", 0.125), ("resnet20", 0.5)])
-def test_target_params_is_met_within_two_percent_and_the_plan_counts_exactly(name, width):
+def test_target_params_is_met_within_two_percent_and_the_plan_counts_exactly(name, width, allocation):
     model = randomised(name, width)
     x = images(24)
     dense = param_counts(model)["params_total"]
     for target in (0.5, 0.25):
-        new, report = pcn_transform(model, cfg(target_params=target), [x], x[:1], dense)
+        new, report = pcn_transform(model, cfg(target_params=target, allocation=allocation), [x], x[:1], dense)
         total = param_counts(new)["params_total"]
+        assert report["allocation"] == allocation
         assert total == report["planned_params"]
         assert abs(total - target * dense) <= 0.02 * target * dense
     with pytest.raises(ConfigError, match="target_params"):
-        pcn_transform(model, cfg(target_params=0.001), [x], x[:1], dense)
+        pcn_transform(model, cfg(target_params=0.001, allocation=allocation), [x], x[:1], dense)
+
+
+@pytest.mark.parametrize("allocation", ["threshold", "greedy"])
+@pytest.mark.parametrize("name,width,fc", [("vgg11", 0.5, "head.fc"), ("resnet20", 1.0, "fc")])
+def test_the_classifier_keeps_at_least_num_classes_inputs(name, width, fc, allocation):
+    """`all` leaves the classifier out; named, it keeps k >= num_classes, which is always at its
+    break-even (k (out + d + 1) + out >= d out + out), so it is left as it is."""
+    model = randomised(name, width)
+    x = images(24)
+    dense = param_counts(model)["params_total"]
+    d = get_module(model, fc).in_features
+    new, report = pcn_transform(model, cfg(target_params=0.5, allocation=allocation), [x], x[:1], dense)
+    assert classifier_inputs(new) == d and fc not in [l["layer"] for l in report["layers"]]
+    named = select_sites(analyse(model), "late") + [fc]
+    new, report = pcn_transform(model, cfg(layers=named, target_params=0.5, allocation=allocation), [x], x[:1],
+                                dense)
+    assert classifier_inputs(new) == d and isinstance(get_module(new, fc), nn.Linear)
+    [skip] = [l for l in report["skipped_sites"] if l["layer"] == fc]
+    assert skip["k"] >= 10 and skip["reason"] == "k at or above break-even"
+    with pytest.raises(ConfigError, match="classifier"):
+        pcn_transform(model, cfg(layers=[fc], dims=[4]), [x], x[:1], dense)
+
+
+def consumer_params(model: nn.Module, names: list[str]) -> int:
+    """Parameters of the named modules, each tensor once (a shared projection counts once)."""
+    return sum(p.numel() for p in {id(p): p for n in names for p in get_module(model, n).parameters()}.values())
+
+
+def test_no_rotated_site_has_more_parameters_than_the_layers_it_replaced():
+    """energy 0.995 on random-input ResNet-20 (width 0.5) puts half the sites at or above their
+    break-even (rotating them would add parameters): they stay as they are."""
+    model = randomised("resnet20", 0.5)
+    x = images(24)
+    new, report = pcn_transform(model, cfg(energy=0.995), [x], x[:1], param_counts(model)["params_total"])
+    assert report["skipped_sites"] and report["layers"]
+    for l in report["layers"]:
+        assert consumer_params(new, l["consumers"]) < consumer_params(model, l["consumers"]), l["layer"]
+    for l in report["skipped_sites"]:
+        assert l["k"] >= l["break_even"] and l["reason"] == "k at or above break-even"
+        for c in l["consumers"]:
+            assert type(get_module(new, c)) is nn.Conv2d
+            assert torch.equal(get_module(new, c).weight, get_module(model, c).weight)
+    assert param_counts(new)["params_total"] == report["planned_params"]
+    dims = sum(l["in_dims_after"] for l in report["layers"]) + sum(l["in_dims"] for l in report["skipped_sites"])
+    total = sum(l["in_dims_before"] for l in report["layers"]) + sum(l["in_dims"] for l in report["skipped_sites"])
+    assert PCN.epoch_metrics(SimpleNamespace(report=report), new)["pcn/dims_frac"] == dims / total
+
+
+def test_greedy_keeps_more_variance_per_parameter_than_one_shared_threshold():
+    """Two sites with the same spectrum, one component 10x cheaper at the first: at the same
+    parameter target the greedy ranking keeps more of the summed explained-variance share."""
+    lam = 0.95 ** torch.arange(100, dtype=torch.float64)
+    pca = PCA(torch.zeros(100, dtype=torch.float64), lam, torch.eye(100, dtype=torch.float64))
+    pcas = {"cheap": pca, "dear": pca}
+    costs = {"cheap": SiteCost(d=100, per_input=0, bias=0, original=10 ** 9, min_k=1),       # 101 per component
+             "dear": SiteCost(d=100, per_input=909, bias=0, original=10 ** 9, min_k=1)}      # 1010 per component
+
+    def count(dims):
+        return sum(costs[s].rotated(k) for s, k in dims.items())
+
+    target = 30_000
+    _, thr, n_thr = fit_target(pcas, costs, target, count, "threshold")
+    _, gre, n_gre = fit_target(pcas, costs, target, count, "greedy")
+    assert abs(n_thr - target) <= 0.02 * target and abs(n_gre - target) <= 0.02 * target
+    assert thr["cheap"] == thr["dear"] and gre["cheap"] > gre["dear"]
+    assert retained_share(pcas, gre, costs) / n_gre > 1.05 * retained_share(pcas, thr, costs) / n_thr
+
+
+def test_calibration_statistics_ignore_channels_last_and_autocast():
+    """float64 statistics from an fp32 forward: a channels_last model and batch, even inside a
+    bf16 autocast region, give the covariance of the plain fp32 pass."""
+    model = randomised("resnet20", 0.25)
+    graph = analyse(model)
+    sites = select_sites(graph, "all")
+    x = images(8)
+    x_bf = x.bfloat16()
+    ref = calibrate(model, graph, sites, [x[:4], x[4:]])
+    ref_bf = calibrate(model, graph, sites, [x_bf[:4].float(), x_bf[4:].float()])   # what a bf16 batch holds
+    model.to(memory_format=torch.channels_last)
+    xc, xc_bf = (t.contiguous(memory_format=torch.channels_last) for t in (x, x_bf))
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        got = calibrate(model, graph, sites, [xc[:4], xc[4:]])
+        got_bf = calibrate(model, graph, sites, [xc_bf[:4], xc_bf[4:]])
+    for s in sites:
+        assert got[s].sum.dtype == torch.float64 and got[s].count == ref[s].count
+        torch.testing.assert_close(got[s].cov, ref[s].cov, rtol=1e-4, atol=1e-5)   # fp32 conv algorithms
+        torch.testing.assert_close(got_bf[s].cov, ref_bf[s].cov, rtol=1e-4, atol=1e-5)
 
 
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="dims and method.target_params"):
         cfg(dims=[4], target_params=0.5)
+    # Options that would do nothing.
+    for kw, key in ((dict(energy=0.9, target_params=0.5), "method.energy"),
+                    (dict(energy=0.9, dims=[4]), "method.energy"),
+                    (dict(score="weighted"), "method.score"),
+                    (dict(residual_channels="keep"), "method.residual_channels"),
+                    (dict(allocation="greedy"), "method.allocation")):
+        with pytest.raises(ConfigError, match=key):
+            cfg(**kw)
+    cfg(score="weighted", residual_channels="keep", out_channels_ratio=1.0)
+    cfg(target_params=0.5, allocation="greedy")
+    run = build_config(raw_from_sources([str(REPO / "configs/smoke.yaml")],
+                                        ["method.name=pcn", "method.target_params=0.5", "method.allocation=greedy"]))
+    assert run.method.allocation == "greedy"
     with pytest.raises(ConfigError, match="method.layers"):
         cfg(layers="early")
     model = randomised("vgg11", 0.125)
