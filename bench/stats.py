@@ -76,6 +76,37 @@ class CovarianceAccumulator:
         return self.outer / max(self.count, 1)
 
 
+class SumAccumulator:
+    """Named float64 running sums and a sample count, all-reduced together across ranks.
+
+    The sums live on `device`, the device of the data fed to them, so the all-reduce runs
+    there (NCCL rejects CPU tensors), the count included. Shapes are fixed up front: every
+    rank reduces the same tensors in the same order, even one whose shard was empty.
+    (The generic form of `CovarianceAccumulator`'s sums, for statistics other than x x^T:
+    Gram matrices, normal equations.)"""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.sums = {k: torch.zeros(s, dtype=torch.float64, device=self.device) for k, s in shapes.items()}
+        self.count = 0
+
+    def add(self, key: str, t: torch.Tensor) -> None:
+        self.sums[key] += t.to(torch.float64)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.sums[key]
+
+    def all_reduce_(self) -> "SumAccumulator":
+        """Sum every tensor and the count over ranks, on `device` (no-op in one process)."""
+        from bench import dist
+        if dist.is_distributed():
+            for t in self.sums.values():
+                dist.all_reduce_sum_(t)
+            count = torch.tensor(float(self.count), dtype=torch.float64, device=self.device)
+            self.count = int(dist.all_reduce_sum_(count).item())
+        return self
+
+
 @dataclass
 class PCA:
     """Eigendecomposition of a covariance, eigenvalues in descending order."""

@@ -1,7 +1,8 @@
 """PCNS: PCA Network Shrinking (P. Rolet, research draft, Sep 29 2022; no arXiv id, no public code).
 
 Source: ../shared/seeds/pcns-draft.txt, the only one; METHODS.md sec. 2 restates it with this
-suite's choices. No other implementation exists: this file is the reference.
+suite's choices. No other implementation exists: this file is the reference. Measurements made
+while building it: results/pcns-notes.md.
 
 For one hidden layer l, notation of the draft's sec. 1.4 (bias = weight on a trailing input 1):
   S_l = W_l X_{l-1},  X_l = sigma(S_l)  (n x B over a calibration batch of B samples).
@@ -19,88 +20,72 @@ For one hidden layer l, notation of the draft's sec. 1.4 (bias = weight on a tra
      every kernel position (bench.surgery.substitute_inputs, no shift).
 
 Conv layers (the draft's sec. 7 "next step"): neurons are channels and every spatial position of
-every image is a sample (METHODS.md common notation); the least squares rows are the im2col
+every image is a sample (METHODS.md common notation); the least-squares rows are the im2col
 patches of the layer input plus a bias column (C_in*k*k + 1 unknowns per neuron). Zero padding
-needs no approximation: P has no shift, so the consumer's padding zeros of the new channels (the
-mean-TO channel M+1 included) are padding zeros of the old ones (tested to float error: there is
-no border term). All sums are streamed in float64: the Gram X X^T (n x n) over samples, the
-normal equations A^T A, A^T T and ||T||^2, with im2col rows in chunks of `CHUNK_BYTES`.
-Passes over the calibration images: Gram, least squares, error table (below), logits.
+needs no approximation: P has no shift, so the consumer's padding zeros of the new channels are
+padding zeros of the old ones.
+
+Statistics: the Gram X X^T (n x n) and the normal equations A^T A, A^T T, ||T||^2 are float64
+sums in bench.stats.SumAccumulator (all-reduced under torchrun on the data's device), im2col rows
+in float64 chunks of `CHUNK_BYTES`; every calibration forward runs outside autocast in the model's
+own dtype (float32), on batches that may be channels_last.
 
 Choices where the draft is silent or TODO (METHODS.md "choice"):
-- Order (sec. 9.1, 4.6): from the second-to-last layer of the network (the last hidden layer,
-  whose consumer is the classifier; issue 6 calls it "the second-to-last hidden layer") down to
-  the first; the classifier itself is never shrunk. All statistics come from the network as it is
-  before this shrink (the draft's "initial forward pass"): exact bookkeeping, since shrinking
-  layer l changes W_l and W_{l+1} only, never what layer l-1 reads or computes. Surgeries are
-  applied in that order. Consequence, measured: no layer's fit sees the errors of the layers
-  below it, and they compound (`logit_err_*`).
+- Order (sec. 9.1, 4.6): from the second-to-last layer (the last hidden layer, whose consumer is
+  the classifier) down to the first; the classifier is never shrunk. All fits use the network as
+  it is before this shrink (the draft's "initial forward pass"): shrinking layer l changes W_l and
+  W_{l+1} only, so the fits are independent, but no fit sees the errors of the layers below it.
+  `refit: true` (not in the draft) fits the layers bottom-up instead, each on the inputs the
+  already-shrunk layers below it produce, to the same targets (the unshrunk network's PCA and TOs);
+  the report then also gives the draft order's logit error (`*_norefit`).
 - Calibration: one fixed set of `calib_images` unaugmented training images (issue 6: 2,048) for
   every layer, more if a layer needs `samples_per_unit` x n samples (draft sec. 4.3 "a few times
   the layer size"; METHODS.md: 10). The error table uses the first `error_images` of them and as
   many held-out images (ctx.calibration(heldout=True)).
-- c (draft: a scale, cancels in step 4): c = ev_scale * sqrt(B) * rms(X_l), so c EV_i has the
-  RMS of the layer's outputs. LeakyReLU^{-1} is positively homogeneous: c changes nothing beyond
-  float error (tested). `ls_residual` is reported over the EV columns (c-free) and
-  `ls_residual_mean_to` for the TO_hat column.
+- c (draft: a scale, cancels in step 4): c = ev_scale * sqrt(B) * rms(X_l), so c EV_i has the RMS
+  of the layer's outputs; LeakyReLU^{-1} is positively homogeneous, so c changes nothing beyond
+  float error. `ls_residual` is over the EV columns (c-free), `ls_residual_mean_to` the TO_hat one.
 - Sign of EV_i (free in PCA): both signs are fitted in the same pass; the smaller residual wins.
 - M: `energy` per layer (smallest M whose eigenvalues reach that fraction of the centred
   variance), or `target_params`: one threshold for all layers bisected so the model has at most
   the target count (within 2%; the count includes every new module). With several
-  `shrink_epochs`, shrink k of K aims at target^(k/K) (geometric steps). Eigen-directions below
-  `EIG_FLOOR_FRAC` of the largest are never used. A layer stays as it is when M + 1 >= n (no
-  size gain) unless `transform_full_rank`; `layers` restricts the shrink to named layers.
+  `shrink_epochs`, shrink k of K aims at target^(k/K). Eigen-directions below `EIG_FLOOR_FRAC`
+  of the largest are never used. A layer stays as it is when M + 1 >= n (no size gain) unless
+  `transform_full_rank`; `layers` restricts the shrink to named layers.
 - BN between a layer and its activation: folded in (bench.surgery.fold_bn, running statistics)
   before solving; the target is the pre-activation. The shrunk layer gets a fresh BN that inverts
   its own normalisation with the calibration statistics of the new outputs (running_mean = mean,
   running_var = var, weight = sqrt(var + eps), bias = mean, plus the LS bias when the layer has
-  none, as ResNet convs): the identity in eval mode, about the identity in training mode (batch
-  statistics), and trained afterwards like any BN. Statistics come from A^T A, no extra pass.
-- A max pool between the activation and the consumer (5 of VGG-11's 8 hidden convs): maxpool(P e)
-  is not P maxpool(e) (moving P past the pool measured 60-200% next-layer error even with a linear
-  activation). `maxpool: explicit` (default) keeps P as a bias-free, trainable 1x1 conv in front of
-  the pool (`MixPool`, exact; n x (M+1) parameters; the consumer keeps its n inputs; a later
-  shrink multiplies the mix by its new P); `commute` moves P into the consumer; `skip` leaves such
-  layers alone. Average pools, dropout and flatten commute with P.
+  none): the identity in eval mode, trained afterwards like any BN.
+- A max pool between the activation and the consumer: maxpool(P e) != P maxpool(e).
+  `maxpool: explicit` (default) keeps P as a bias-free, trainable 1x1 conv in front of the pool
+  (`MixPool`: exact, but n x (M+1) parameters and the consumer keeps its n inputs; a later shrink
+  multiplies the mix by its new P); `commute` moves P past the pool into the consumer (inexact);
+  `skip` leaves such layers alone. What the mixes cost: `summary()["param_split"]["mix"]` and
+  `summary()["mix_consumer_excess"]` (the consumers' unreduced inputs).
 - ResNets: only block-internal layers (conv1 of a BasicBlock; conv1 and conv2 of a Bottleneck).
-  The residual stream (stem, block outputs, shortcuts) is NOT shrunk: PCNS replaces a layer's
-  neurons by new ones, and the identity skip adds the old ones. For a block, `next_err_*` is
-  measured on conv2's BN output, before the residual add.
+  The residual stream is NOT shrunk: PCNS replaces a layer's neurons by new ones, and the identity
+  skip adds the old ones. For a block, `next_err_*` is on conv2's BN output, before the add.
 - ReLU (draft sec. 4.5, one sentence): `relu_split` gives each EV_i two neurons fitted by least
-  squares to relu(c EV_i) and relu(-c EV_i) themselves (0 where a part is 0, no inverse), P
-  columns (lambda/c, -lambda/c): 2M + 1 neurons, so a layer shrinks only when 2M + 1 < n.
-- Not in the draft: `ls_ridge` (Tikhonov term, relative to the mean diagonal of A^T A, for dead
-  or collinear inputs).
+  squares to relu(c EV_i) and relu(-c EV_i) (no inverse), P columns (lambda/c, -lambda/c):
+  2M + 1 neurons, so a layer shrinks only when 2M + 1 < n.
+- Not in the draft: `ls_ridge` (Tikhonov term, relative to the mean diagonal of A^T A).
 
-Error table (draft sec. 4.2, approximations 1-3, per layer with only that layer changed):
-`pca_err` = ||X - X_PCA||^2 / ||X||^2 (approx. 1, from the eigenvalues), `ls_residual` (approx. 2,
-in sigma^{-1} space), `out_err_*` = ||P e - x|| / ||x|| for the layer output and `next_err_*` for
-the next weighted layer's pre-activation (its BN included), on calibration (`_cal`) and held-out
+Error table (draft sec. 4.2, approximations 1-3, per layer with only that layer changed, draft
+order's fits): `pca_err` = ||X - X_PCA||^2 / ||X||^2 (approx. 1), `ls_residual` (approx. 2, in
+sigma^{-1} space), `out_err_*` = ||P e - x|| / ||x|| for the layer output and `next_err_*` for the
+next weighted layer's pre-activation (its BN included), on calibration (`_cal`) and held-out
 (`_heldout`) images (approx. 3 = their gap); for the whole shrink `logit_err_*` and
 `top1_agreement_*` against the unshrunk model; wall-clock per pass in `timing_s`.
-
-Measured (CPU, VGG-11 width 0.5, CIFAR-10, 2,048 calibration + 512 held-out images, target 0.5),
-on a barely trained network (2 epochs on 5,000 images, 12% test accuracy): not a benchmark:
-- LeakyReLU slope 0.01 (the PyTorch default): sigma^{-1} multiplies negative targets by 100, the
-  least squares fits those and leaves errors of the same size on the positive side. Held-out
-  next-layer error 6% (features.22) to 880% (features.0); the LS weights come out 30-3,600x the
-  norm of the original ones, so errors compound: logit error 3e11 relative, top-1 agreement 0;
-  SGD at lr 0.2 then diverges (lr 0.02 trains). A ridge (1e-3, 1e-1) does not fix it.
-- Same weights with slope 0.3 swapped in: per layer 0.4-34%, logits 390%, top-1 agreement 17%.
-  Random VGG-11 width 0.125, energy 0.99: per-layer error 116-680% (slope 0.01), 11-62% (0.1),
-  8-19% (0.3). One harness run with slope 0.2 (1 epoch, shrink to 0.5): 0.1-55% per layer,
-  logits 1,300-1,600%, top-1 agreement 61%, and the next epoch's loss went NaN at lr 0.2.
-- ReLU swapped in, `relu_split`: the bisection shrinks only the 3 last convs (2M + 1 < n nowhere
-  else); per layer 0.4-0.9%, logits 6%, top-1 agreement 89%. On random nets 8-25% per layer.
-- Wall-clock of one shrink: 22 s (light load) to 86 s (heavy load) for VGG-11 width 0.5, the least
-  squares pass about 75% of it; an epoch of the quick recipe is ~60 s unloaded.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -109,9 +94,8 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from timm.models.vgg import VGG
 from torch import nn
 
-from bench import dist
 from bench.config import ConfigError, opt
-from bench.stats import as_samples, capture
+from bench.stats import SumAccumulator, as_samples, capture
 from bench.surgery import fold_bn, get_module, set_module, substitute_inputs
 from methods.base import Method, MethodConfig, register
 
@@ -259,20 +243,19 @@ def apply_layer(layer: nn.Conv2d | nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, layer.weight, layer.bias)
 
 
-def im2col_chunks(layer: nn.Conv2d | nn.Linear, x: torch.Tensor) -> Iterator[torch.Tensor]:
-    """Float64 least-squares rows [rows, d + 1] (im2col patches or inputs, then a 1), in chunks
-    of about `CHUNK_BYTES`; column order matches `layer.weight.reshape(n, -1)`."""
+def im2col_chunks(layer: nn.Conv2d | nn.Linear, x: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(images, rows): float64 least-squares rows [rows, d + 1] (im2col patches or inputs, then a 1)
+    of the images `x[images]`, in chunks of about `CHUNK_BYTES`; column order matches
+    `layer.weight.reshape(n, -1)`, row order matches `as_samples` of the layer's output."""
     if isinstance(layer, nn.Linear):
         step = max(1, CHUNK_BYTES // (8 * (x.shape[1] + 1)))
-        for i in range(0, len(x), step):
-            a = x[i:i + step].to(torch.float64)
-            yield torch.cat([a, a.new_ones(len(a), 1)], 1)
-        return
-    n_pos = im2col(x[:1], layer).shape[0]
-    step = max(1, CHUNK_BYTES // (8 * (x.shape[1] * layer.weight[0, 0].numel() + 1) * n_pos))
+    else:
+        n_pos = im2col(x[:1], layer).shape[0]
+        step = max(1, CHUNK_BYTES // (8 * (x.shape[1] * layer.weight[0, 0].numel() + 1) * n_pos))
     for i in range(0, len(x), step):
-        a = im2col(x[i:i + step], layer).to(torch.float64)
-        yield torch.cat([a, a.new_ones(len(a), 1)], 1)
+        images = slice(i, i + step)
+        a = (x[images] if isinstance(layer, nn.Linear) else im2col(x[images], layer)).to(torch.float64)
+        yield images, torch.cat([a, a.new_ones(len(a), 1)], 1)
 
 
 def im2col(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -335,27 +318,33 @@ def residuals(ata: torch.Tensor, att: torch.Tensor, ttt: torch.Tensor, w: torch.
 # --------------------------------------------------------------------------- per-layer state
 @dataclass
 class LayerPlan:
-    site: Site
+    """One layer's shrink, filled by the passes of `shrink` in order (comments say which)."""
+    site: Site                   # plan_layers
     slope: float
     n: int
     kind: str
-    positions: int
-    lam: Optional[torch.Tensor] = None
+    target: str = ""             # the module whose inputs get P: the consumer, or a mix in front of a max pool
+    new_mix: bool = False        # the mix does not exist yet (first shrink across a max pool)
+    positions: int = 1           # calibration_size: spatial positions per image of the output
+    lam: Optional[torch.Tensor] = None        # gram_pass: PCA of the TOs (eigenvalues, vectors)
     u: Optional[torch.Tensor] = None
     total_sq: float = 0.0
     samples: int = 0
+    shrink: bool = False         # set_widths
     m_comp: int = 0              # M
     width: int = 0               # neurons after: M + 1 (2M + 1 with relu_split)
-    shrink: bool = False
     c: float = 0.0
-    p: Optional[torch.Tensor] = None          # [n, width]
+    p: Optional[torch.Tensor] = None          # solve_layer: [n, width]
     w: Optional[torch.Tensor] = None          # [d + 1, width] float64 LS solution
     producer_new: Optional[nn.Module] = None
     bn_new: Optional[nn.Module] = None
-    target: str = ""             # the module whose inputs get P: the consumer, or a mix in front of a max pool
-    new_mix: bool = False        # the mix does not exist yet (first shrink across a max pool)
     target_new: Optional[nn.Module] = None    # `target` reading the new channels (this layer alone)
-    row: Optional[dict] = None
+    row: Optional[dict] = None                # the report's table row
+
+    def resized(self) -> list[str]:
+        """Modules whose width this shrink changes (a mix is not one of them: see `param_split`)."""
+        return [self.site.producer] + ([self.site.bn] if self.site.bn else []) + \
+            ([self.target] if self.target == self.site.consumer else [])
 
 
 def projected_params(model: nn.Module, plans: list[LayerPlan], widths: dict[int, int]) -> int:
@@ -399,20 +388,45 @@ def choose(plans: list[LayerPlan], threshold: float, relu_split: bool, full_rank
     return widths
 
 
-# --------------------------------------------------------------------------- the shrink
-@torch.no_grad()
-def shrink(model: nn.Module, cfg: "PCNS.Config", calibration: Callable[..., Iterator[torch.Tensor]],
-           example_inputs: torch.Tensor, target_params: Optional[int] = None
-           ) -> tuple[nn.Module, dict[str, Any], list[LayerPlan]]:
-    """One PCNS shrink of every hidden layer of `model` (in place). Returns the model, the report
-    (JSON-able: per-layer table in shrink order) and the per-layer plans (tensors, for tests).
+# --------------------------------------------------------------------------- the shrink, pass by pass
+class Stopwatch:
+    """Wall-clock per named phase, for the report's `timing_s`."""
 
-    `calibration(n_images, batch_size, heldout)` yields normalised image batches (ctx.calibration).
-    `target_params`: absolute parameter count to meet (else cfg.energy per layer)."""
-    t_start = time.perf_counter()
-    timing: dict[str, float] = {}
-    was_training = model.training
-    model.eval()
+    def __init__(self):
+        self.t_start, self.times = time.perf_counter(), {}
+
+    @contextmanager
+    def __call__(self, key: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.times[key] = self.times.get(key, 0.0) + time.perf_counter() - t0
+
+    def total(self) -> dict[str, float]:
+        return {**self.times, "total_s": time.perf_counter() - self.t_start}
+
+
+class _Reached(Exception):
+    """Raised by a hook to end a forward pass once the module of interest has run."""
+
+
+def run_until(model: nn.Module, name: str, x: torch.Tensor, inputs: bool) -> torch.Tensor:
+    """Forward `x` through `model` only as far as module `name`; its input (or output)."""
+    seen: list[torch.Tensor] = []
+
+    def stop(_: str, t: torch.Tensor) -> None:
+        seen.append(t)
+        raise _Reached
+    try:
+        with capture({name: get_module(model, name)}, stop, inputs=inputs):
+            model(x)
+    except _Reached:
+        pass
+    return seen[0]
+
+
+def plan_layers(model: nn.Module, cfg: "PCNS.Config") -> tuple[list[LayerPlan], list[str]]:
+    """The layers this shrink considers (forward order), each with where its P will go; the
+    reasons others are left alone."""
     sites, skipped = find_sites(model)
     if cfg.layers:
         unknown = set(cfg.layers) - {s.producer for s in sites}
@@ -429,8 +443,8 @@ def shrink(model: nn.Module, cfg: "PCNS.Config", calibration: Callable[..., Iter
             skipped.append(why)
             continue
         prod = get_module(model, s.producer)
-        pl = LayerPlan(s, act_slope(get_module(model, s.act), cfg.relu_split, s.act), prod.weight.shape[0],
-                       "conv" if isinstance(prod, nn.Conv2d) else "linear", 1)
+        pl = LayerPlan(s, act_slope(get_module(model, s.act), cfg.relu_split, s.act), n=prod.weight.shape[0],
+                       kind="conv" if isinstance(prod, nn.Conv2d) else "linear")
         if mixed:                                   # P goes into the existing mix: exact
             pl.target = s.pool + ".mix"
         elif s.pool and cfg.maxpool == "explicit":  # a new mix in front of the pool: exact
@@ -440,189 +454,229 @@ def shrink(model: nn.Module, cfg: "PCNS.Config", calibration: Callable[..., Iter
         plans.append(pl)
     if not plans:
         raise ConfigError("PCNS found no layer to shrink in this model (see method.layers / maxpool)")
+    return plans, skipped
 
-    # Shape probe: spatial positions per image of every producer output.
+
+def calibration_size(model: nn.Module, plans: list[LayerPlan], cfg: "PCNS.Config",
+                     example_inputs: torch.Tensor) -> int:
+    """Calibration images: `calib_images` for conv models, more where a layer needs
+    `samples_per_unit` samples per neuron (sets each plan's spatial `positions`)."""
+    pos: dict[str, int] = {}
+
     def probe(name: str, t: torch.Tensor) -> None:
         pos[name] = t[0, 0].numel() if t.dim() == 4 else 1
-    pos: dict[str, int] = {}
     with capture({pl.site.producer: get_module(model, pl.site.producer) for pl in plans}, probe):
         model(example_inputs[:1])
     for pl in plans:
         pl.positions = pos[pl.site.producer]
     need = [math.ceil(cfg.samples_per_unit * pl.n / pl.positions) for pl in plans]
-    n_images = max(need + [cfg.calib_images if any(pl.kind == "conv" for pl in plans) else 0])
+    return max(need + [cfg.calib_images if any(pl.kind == "conv" for pl in plans) else 0])
 
-    def batches(heldout: bool = False, n: Optional[int] = None) -> Iterator[torch.Tensor]:
-        return calibration(n or n_images, cfg.calib_batch, heldout)
 
-    folded = {}
-    for pl in plans:
-        prod = get_module(model, pl.site.producer)
-        folded[pl.site.producer] = fold_bn(prod, get_module(model, pl.site.bn)) if pl.site.bn else prod
+def weight_device(model: nn.Module, name: str) -> torch.device:
+    """Where module `name` computes, so where the data its statistics come from lives."""
+    return get_module(model, name).weight.device
 
-    # Pass 1 (steps 1-2): Gram matrix of the TOs, n x n, over all samples.
-    t0 = time.perf_counter()
-    grams = {pl.site.producer: torch.zeros(pl.n, pl.n, dtype=torch.float64, device=example_inputs.device)
-             for pl in plans}
-    counts = {k: 0 for k in grams}
-    by_name = {pl.site.producer: pl for pl in plans}
 
-    def gram_hook(act_name: str, out: torch.Tensor) -> None:      # X_l = what the activation outputs
-        name = act_of[act_name]
+def gram_pass(model: nn.Module, plans: list[LayerPlan], batches: Iterable[torch.Tensor]) -> None:
+    """Steps 1-2: the n x n Gram X_l X_l^T of each layer's outputs (after the activation) summed
+    over all samples, then its PCA (sets `lam`, `u`, `samples`, `total_sq`)."""
+    sums = {pl.site.act: SumAccumulator({"gram": (pl.n, pl.n)}, weight_device(model, pl.site.producer))
+            for pl in plans}
+
+    def hook(act: str, out: torch.Tensor) -> None:
         xs = as_samples(out).to(torch.float64)
-        grams[name] += xs.T @ xs
-        counts[name] += len(xs)
-    act_of = {pl.site.act: pl.site.producer for pl in plans}
-    with capture({a: get_module(model, a) for a in act_of}, gram_hook):
-        for x in batches():
+        sums[act].add("gram", xs.T @ xs)
+        sums[act].count += len(xs)
+    with capture({a: get_module(model, a) for a in sums}, hook):
+        for x in batches:
             model(x)
-    for name in grams:          # under torchrun: sums over every rank's shard of the images
-        dist.all_reduce_sum_(grams[name])
-        counts[name] = int(dist.all_reduce_sum_(torch.tensor(float(counts[name]), dtype=torch.float64)).item())
     for pl in plans:
-        g = grams[pl.site.producer]
-        pl.samples, pl.total_sq = counts[pl.site.producer], float(g.trace())
+        acc = sums[pl.site.act].all_reduce_()      # under torchrun: every rank's shard of the images
+        pl.samples, pl.total_sq = acc.count, float(acc["gram"].trace())
         if pl.n >= 2:
-            pl.lam, pl.u = gram_pca(g)
-    timing["gram_s"] = time.perf_counter() - t0
+            pl.lam, pl.u = gram_pca(acc["gram"])
 
-    # Components: per-layer energy, or one threshold bisected to the parameter target.
+
+def choose_widths(model: nn.Module, plans: list[LayerPlan], cfg: "PCNS.Config",
+                  target_params: Optional[int]) -> tuple[float, dict[int, int]]:
+    """(variance threshold, plan index -> new width): `cfg.energy` per layer, or one threshold
+    bisected so the shrunk model has at most `target_params` parameters."""
+    def widths_at(threshold: float) -> dict[int, int]:
+        return choose(plans, threshold, cfg.relu_split, cfg.transform_full_rank)
     if target_params is None:
-        threshold = cfg.energy
-        widths = choose(plans, threshold, cfg.relu_split, cfg.transform_full_rank)
-    else:
-        lo, hi = 0.0, 1.0
-        if projected_params(model, plans, choose(plans, lo, cfg.relu_split, cfg.transform_full_rank)) > target_params:
-            floor = projected_params(model, plans, choose(plans, lo, cfg.relu_split, cfg.transform_full_rank))
-            raise ConfigError(f"method.target_params: {target_params:,} parameters are below what PCNS reaches with "
-                              f"one component per layer ({floor:,}); raise method.target_params")
-        for _ in range(BISECTION_STEPS):
-            mid = 0.5 * (lo + hi)
-            widths = choose(plans, mid, cfg.relu_split, cfg.transform_full_rank)
-            if projected_params(model, plans, widths) <= target_params:
-                lo = mid
-            else:
-                hi = mid
-        threshold = lo
-        widths = choose(plans, threshold, cfg.relu_split, cfg.transform_full_rank)
-    projected = projected_params(model, plans, widths)
+        return cfg.energy, widths_at(cfg.energy)
+    floor = projected_params(model, plans, widths_at(0.0))
+    if floor > target_params:
+        raise ConfigError(f"method.target_params: {target_params:,} parameters are below what PCNS reaches with "
+                          f"one component per layer ({floor:,}); raise method.target_params")
+    lo, hi = 0.0, 1.0
+    for _ in range(BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        if projected_params(model, plans, widths_at(mid)) <= target_params:
+            lo = mid
+        else:
+            hi = mid
+    return lo, widths_at(lo)
+
+
+def set_widths(plans: list[LayerPlan], widths: dict[int, int], cfg: "PCNS.Config") -> list[LayerPlan]:
+    """Mark the layers that shrink, with their M and scale c; returns them (forward order)."""
     for i, pl in enumerate(plans):
         if i in widths:
             pl.shrink, pl.width = True, widths[i]
             pl.m_comp = (widths[i] - 1) // 2 if cfg.relu_split else widths[i] - 1
             rms = math.sqrt(pl.total_sq / max(pl.n * pl.samples, 1))
             pl.c = cfg.ev_scale * math.sqrt(pl.samples) * max(rms, 1e-30)
-    active = [pl for pl in plans if pl.shrink]
+    return [pl for pl in plans if pl.shrink]
 
-    # Pass 2 (step 3): normal equations for both signs of every kept EV and for TO_hat.
-    t0 = time.perf_counter()
-    acc: dict[str, dict[str, torch.Tensor]] = {}
-    proj: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+def ev_map(pl: LayerPlan) -> torch.Tensor:
+    """[n, M]: x_s -> c EV_i(s) = c u_i^T x_s / sqrt(Lambda_i) (u_i is orthogonal to 1: H drops out)."""
+    return pl.u[:, :pl.m_comp] * (pl.c / pl.lam[:pl.m_comp].sqrt())
+
+
+def ls_targets(xs: torch.Tensor, z_map: torch.Tensor, slope: float, relu_split: bool) -> torch.Tensor:
+    """Step 3's targets [rows, 2M + 1] from the layer outputs `xs` [rows, n] (eq. 4): sigma^{-1} of
+    +c EV_i, of -c EV_i (both signs, see `solve_layer`) and of TO_hat; with `relu_split`
+    relu(+c EV_i), relu(-c EV_i) and TO_hat."""
+    z = xs @ z_map
+    mean_to = xs.mean(1, keepdim=True)
+    if relu_split:
+        return torch.cat([F.relu(z), F.relu(-z), mean_to], 1)
+    return torch.cat([sigma_inv(z, slope), sigma_inv(-z, slope), sigma_inv(mean_to, slope)], 1)
+
+
+def normal_sums(model: nn.Module, pl: LayerPlan) -> SumAccumulator:
+    """Empty normal-equation sums for layer `pl` as `model` has it now: A^T A, A^T T, ||T||^2."""
+    prod = get_module(model, pl.site.producer)
+    d1, k = prod.weight[0].numel() + 1, 2 * pl.m_comp + 1
+    return SumAccumulator({"ata": (d1, d1), "att": (d1, k), "ttt": (k,)}, prod.weight.device)
+
+
+def add_rows(acc: SumAccumulator, a: torch.Tensor, t: torch.Tensor) -> None:
+    acc.add("ata", a.T @ a)
+    acc.add("att", a.T @ t)
+    acc.add("ttt", (t * t).sum(0))
+    acc.count += len(a)
+
+
+def draft_ls_pass(model: nn.Module, active: list[LayerPlan], relu_split: bool,
+                  batches: Iterable[torch.Tensor]) -> dict[str, SumAccumulator]:
+    """Step 3's sums for every layer in one pass over the unshrunk network (the draft's order):
+    A = the layer's inputs, targets from its own outputs recomputed in float64 from them."""
+    sums = {pl.site.producer: normal_sums(model, pl) for pl in active}
+    fits = {}
     for pl in active:
-        d1 = get_module(model, pl.site.producer).weight[0].numel() + 1
-        k = 2 * pl.m_comp + 1
-        dev = example_inputs.device
-        acc[pl.site.producer] = {"ata": torch.zeros(d1, d1, dtype=torch.float64, device=dev),
-                                 "att": torch.zeros(d1, k, dtype=torch.float64, device=dev),
-                                 "ttt": torch.zeros(k, dtype=torch.float64, device=dev)}
-        # c EV_i(s) = c u_i^T x_s / sqrt(Lambda_i)  (u_i is orthogonal to 1, so H drops out)
-        proj[pl.site.producer] = (full_weight(folded[pl.site.producer]).T,
-                                  pl.u[:, :pl.m_comp] * (pl.c / pl.lam[:pl.m_comp].sqrt()))
+        prod = get_module(model, pl.site.producer)
+        folded = fold_bn(prod, get_module(model, pl.site.bn)) if pl.site.bn else prod
+        fits[pl.site.producer] = (pl, folded, full_weight(folded).T, ev_map(pl))
 
-    def ls_hook(name: str, x: torch.Tensor) -> None:
-        pl, a_ = by_name[name], acc[name]
-        wt, z_map = proj[name]
-        for a in im2col_chunks(folded[name], x):
-            xs = sigma(a @ wt, pl.slope)
-            z = xs @ z_map
-            if cfg.relu_split:
-                t = torch.cat([F.relu(z), F.relu(-z), xs.mean(1, keepdim=True)], 1)
-            else:
-                t = torch.cat([sigma_inv(z, pl.slope), sigma_inv(-z, pl.slope),
-                               sigma_inv(xs.mean(1, keepdim=True), pl.slope)], 1)
-            a_["ata"] += a.T @ a
-            a_["att"] += a.T @ t
-            a_["ttt"] += (t * t).sum(0)
-    with capture({pl.site.producer: get_module(model, pl.site.producer) for pl in active}, ls_hook, inputs=True):
-        for x in batches():
+    def hook(name: str, x: torch.Tensor) -> None:
+        pl, folded, wt, z_map = fits[name]
+        for _, a in im2col_chunks(folded, x):
+            add_rows(sums[name], a, ls_targets(sigma(a @ wt, pl.slope), z_map, pl.slope, relu_split))
+    with capture({name: get_module(model, name) for name in sums}, hook, inputs=True):
+        for x in batches:
             model(x)
-    for a_ in acc.values():
-        for key in ("ata", "att", "ttt"):
-            dist.all_reduce_sum_(a_[key])
-    timing["ls_pass_s"] = time.perf_counter() - t0
+    return {name: acc.all_reduce_() for name, acc in sums.items()}
 
-    # Solve, build the isolated new modules (producer + fresh BN, consumer W P).
-    t0 = time.perf_counter()
-    for pl in active:
-        a_ = acc[pl.site.producer]
-        w_all = solve_normal(a_["ata"], a_["att"], cfg.ls_ridge)
-        res = residuals(a_["ata"], a_["att"], a_["ttt"], w_all)
-        m = pl.m_comp
-        lam_s = pl.lam[:m].sqrt()
-        coef = pl.u[:, :m] * (lam_s / pl.c)                      # lambda_ji / c
-        if cfg.relu_split:
-            cols = [c for i in range(m) for c in (i, m + i)] + [2 * m]
-            pcols = [v for i in range(m) for v in (coef[:, i], -coef[:, i])]
-        else:
-            neg = res[m:2 * m] < res[:m]                          # sign of EV_i with the smaller residual
-            cols = [m + i if bool(neg[i]) else i for i in range(m)] + [2 * m]
-            pcols = [-coef[:, i] if bool(neg[i]) else coef[:, i] for i in range(m)]
-        pl.p = torch.stack(pcols + [torch.ones(pl.n, dtype=torch.float64, device=coef.device)], 1)
-        pl.w = w_all[:, cols]
-        ls_res, t_sq = float(res[cols[:-1]].sum()), float(a_["ttt"][cols[:-1]].sum())   # EV columns (c-free)
-        ls_mean = float(res[cols[-1]]) / max(float(a_["ttt"][cols[-1]]), 1e-300)       # the mean-TO column
-        n_rows = int(a_["ata"][-1, -1])
-        mean = (a_["ata"][-1] @ pl.w) / n_rows
-        var = ((pl.w * (a_["ata"] @ pl.w)).sum(0) / n_rows - mean ** 2).clamp_min(0)
-        pl.producer_new, pl.bn_new = new_producer(model, pl, mean, var)
-        if pl.new_mix:
-            pl.target_new = substitute_inputs(identity_conv(pl.n, pl.p.device), pl.p)
-        else:
-            pl.target_new = substitute_inputs(get_module(model, pl.target), pl.p)
-        kept = float(pl.lam[:m].sum() / pl.lam.sum()) if float(pl.lam.sum()) > 0 else 1.0
-        pl.row = {"layer": pl.site.producer, "consumer": pl.site.consumer, "kind": pl.kind,
-                  "n_before": pl.n, "n_after": pl.width, "components": m, "variance_kept": kept,
-                  "pca_err": float(pl.lam[m:].sum()) / max(pl.total_sq, 1e-300),
-                  "ls_residual": ls_res / max(t_sq, 1e-300), "ls_residual_mean_to": ls_mean,
-                  "ls_residual_abs": float(res[cols].sum()),
-                  "samples": pl.samples, "ls_unknowns": int(a_["ata"].shape[0]), "c": pl.c,
-                  "p_into": pl.target + (" (new)" if pl.new_mix else "")}
-    acc.clear()
-    timing["solve_s"] = time.perf_counter() - t0
 
-    # Pass 3 (draft sec. 4.2): errors of each isolated layer change, calibration and held-out.
-    t0 = time.perf_counter()
+def solve_layer(model: nn.Module, pl: LayerPlan, acc: SumAccumulator, cfg: "PCNS.Config") -> dict[str, float]:
+    """Steps 3-4 from the summed normal equations: picks each EV's sign, sets the LS weights `w`,
+    P, the new producer and its fresh BN; returns the least-squares residuals."""
+    ata, att, ttt = acc["ata"], acc["att"], acc["ttt"]
+    w_all = solve_normal(ata, att, cfg.ls_ridge)
+    res = residuals(ata, att, ttt, w_all)
+    m = pl.m_comp
+    coef = pl.u[:, :m] * (pl.lam[:m].sqrt() / pl.c)                 # lambda_ji / c
+    if cfg.relu_split:
+        cols = [c for i in range(m) for c in (i, m + i)] + [2 * m]
+        pcols = [v for i in range(m) for v in (coef[:, i], -coef[:, i])]
+    else:
+        neg = res[m:2 * m] < res[:m]                                # sign of EV_i with the smaller residual
+        cols = [m + i if bool(neg[i]) else i for i in range(m)] + [2 * m]
+        pcols = [-coef[:, i] if bool(neg[i]) else coef[:, i] for i in range(m)]
+    pl.p = torch.stack(pcols + [torch.ones(pl.n, dtype=torch.float64, device=coef.device)], 1)
+    pl.w = w_all[:, cols]
+    mean = (ata[-1] @ pl.w) / acc.count                             # of the new pre-activations
+    var = ((pl.w * (ata @ pl.w)).sum(0) / acc.count - mean ** 2).clamp_min(0)
+    pl.producer_new, pl.bn_new = new_producer(model, pl, mean, var)
+    ls_res, t_sq = float(res[cols[:-1]].sum()), float(ttt[cols[:-1]].sum())   # EV columns (c-free)
+    return {"ls_residual": ls_res / max(t_sq, 1e-300),
+            "ls_residual_mean_to": float(res[cols[-1]]) / max(float(ttt[cols[-1]]), 1e-300),
+            "ls_residual_abs": float(res[cols].sum()), "ls_unknowns": int(ata.shape[0])}
+
+
+def layer_row(pl: LayerPlan, fit: dict[str, float]) -> dict[str, Any]:
+    """The report's row for one layer (before the error table adds its columns)."""
+    m = pl.m_comp
+    kept = float(pl.lam[:m].sum() / pl.lam.sum()) if float(pl.lam.sum()) > 0 else 1.0
+    return {"layer": pl.site.producer, "consumer": pl.site.consumer, "kind": pl.kind,
+            "n_before": pl.n, "n_after": pl.width, "components": m, "variance_kept": kept,
+            "pca_err": float(pl.lam[m:].sum()) / max(pl.total_sq, 1e-300), **fit,
+            "samples": pl.samples, "c": pl.c, "p_into": pl.target + (" (new)" if pl.new_mix else "")}
+
+
+def isolated_target(model: nn.Module, pl: LayerPlan) -> nn.Module:
+    """`pl.target` reading the new channels, with only this layer changed (for the error table)."""
+    target = identity_conv(pl.n, pl.p.device) if pl.new_mix else get_module(model, pl.target)
+    return substitute_inputs(target, pl.p)
+
+
+def error_table(model: nn.Module, active: list[LayerPlan], batches: Callable[..., Iterable[torch.Tensor]],
+                n_err: int) -> dict[bool, list[torch.Tensor]]:
+    """Draft sec. 4.2: each layer's change on its own, on calibration and held-out images (adds
+    `out_err_*`, `next_err_*` to the rows); returns the unshrunk model's logits per image set."""
     logits_old: dict[bool, list[torch.Tensor]] = {}
-    n_err = min(cfg.error_images, n_images)
     for heldout in ((False, True) if n_err > 0 else ()):
-        errs, outs = layer_errors(model, active, batches(heldout, n_err))
-        logits_old[heldout] = outs
+        errs, logits_old[heldout] = layer_errors(model, active, batches(heldout, n_err))
         tag = "heldout" if heldout else "cal"
         for pl in active:
             e = errs[pl.site.producer]
             pl.row[f"out_err_{tag}"] = math.sqrt(e[0] / max(e[1], 1e-300))
             pl.row[f"next_err_{tag}"] = math.sqrt(e[2] / max(e[3], 1e-300))
-    timing["errors_s"] = time.perf_counter() - t0
+    return logits_old
 
-    # Surgery, from the second-to-last layer down (draft sec. 9.1).
-    t0 = time.perf_counter()
-    for pl in reversed(active):
-        set_module(model, pl.site.producer, pl.producer_new)
-        if pl.site.bn:
-            set_module(model, pl.site.bn, pl.bn_new)
-        if pl.new_mix:
-            set_module(model, pl.site.pool, MixPool(identity_conv(pl.n, pl.p.device), get_module(model, pl.site.pool)))
-        set_module(model, pl.target, substitute_inputs(get_module(model, pl.target), pl.p))
-    timing["surgery_s"] = time.perf_counter() - t0
 
-    report: dict[str, Any] = {"threshold": threshold, "projected_params": projected,
-                              "target_params": target_params, "calib_images": n_images,
-                              "error_images": n_err, "skipped": skipped,
-                              "order": [pl.site.producer for pl in reversed(plans)],
-                              "layers": [pl.row for pl in reversed(active)],
-                              "unchanged": [pl.site.producer for pl in reversed(plans) if not pl.shrink]}
-    t0 = time.perf_counter()
-    model.eval()                                             # the fresh BNs too
+def apply_surgery(model: nn.Module, pl: LayerPlan) -> None:
+    """Put one layer's shrink into `model`: the new producer and its fresh BN, then P into the
+    target (the consumer, or the mix in front of a max pool, created on the first shrink)."""
+    set_module(model, pl.site.producer, pl.producer_new)
+    if pl.site.bn:
+        set_module(model, pl.site.bn, pl.bn_new)
+    if pl.new_mix:
+        set_module(model, pl.site.pool, MixPool(identity_conv(pl.n, pl.p.device), get_module(model, pl.site.pool)))
+    set_module(model, pl.target, substitute_inputs(get_module(model, pl.target), pl.p))
+    model.eval()                                                    # the fresh BN too
+
+
+def refit_pass(model: nn.Module, teacher: nn.Module, active: list[LayerPlan], cfg: "PCNS.Config",
+               batches: Callable[[], Iterable[torch.Tensor]]) -> None:
+    """`refit: true`: shrink `model` bottom-up, fitting each layer on the inputs the already-shrunk
+    layers below it produce (the draft's order fits all on the unshrunk network, sec. 9.1). The
+    targets, P and M stay those of the unshrunk network (`teacher`, same images): the least squares
+    maps what the shrunk network sees onto what the original computed. One pass per layer, each
+    forward stopped at that layer; adds `*_refit` residuals to the rows."""
+    for pl in active:                                               # forward order
+        acc, student = normal_sums(model, pl), get_module(model, pl.site.producer)
+        z_map = ev_map(pl)
+        for x in batches():
+            x_old = run_until(teacher, pl.site.act, x, inputs=False)   # X_l of the unshrunk network
+            x_in = run_until(model, pl.site.producer, x, inputs=True)  # layer l's input, shrunk below
+            for images, a in im2col_chunks(student, x_in):
+                xs = as_samples(x_old[images]).to(torch.float64)
+                add_rows(acc, a, ls_targets(xs, z_map, pl.slope, cfg.relu_split))
+        fit = solve_layer(model, pl, acc.all_reduce_(), cfg)
+        pl.row.update({f"{k}_refit": v for k, v in fit.items()})
+        apply_surgery(model, pl)
+
+
+def logit_errors(model: nn.Module, logits_old: dict[bool, list[torch.Tensor]],
+                 batches: Callable[..., Iterable[torch.Tensor]], n_err: int, suffix: str = "") -> dict[str, float]:
+    """`logit_err_*` (relative L2) and `top1_agreement_*` of `model` against the unshrunk logits."""
+    out = {}
+    model.eval()
     for heldout, old in logits_old.items():
         num = den = agree = total = 0.0
         for x, y_old in zip(batches(heldout, n_err), old):
@@ -632,11 +686,93 @@ def shrink(model: nn.Module, cfg: "PCNS.Config", calibration: Callable[..., Iter
             agree += float((y_new.argmax(1) == y_old.argmax(1)).sum())
             total += len(x)
         tag = "heldout" if heldout else "cal"
-        report[f"logit_err_{tag}"] = math.sqrt(num / max(den, 1e-300))
-        report[f"top1_agreement_{tag}"] = agree / max(total, 1)
-    timing["logits_s"] = time.perf_counter() - t0
-    timing["total_s"] = time.perf_counter() - t_start
-    report["timing_s"] = timing
+        out[f"logit_err_{tag}{suffix}"] = math.sqrt(num / max(den, 1e-300))
+        out[f"top1_agreement_{tag}{suffix}"] = agree / max(total, 1)
+    return out
+
+
+def param_split(model: nn.Module, resized: Iterable[str]) -> dict[str, int]:
+    """The model's parameters by role: `shrunk` (modules whose width PCNS changed: shrunk layers,
+    their fresh BNs, consumers reading the new neurons directly), `mix` (the 1x1 mixes kept in
+    front of max pools) and `untouched` (the rest, e.g. consumers behind a mix); they sum to the total."""
+    total = sum(p.numel() for p in model.parameters())
+    mix = sum(p.numel() for m in model.modules() if isinstance(m, MixPool) for p in m.mix.parameters())
+    names = dict(model.named_modules())
+    shrunk = sum(p.numel() for n in set(resized) if n in names for p in names[n].parameters())
+    return {"shrunk": shrunk, "mix": mix, "untouched": total - shrunk - mix}
+
+
+def mix_consumer_excess(model: nn.Module) -> int:
+    """Parameters the consumers behind the mixes spend on reading a mix's n channels instead of
+    the M + 1 it mixes (with `maxpool: commute` they would read M + 1; counted in `param_split`'s
+    shrunk or untouched)."""
+    excess = 0
+    for s in find_sites(model)[0]:
+        pool = get_module(model, s.pool) if s.pool else None
+        if isinstance(pool, MixPool):
+            excess += get_module(model, s.consumer).weight[:, 0].numel() * (pool.mix.out_channels -
+                                                                           pool.mix.in_channels)
+    return excess
+
+
+@torch.no_grad()
+def shrink(model: nn.Module, cfg: "PCNS.Config", calibration: Callable[..., Iterator[torch.Tensor]],
+           example_inputs: torch.Tensor, target_params: Optional[int] = None
+           ) -> tuple[nn.Module, dict[str, Any], list[LayerPlan]]:
+    """One PCNS shrink of every hidden layer of `model` (in place). Returns the model, the report
+    (JSON-able: per-layer table in shrink order) and the per-layer plans (tensors, for tests).
+
+    `calibration(n_images, batch_size, heldout)` yields normalised image batches (ctx.calibration).
+    `target_params`: absolute parameter count to meet (else cfg.energy per layer). Runs outside
+    autocast: every forward in the model's dtype, every sum in float64."""
+    clock = Stopwatch()
+    was_training = model.training
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    with torch.autocast(device_type=example_inputs.device.type, enabled=False):
+        plans, skipped = plan_layers(model, cfg)
+        n_images = calibration_size(model, plans, cfg, example_inputs)
+
+        def batches(heldout: bool = False, n: Optional[int] = None) -> Iterator[torch.Tensor]:
+            return (x.to(dtype) for x in calibration(n or n_images, cfg.calib_batch, heldout))
+        with clock("gram_s"):
+            gram_pass(model, plans, batches())
+        threshold, widths = choose_widths(model, plans, cfg, target_params)
+        projected = projected_params(model, plans, widths)
+        active = set_widths(plans, widths, cfg)
+        with clock("ls_pass_s"):
+            sums = draft_ls_pass(model, active, cfg.relu_split, batches())
+        with clock("solve_s"):
+            for pl in active:
+                pl.row = layer_row(pl, solve_layer(model, pl, sums.pop(pl.site.producer), cfg))
+                pl.target_new = isolated_target(model, pl)
+        n_err = min(cfg.error_images, n_images)
+        with clock("errors_s"):
+            logits_old = error_table(model, active, batches, n_err)
+        report: dict[str, Any] = {"threshold": threshold, "projected_params": projected,
+                                  "target_params": target_params, "calib_images": n_images,
+                                  "error_images": n_err, "skipped": skipped, "refit": cfg.refit,
+                                  "order": [pl.site.producer for pl in reversed(plans)],
+                                  "resized": sorted({n for pl in active for n in pl.resized()})}
+        if cfg.refit:
+            teacher, draft = copy.deepcopy(model), copy.deepcopy(model)
+            with clock("logits_norefit_s"):
+                for pl in reversed(active):
+                    apply_surgery(draft, pl)
+                report.update(logit_errors(draft, logits_old, batches, n_err, suffix="_norefit"))
+            del draft
+            report["order"] = [pl.site.producer for pl in plans]
+            with clock("refit_s"):
+                refit_pass(model, teacher, active, cfg, batches)
+        else:
+            with clock("surgery_s"):                                # second-to-last layer down (sec. 9.1)
+                for pl in reversed(active):
+                    apply_surgery(model, pl)
+        with clock("logits_s"):
+            report.update(logit_errors(model, logits_old, batches, n_err))
+    report.update({"layers": [pl.row for pl in (active if cfg.refit else reversed(active))],
+                   "unchanged": [pl.site.producer for pl in reversed(plans) if not pl.shrink],
+                   "timing_s": clock.total()})
     model.train(was_training)
     return model, report, plans
 
@@ -745,10 +881,15 @@ class PCNS(Method):
         ls_ridge: float = opt(LS_RIDGE_FRAC, "ridge of the least squares, relative to the mean diagonal of A^T A")
         relu_split: bool = opt(False, "ReLU models: fit the positive and negative part of each EV as two neurons "
                                "(draft sec. 4.5); LeakyReLU models must leave it false")
-        maxpool: str = opt("explicit", "a max pool between a layer and its consumer: keep P as a 1x1 conv before "
-                           "the pool (exact), move P past the pool into the consumer (maxpool(Pe) != P maxpool(e): "
-                           "60-200% next-layer error measured), or skip such layers",
+        maxpool: str = opt("explicit", "a max pool between a layer and its consumer: keep P as a trainable 1x1 "
+                           "conv before the pool (explicit: exact, costs n x (M+1) parameters and the consumer keeps "
+                           "its n inputs), move P past the pool into the consumer (commute: inexact, maxpool(Pe) != "
+                           "P maxpool(e)), or leave such layers alone (skip); see summary()['param_split']",
                            choices=("explicit", "commute", "skip"))
+        refit: bool = opt(False, "false: the draft's order (sec. 9.1), every layer fitted on the unshrunk network, "
+                          "top layer first; true: fit bottom-up, each layer on the inputs the already-shrunk layers "
+                          "below it produce (one calibration pass per layer; the report adds the draft order's "
+                          "logit_err_*_norefit)")
         transform_full_rank: bool = opt(False, "also transform layers whose new width M+1 is not smaller (tests)")
         layers: list[str] = opt([], "producer layers to shrink (module names); empty: every hidden layer")
 
@@ -801,6 +942,8 @@ class PCNS(Method):
                        "shrink_to_epoch_ratio": report["timing_s"]["total_s"] / self.ctx.last_epoch_s
                        if self.ctx.last_epoch_s else None})
         self.shrinks.append(report)
+        report["param_split"] = param_split(model, self.resized())     # every shrink's resized modules so far
+        report["mix_consumer_excess"] = mix_consumer_excess(model)
         return model
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
@@ -808,12 +951,18 @@ class PCNS(Method):
         if self.shrinks and self.shrinks[-1]["epoch"] == self.ctx.epoch:
             r = self.shrinks[-1]
             out.update({"pcns/shrink_s": r["timing_s"]["total_s"], "pcns/params_frac": r["params_frac_of_dense"]})
-            out.update({f"pcns/{k}": r[k] for k in ("logit_err_cal", "logit_err_heldout") if k in r})
+            out.update({f"pcns/{k}": r[k] for k in ("logit_err_cal", "logit_err_heldout", "logit_err_cal_norefit",
+                                                    "logit_err_heldout_norefit") if k in r})
         return out
+
+    def resized(self) -> set[str]:
+        """Every module whose width a shrink so far changed (module names survive the surgeries)."""
+        return {n for r in self.shrinks for n in r.get("resized", [])}
 
     def summary(self, model: nn.Module) -> dict[str, Any]:
         return {"shrinks": self.shrinks, "params": sum(p.numel() for p in model.parameters()),
-                "params_frac_of_dense": sum(p.numel() for p in model.parameters()) / self.ctx.dense_params}
+                "params_frac_of_dense": sum(p.numel() for p in model.parameters()) / self.ctx.dense_params,
+                "param_split": param_split(model, self.resized()), "mix_consumer_excess": mix_consumer_excess(model)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"shrinks": self.shrinks}

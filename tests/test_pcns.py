@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench import dist
 from bench.config import ConfigError, ModelConfig, load_config
 from bench.models import build_model
 from bench.surgery import substitute_inputs
 from bench.train import train
-from methods.pcns import PCNS, MixPool, shrink, sigma, sigma_inv
+from methods.pcns import PCNS, MixPool, param_split, shrink, sigma, sigma_inv
 
 
 # --------------------------------------------------------------------------- helpers
@@ -216,6 +219,201 @@ def test_repeated_shrinking_keeps_resnet_trainable_and_counts_exact():
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
     opt.step()
+
+
+# --------------------------------------------------------------------------- max pools (review issue 5)
+def pooled_and_plain(model: nn.Module) -> tuple[list[str], list[str]]:
+    """VGG convs with a max pool before their consumer, and those without."""
+    feats = list(model.features)
+    convs = [i for i, m in enumerate(feats) if isinstance(m, nn.Conv2d)]
+    nxt = dict(zip(convs, convs[1:] + [len(feats)]))
+    pooled = [f"features.{i}" for i in convs if any(isinstance(m, nn.MaxPool2d) for m in feats[i:nxt[i]])]
+    return pooled, [f"features.{i}" for i in convs if f"features.{i}" not in pooled]
+
+
+def method_with_one_shrink(model: nn.Module, pool: torch.Tensor, **kw) -> tuple[PCNS, nn.Module]:
+    """A PCNS method object after its shrink at epoch 1, on a stub context."""
+    dense = sum(p.numel() for p in model.parameters())
+    ctx = SimpleNamespace(epochs=2, num_train_images=len(pool), dense_params=dense, example_inputs=pool[:1],
+                          calibration=calibration_from(pool), last_epoch_s=1.0, epoch=1)
+    method = PCNS(config(shrink_epochs=[1], samples_per_unit=1, **kw), ctx)
+    return method, method.on_epoch_end(model, 1)
+
+
+def test_maxpool_modes_selectable_from_the_config(tiny_overrides):
+    cfg = load_config("configs/smoke.yaml", tiny_overrides + ["method.name=pcns", "method.maxpool=commute",
+                                                              "method.refit=true"])
+    assert cfg.method.maxpool == "commute" and cfg.method.refit is True
+    assert load_config("configs/smoke.yaml", tiny_overrides + ["method.name=pcns", "method.maxpool=skip"]
+                       ).method.maxpool == "skip"
+    assert load_config("configs/smoke.yaml", tiny_overrides + ["method.name=pcns"]).method.maxpool == "explicit"
+    with pytest.raises(ConfigError, match="maxpool"):
+        load_config("configs/smoke.yaml", tiny_overrides + ["method.name=pcns", "method.maxpool=mix"])
+
+
+@pytest.mark.parametrize("mode", ["explicit", "commute", "skip"])
+def test_maxpool_modes_and_the_param_split_of_the_summary(mode):
+    """explicit: a mix per max pool (n x (M+1) each), consumers behind it keep their width; commute: no
+    mix, P in the consumer; skip: layers before a max pool stay as they are. In every mode the summary's
+    param_split (shrunk layers, mixes, untouched) sums to the model's parameters."""
+    torch.manual_seed(8)
+    model = leaky_vgg(slope=0.2)
+    pool = torch.randn(48, 3, 32, 32)
+    pooled, plain = pooled_and_plain(model)
+    assert len(pooled) == 5 and len(plain) == 3                    # VGG-11: 5 of 8 convs before a max pool
+    method, new = method_with_one_shrink(model, pool, energy=0.9, maxpool=mode)
+    (report,) = method.shrinks
+    total = sum(p.numel() for p in new.parameters())
+    split = method.summary(new)["param_split"]
+    assert split == report["param_split"] and sum(split.values()) == total == report["projected_params"]
+    mixes = [m for m in new.features if isinstance(m, MixPool)]
+    shrunk = {r["layer"]: r for r in report["layers"]}
+    with torch.no_grad():
+        assert torch.isfinite(new(pool[:2])).all()
+    if mode == "explicit":
+        assert set(shrunk) == set(pooled + plain) and len(mixes) == 5
+        assert split["mix"] == sum(shrunk[name]["n_before"] * shrunk[name]["n_after"] for name in pooled) > 0
+        assert new.head.fc.in_features == 64                        # behind a mix: full width, untouched
+        assert split["untouched"] >= new.head.fc.weight.numel()
+        consumers = {r["layer"]: new.get_submodule(r["consumer"]) for r in report["layers"]}
+        assert method.summary(new)["mix_consumer_excess"] == report["mix_consumer_excess"] == sum(
+            consumers[name].weight[:, 0].numel() * (shrunk[name]["n_before"] - shrunk[name]["n_after"])
+            for name in pooled) > 0
+    else:
+        assert not mixes and split["mix"] == 0 == method.summary(new)["mix_consumer_excess"]
+        assert set(shrunk) == set(pooled + plain if mode == "commute" else plain)
+        assert sum("maxpool=skip" in s for s in report["skipped"]) == (5 if mode == "skip" else 0)
+    if mode == "commute":
+        assert new.head.fc.in_features == shrunk["features.25"]["n_after"]   # P moved past the pool
+        assert split["untouched"] == 0                              # every conv, BN and the classifier resized
+    assert split["shrunk"] == sum(p.numel() for name in report["resized"] for p in new.get_submodule(name).parameters())
+
+
+def test_param_split_counts_each_module_once():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU(),
+                          MixPool(nn.Conv2d(4, 4, 1, bias=False), nn.MaxPool2d(2)), nn.Conv2d(4, 2, 1))
+    split = param_split(model, ["0", "1", "1", "nonexistent"])
+    assert split == {"shrunk": 16 + 8, "mix": 16, "untouched": 10}
+
+
+# --------------------------------------------------------------------------- refit (review issue 6)
+def planted_two_layer_mlp(seed: int = 0) -> nn.Module:
+    """Layer '0' cannot be fitted exactly (slope 0.1, 4 inputs for 12 neurons), layer '2' is linear
+    (slope 1) and reads its errors; the classifier follows it directly."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 12), nn.LeakyReLU(0.1), nn.Linear(12, 10), nn.LeakyReLU(1.0),
+                         nn.Linear(10, 6)).eval()
+
+
+def test_refit_fits_on_the_shrunk_inputs_and_never_raises_the_planted_logit_error():
+    """With all components at layer '2' and nothing nonlinear after it, the logit change is a fixed
+    linear map of layer 2's least-squares residual R (one row per sample). The refit's R is
+    orthogonal to every linear function of the shrunk network's inputs of layer 2, and the draft's
+    layer 2 (W~ P_1 on those same inputs) is one such function, so on the fitting images
+    ||R_draft M^T||^2 = ||R_refit M^T||^2 + ||(R_draft - R_refit) M^T||^2 >= ||R_refit M^T||^2."""
+    model = planted_two_layer_mlp()
+    pool = torch.randn(400, 4)
+    kw = dict(energy=1.0, transform_full_rank=True, error_images=120)    # 10 x 12 = 120 fitting images
+    old = copy.deepcopy(model)
+    draft, rep_d, _ = shrink(copy.deepcopy(model), config(**kw), calibration_from(pool), pool[:1])
+    new, rep, plans = shrink(model, config(refit=True, **kw), calibration_from(pool), pool[:1])
+    assert rep["calib_images"] == rep["error_images"] == 120 and rep["refit"] and not rep_d["refit"]
+    assert rep["order"] == ["0", "2"] and [r["layer"] for r in rep["layers"]] == ["0", "2"]
+    assert rep["logit_err_cal"] <= rep["logit_err_cal_norefit"] * (1 + 1e-6)
+    assert rep["logit_err_cal"] < 0.5 * rep["logit_err_cal_norefit"]          # the option changes the result
+    for key in ("logit_err_cal", "logit_err_heldout", "top1_agreement_cal", "top1_agreement_heldout"):
+        assert rep[f"{key}_norefit"] == pytest.approx(rep_d[key], rel=1e-9)   # "without" = the draft order
+    cal = pool[:120]
+    with torch.no_grad():
+        assert rel(new(cal), old(cal)) == pytest.approx(rep["logit_err_cal"], rel=1e-5)
+        assert rel(draft(cal), old(cal)) == pytest.approx(rep["logit_err_cal_norefit"], rel=1e-5)
+        assert rel(new(cal), draft(cal)) > 0.1
+    first, second = rep["layers"]
+    assert first["ls_residual_refit"] == pytest.approx(first["ls_residual"], rel=1e-6)  # same inputs below it
+    assert second["ls_residual"] < 1e-9 < second["ls_residual_refit"]     # exact on the unshrunk inputs only
+    assert new[2].in_features == plans[0].width == 12
+
+
+def test_refit_on_a_linear_vgg_is_exact_and_keeps_the_structure():
+    """slope 1, all components: every refit step is exact, so the conv rows (student im2col) and the
+    unshrunk network's outputs (the targets) are paired position by position."""
+    torch.manual_seed(6)
+    model = leaky_vgg(slope=1.0)
+    pool = torch.randn(48, 3, 32, 32)
+    old = copy.deepcopy(model)
+    kw = dict(energy=1.0, transform_full_rank=True, samples_per_unit=1)
+    new, report, _ = shrink(model, config(refit=True, **kw), calibration_from(pool), pool[:1])
+    assert report["order"] == [r["layer"] for r in report["layers"]] == \
+        [f"features.{i}" for i, m in enumerate(old.features) if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        assert rel(new(pool[:32]), old(pool[:32])) < 1e-5
+    assert report["logit_err_cal"] < 1e-5 and report["logit_err_cal_norefit"] < 1e-5
+    assert sum(p.numel() for p in new.parameters()) == report["projected_params"]
+    assert sum(isinstance(m, MixPool) for m in new.features) == 5
+
+
+def test_refit_on_resnet_counts_exact_and_trainable():
+    torch.manual_seed(7)
+    model = randomize_bn(build_model(ModelConfig(name="resnet20", width=0.5, act="leaky_relu", leaky_slope=0.2)))
+    pool = torch.randn(64, 3, 8, 8)
+    new, report, _ = shrink(model.eval(), config(energy=0.8, samples_per_unit=2, refit=True),
+                            calibration_from(pool), pool[:1])
+    assert sum(p.numel() for p in new.parameters()) == report["projected_params"]
+    assert all("ls_residual_refit" in r for r in report["layers"]) and report["logit_err_cal"] >= 0
+    new.train()
+    loss = F.cross_entropy(new(pool[:8]), torch.arange(8) % 10)
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+# --------------------------------------------------------------------------- statistics: dtype, layout, ranks
+@pytest.mark.parametrize("refit", [False, True])
+def test_statistics_ignore_autocast_and_channels_last(refit):
+    """The harness may call the shrink inside bf16 autocast with a channels_last model and batches:
+    the shrink runs its forwards outside autocast and its sums in float64, so nothing changes."""
+    torch.manual_seed(9)
+    model = small_convnet(nn.LeakyReLU(0.1))
+    pool, fresh = torch.randn(64, 3, 8, 8), torch.randn(16, 3, 8, 8)
+    cfg = config(energy=0.9, refit=refit)
+    ref, rep_ref, _ = shrink(copy.deepcopy(model), cfg, calibration_from(pool), pool[:1])
+    nhwc = pool.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, rep, _ = shrink(copy.deepcopy(model).to(memory_format=torch.channels_last), cfg,
+                             calibration_from(nhwc), nhwc[:1])
+    for a, b in zip(rep_ref["layers"], rep["layers"]):
+        assert a["n_after"] == b["n_after"]
+        for key in ("ls_residual", "variance_kept", "next_err_cal", "next_err_heldout"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-9)
+    with torch.no_grad():
+        assert rel(got(fresh), ref(fresh)) < 1e-5
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA: NCCL's all-reduce takes device tensors only"))])
+@pytest.mark.parametrize("refit", [False, True])
+def test_sums_are_all_reduced_by_the_shared_accumulator_on_the_data_device(monkeypatch, device, refit):
+    """Under torchrun every Gram and normal-equation sum, counts included, is all-reduced by
+    bench.stats.SumAccumulator on the device of the data (NCCL rejects CPU tensors). Simulated with
+    one rank: the all-reduce is the identity, so the result is the single-process one."""
+    torch.manual_seed(10)
+    model = small_convnet(nn.LeakyReLU(0.1)).to(device)
+    pool = torch.randn(64, 3, 8, 8, device=device)
+    ref, rep_ref, _ = shrink(copy.deepcopy(model), config(energy=0.9, refit=refit), calibration_from(pool), pool[:1])
+    reduced = []
+
+    def all_reduce(t: torch.Tensor) -> torch.Tensor:
+        reduced.append((t.device, t.dtype, sys._getframe(1).f_code.co_qualname))
+        return t
+    monkeypatch.setattr(dist, "is_distributed", lambda: True)
+    monkeypatch.setattr(dist, "all_reduce_sum_", all_reduce)
+    got, rep, _ = shrink(copy.deepcopy(model), config(energy=0.9, refit=refit), calibration_from(pool), pool[:1])
+    n_layers, n_shrunk = 2, len(rep["layers"])
+    # per layer: the Gram and its count; per shrunk layer and fit: A^T A, A^T T, ||T||^2 and their count
+    assert len(reduced) == 2 * n_layers + 4 * n_shrunk * (2 if refit else 1)
+    assert set(reduced) == {(next(model.parameters()).device, torch.float64, "SumAccumulator.all_reduce_")}
+    assert [r["n_after"] for r in rep["layers"]] == [r["n_after"] for r in rep_ref["layers"]]
+    with torch.no_grad():
+        assert rel(got(pool[:8]), ref(pool[:8])) < 1e-6
 
 
 # --------------------------------------------------------------------------- harness
