@@ -84,7 +84,8 @@ class TrainConfig:
                              choices=("auto", "channels_last", "contiguous"))
     compile: bool = opt(False, "torch.compile the model (rebuilt after a method changes it)")
     log_every_steps: int = opt(50, "print a progress line every N steps (0: only per epoch)")
-    throughput_steps: int = opt(5, "timed steps when measuring train/inference throughput at the end")
+    throughput_steps: int = opt(5, "timings (median and IQR over them) of batch-1 latency, inference and training "
+                                   "steps of the final model")
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Parameters (total, trainable, non-zero), MACs per image (torch-pruning's counter;
 for masked-sparse models also the MACs of the non-zero weights, a theoretical
 figure since dense kernels still run them), test accuracy weighted by example
-count, measured throughput and peak memory.
+count, measured speed (batch-1 latency, inference and training throughput, as
+median and interquartile range) and peak memory.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import time
 from typing import Callable
 
 import torch
+import torch.utils.benchmark as benchmark
 import torch_pruning as tp
 from torch import nn
 
@@ -44,11 +46,9 @@ def unshare_modules(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
-    """(dense MACs, non-zero-weight MACs) per image, for one forward pass.
-
-    The non-zero figure scales each weighted layer's MACs by its weight density:
-    what a sparse kernel would do, not what the dense kernels here do."""
+def layer_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, dict[nn.Module, float]]:
+    """(total MACs, MACs of each module) per image for one forward pass, by torch-pruning's
+    counter; the modules are those of an unshared copy of `model`."""
     was_training = model.training
     # torch-pruning's counter dispatches on the exact module type: count subclasses
     # (e.g. a Conv2d with a merged weight) as the layer they derive from.
@@ -64,15 +64,24 @@ def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int
     # so every call would count twice, plus a warning on stdout. Count an unshared copy.
     counted = unshare_modules(model)
     with contextlib.redirect_stdout(io.StringIO()):
-        macs, _, layer_macs, _ = tp.utils.count_ops_and_params(counted, example_inputs[:1], layer_wise=True)
+        macs, _, per_layer, _ = tp.utils.count_ops_and_params(counted, example_inputs[:1], layer_wise=True)
     model.train(was_training)
+    return int(macs), per_layer
+
+
+def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
+    """(dense MACs, non-zero-weight MACs) per image, for one forward pass.
+
+    The non-zero figure scales each weighted layer's MACs by its weight density:
+    what a sparse kernel would do, not what the dense kernels here do."""
+    macs, per_layer = layer_macs(model, example_inputs)
     removed = 0.0
-    for m, lm in layer_macs.items():
+    for m, lm in per_layer.items():
         w = getattr(m, "weight", None)
         if lm and isinstance(w, torch.Tensor) and isinstance(m, (nn.Conv2d, nn.Linear)):
             density = float(torch.count_nonzero(w)) / w.numel()
             removed += lm * (1.0 - density)
-    return int(macs), int(round(macs - removed))
+    return macs, int(round(macs - removed))
 
 
 @torch.no_grad()
@@ -114,25 +123,46 @@ class Clock:
         return time.perf_counter()
 
 
-def measure_throughput(model: nn.Module, x: torch.Tensor, y: torch.Tensor, make_step: Callable,
-                       steps: int, clock: Clock, autocast: Callable = contextlib.nullcontext) -> dict[str, float]:
-    """Images/s for inference (eval mode, under the training precision's `autocast`) and for
-    training steps (on a copy, so the measured model is not changed), after one untimed
-    warm-up each."""
-    steps = max(1, steps)
+def _timings(fn: Callable, repeats: int, number: int = 1) -> list[float]:
+    """Seconds per call of `fn`, `repeats` times (each the mean of `number` calls), through
+    `torch.utils.benchmark` (device-synchronised, at the process's thread count)."""
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return [timer.timeit(number).mean for _ in range(repeats)]
+
+
+def _median_iqr(values: list[float]) -> tuple[float, float]:
+    q = torch.tensor(values, dtype=torch.float64).quantile(torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+    return float(q[1]), float(q[2] - q[0])
+
+
+def measure_speed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_eval: torch.Tensor, make_step: Callable,
+                  repeats: int, autocast: Callable = contextlib.nullcontext) -> dict[str, float]:
+    """Measured speed of the final model, each as median and interquartile range over
+    `repeats` timings after one untimed warm-up: inference latency at batch 1, inference
+    throughput at the evaluation batch (`x_eval`), both in eval mode under the training
+    precision's `autocast`, and the training step at the training batch (`x`, `y`) on a
+    copy, so the measured model is not changed."""
+    repeats = max(2, repeats)
     m = copy.deepcopy(model)
     m.eval()
-    with torch.no_grad(), autocast():
-        m(x)
-        t0 = clock()
-        for _ in range(steps):
-            m(x)
-        infer = steps * len(x) / (clock() - t0)
+    out: dict[str, float] = {}
+
+    def infer(batch: torch.Tensor) -> Callable:
+        def run():
+            with torch.no_grad(), autocast():
+                m(batch)
+        return run
+
+    for key, batch, number in (("latency_b1_ms", x_eval[:1], 10), ("infer_batch_ms", x_eval, 1)):
+        fn = infer(batch)
+        fn()
+        out[f"{key}_median"], out[f"{key}_iqr"] = (1e3 * v for v in _median_iqr(_timings(fn, repeats, number)))
     m.train()
     step = make_step(m)
     step(x, y)
-    t0 = clock()
-    for _ in range(steps):
-        step(x, y)
-    train = steps * len(x) / (clock() - t0)
-    return {"throughput_infer_img_s": infer, "throughput_train_img_s": train}
+    out["train_step_ms_median"], out["train_step_ms_iqr"] = (
+        1e3 * v for v in _median_iqr(_timings(lambda: step(x, y), repeats)))
+    out["throughput_infer_img_s"] = len(x_eval) / out["infer_batch_ms_median"] * 1e3
+    out["throughput_train_img_s"] = len(x) / out["train_step_ms_median"] * 1e3
+    out["speed_batch_sizes"] = {"latency": 1, "infer": len(x_eval), "train": len(x)}
+    return out

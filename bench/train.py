@@ -12,6 +12,7 @@ clocks) sits behind `bench.device.Runtime`; the CPU path is the tested one.
 """
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +26,10 @@ from bench import dist
 from bench.config import RunConfig, to_dict
 from bench.data import DeviceData, load_data
 from bench.device import Runtime, resolve_device
-from bench.metrics import count_macs, evaluate, measure_throughput, param_counts, peak_memory_mb
+from bench.metrics import count_macs, evaluate, measure_speed, param_counts, peak_memory_mb
 from bench.models import build_model
 from bench.optim import lr_at, make_optimizer
+from bench.progress import EpochBar, bars_enabled
 from bench.runs import RunDir, environment, run_name
 from bench.wandb_log import WandbLogger
 from methods import Context, Method, get_method
@@ -54,8 +56,77 @@ def make_step(runner: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn
     return step
 
 
+# Steps between host reads of the loss where each read would add a device sync.
+NONFINITE_CHECK_EVERY = 25
+
+
+class Diverged(Exception):
+    """The training loss became non-finite; `train` stops the run and records it."""
+
+    def __init__(self, epoch: int, step: int):
+        super().__init__(f"non-finite training loss at epoch {epoch}, step {step}")
+        self.epoch, self.step = epoch, step
+
+
+def nonfinite_check_every(device: torch.device, synced_per_step: bool) -> int:
+    """Steps between checks of the recorded first non-finite step: every step where the
+    host waits for the device anyway (CPU, or a timed after_step hook), else every
+    NONFINITE_CHECK_EVERY steps and at the epoch's end, so a GPU run gains no sync per
+    step. Under torchrun a check is a collective (the ranks must stop together), so it
+    is never per step there."""
+    if dist.is_distributed():
+        return NONFINITE_CHECK_EVERY
+    return 1 if device.type == "cpu" or synced_per_step else NONFINITE_CHECK_EVERY
+
+
+def record_nonfinite(first_bad: torch.Tensor, loss: torch.Tensor, step: int) -> torch.Tensor:
+    """`first_bad` (a device scalar, -1 while every loss was finite) set to `step` if this
+    step's loss is the first non-finite one; device ops only, no sync."""
+    return torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+
+
+def first_nonfinite_step(first_bad: torch.Tensor) -> Optional[int]:
+    """The first step with a non-finite loss on any rank, or None (waits for the device)."""
+    bad = [s for s in dist.all_gather_object(int(first_bad)) if s >= 0]
+    return min(bad) if bad else None
+
+
 def overrides(method: Method, hook: str) -> bool:
     return getattr(type(method), hook) is not getattr(Method, hook)
+
+
+def layout(model: nn.Module) -> list[tuple[str, Any]]:
+    """What DDP and torch.compile capture when they wrap a model: its modules,
+    parameters and buffers, by name and object identity."""
+    return [*model.named_modules(), *model.named_parameters(), *model.named_buffers()]
+
+
+def same_layout(a: list[tuple[str, Any]], b: list[tuple[str, Any]]) -> bool:
+    return len(a) == len(b) and all(na == nb and oa is ob for (na, oa), (nb, ob) in zip(a, b))
+
+
+def average_running_stats_(model: nn.Module) -> None:
+    """Under torchrun, average BN running statistics over the ranks (no-op in one process).
+
+    Each rank updates them from its own shard (DDP broadcasts rank 0's only before the
+    next forward), so without this evaluation, epoch-end hooks and the checkpoint would
+    see a different model on every rank. Training-mode forwards never read them."""
+    if not dist.is_distributed():
+        return
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            for t in (m.running_mean, m.running_var):
+                dist.all_reduce_sum_(t).div_(dist.world_size())
+
+
+def buffer_digest(model: nn.Module) -> str:
+    """sha256 over every buffer's name and bytes: equal digests mean bit-identical buffers
+    (position-sensitive, unlike a sum: a mask entry moved elsewhere changes it)."""
+    h = hashlib.sha256()
+    for name, b in model.named_buffers():
+        h.update(name.encode())
+        h.update(b.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 @dataclass
@@ -89,6 +160,24 @@ class Trainer:
         self.ctx.optimizer = self.optimizer
         self.step_fn = make_step(self.runner, self.optimizer, self.criterion, self.rt)
 
+    def rewrap(self) -> None:
+        """Rebuild what wraps the model (DDP, torch.compile) after a hook changed it in
+        place; same parameters, so the optimizer and its state stay."""
+        self.runner = self.rt.runner(self.model)
+        self.step_fn = make_step(self.runner, self.optimizer, self.criterion, self.rt)
+
+    def run_hook(self, hook: str, *args) -> tuple[Optional[nn.Module], float]:
+        """Call `hook` (on_train_start, on_epoch_end) on the model, timed; rewrap the model
+        if the hook changed it in place, which it must declare (methods/base.py)."""
+        before = layout(self.model)
+        new, seconds = self.timed_hook(getattr(self.method, hook), self.model, *args)
+        if new is None and not same_layout(before, layout(self.model)):
+            if hook not in self.method.in_place_hooks:
+                raise RuntimeError(f"method {self.method.name}: {hook} changed the model's modules, parameters or "
+                                   f"buffers in place without naming the hook in in_place_hooks (methods/base.py)")
+            self.rewrap()
+        return new, seconds
+
     def timed_hook(self, fn: Callable, *args) -> tuple[Any, float]:
         t0 = self.rt.clock()
         out = fn(*args)
@@ -111,13 +200,26 @@ class Trainer:
         return acc
 
     # -- one epoch -----------------------------------------------------------------------
+    def check_finite(self, first_bad: torch.Tensor, epoch: int, bar: EpochBar) -> None:
+        """Raise Diverged (closing the epoch's bar) if any loss so far was non-finite."""
+        step = first_nonfinite_step(first_bad)
+        if step is not None:
+            bar.close()
+            raise Diverged(epoch + 1, step)
+
     def train_epoch(self, epoch: int, total_steps: int, log: Callable[[str], None]) -> dict:
+        """One epoch of steps; stops with Diverged at a non-finite loss (nonfinite_check_every)."""
         cfg, ctx, rt = self.cfg.train, self.ctx, self.rt
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)   # resume-exact data order
         time_hook = overrides(self.method, "after_step")
         loss_sum = torch.zeros((), device=rt.device)
         correct = torch.zeros((), device=rt.device, dtype=torch.long)
         seen, hook_s = 0, 0.0
+        first_bad = torch.full((), -1, dtype=torch.long, device=rt.device)
+        check_every = nonfinite_check_every(rt.device, time_hook)
+        bar = EpochBar(epoch, self.cfg.train.epochs, self.data.steps_per_epoch(cfg.batch_size),
+                       bars_enabled() and dist.is_main())
+        before = layout(self.model)
         self.model.train()
         t0 = t_log = rt.clock()
         for x, y in self.data.train_batches(cfg.batch_size, gen, self.cfg.data.augment):
@@ -127,18 +229,28 @@ class Trainer:
                 g["lr"] = lr
             out, loss = self.step_fn(rt.prepare(x), y)
             ctx.step += 1
+            first_bad = record_nonfinite(first_bad, loss, ctx.step)
+            if ctx.step % check_every == 0:
+                self.check_finite(first_bad, epoch, bar)
             if time_hook:
                 _, s = self.timed_hook(self.method.after_step, self.model)
                 hook_s += s
             loss_sum += loss.detach() * len(y)
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
-            if cfg.log_every_steps and ctx.step % cfg.log_every_steps == 0:
+            bar.update(len(y) * dist.world_size(), loss_sum, correct, seen)
+            if cfg.log_every_steps and ctx.step % cfg.log_every_steps == 0 and bar.bar is None:
                 now = rt.clock()
                 log(f"  step {ctx.step}/{total_steps}  loss {loss.item():.4f}  lr {lr:.4f}  "
                     f"{cfg.log_every_steps * len(y) / (now - t_log):.0f} img/s")
                 t_log = now
         seconds = rt.clock() - t0
+        self.check_finite(first_bad, epoch, bar)
+        bar.close()
+        if not same_layout(before, layout(self.model)):
+            raise RuntimeError(f"method {self.method.name}: after_step changed the model's modules, parameters or "
+                               f"buffers; it may change their values only (methods/base.py)")
+        average_running_stats_(self.model)
         self.times["train_s"] += seconds
         self.times["after_step_s"] += hook_s
         totals = dist.all_reduce_sum_(torch.stack([loss_sum.double(), correct.double(),
@@ -173,8 +285,9 @@ def train(cfg: RunConfig, max_epochs: Optional[int] = None, log: Callable[[str],
     run_id = run_name(cfg)
     rd = RunDir(Path(cfg.output_dir) / run_id)
     if rd.finished():
-        log(f"{run_id}: already finished, skipping ({rd.summary_path})")
-        return rd.read_summary()
+        done = rd.read_summary()
+        log(f"{run_id}: already {done.get('status', 'finished')}, skipping ({rd.summary_path})")
+        return done
 
     device = dist.init_from_env(cfg.device) or resolve_device(cfg.device)
     main = dist.is_main()                     # only rank 0 writes files and logs to W&B
@@ -199,7 +312,7 @@ def train(cfg: RunConfig, max_epochs: Optional[int] = None, log: Callable[[str],
         start_epoch = restore(trainer, state)
         log(f"{run_id}: resuming after epoch {start_epoch}")
     else:
-        new, s = trainer.timed_hook(method.on_train_start, trainer.model)
+        new, s = trainer.run_hook("on_train_start")
         trainer.times["transform_s"] += s
         row: dict = {}
         trainer.maybe_replace(new, s, row, "train_start")
@@ -212,7 +325,10 @@ def train(cfg: RunConfig, max_epochs: Optional[int] = None, log: Callable[[str],
     done_now = 0
     for epoch in range(start_epoch, epochs):
         ctx.epoch = epoch
-        ep = trainer.train_epoch(epoch, total_steps, log)
+        try:
+            ep = trainer.train_epoch(epoch, total_steps, log)
+        except Diverged as d:
+            return stop_diverged(trainer, rd, logger, env, d, total_steps, log)
         # The model as trained and evaluated in this epoch (its architecture is fixed within
         # the epoch; non-zero counts, e.g. DSR's regrown weights, are as at the epoch's end).
         macs, macs_nz = count_macs(trainer.model, example)
@@ -225,7 +341,7 @@ def train(cfg: RunConfig, max_epochs: Optional[int] = None, log: Callable[[str],
         row = {"epoch": epoch + 1, "test_acc": acc, **ep, "params_total": params["params_total"],
                "params_nonzero": params["params_nonzero"], "macs": macs, "macs_nonzero": macs_nz}
         ctx.epoch = epoch + 1
-        new, s = trainer.timed_hook(method.on_epoch_end, trainer.model, epoch + 1)
+        new, s = trainer.run_hook("on_epoch_end", epoch + 1)
         trainer.times["transform_s"] += s
         trainer.maybe_replace(new, s, row, f"epoch_end_{epoch + 1}")
         row.update(method.epoch_metrics(trainer.model))
@@ -245,7 +361,7 @@ def train(cfg: RunConfig, max_epochs: Optional[int] = None, log: Callable[[str],
             logger.finish()
             return None
 
-    summary = final_summary(trainer, cfg, run_id, env, example)
+    summary = {"status": "finished", **final_summary(trainer, cfg, run_id, env, example)}
     if main:
         rd.finish(summary, trainer.model if cfg.save_checkpoint else None)
     logger.finish(summary)
@@ -255,19 +371,42 @@ def train(cfg: RunConfig, max_epochs: Optional[int] = None, log: Callable[[str],
     return summary
 
 
+def stop_diverged(trainer: Trainer, rd: RunDir, logger: WandbLogger, env: dict, d: Diverged, total_steps: int,
+                  log: Callable[[str], None]) -> dict:
+    """End a run whose loss became non-finite: summary.json says `status: diverged`
+    with the epoch and step, and holds no accuracy (the model is not a result)."""
+    cfg = trainer.cfg
+    summary = {
+        "status": "diverged", "run_id": rd.path.name, "method": cfg.method.name, "model": cfg.model.name,
+        "dataset": cfg.data.name, "label": cfg.label or cfg.method.name, "seed": cfg.seed,
+        "target": trainer.method.target(), "group": cfg.wandb.group, "epochs": cfg.train.epochs,
+        "diverged_epoch": d.epoch, "diverged_step": d.step, "steps_total": total_steps,
+        "epochs_completed": len(trainer.history),
+        "message": f"diverged: non-finite training loss at epoch {d.epoch}/{cfg.train.epochs}, step "
+                   f"{d.step}/{total_steps} (train.lr={cfg.train.lr:g}); lower train.lr and run again",
+        "env": env, "config": to_dict(cfg),
+    }
+    if dist.is_main():
+        rd.finish(summary, None)
+    logger.finish(summary)
+    dist.barrier()
+    log(f"{rd.path.name}: {summary['message']} -> {rd.path}")
+    return summary
+
+
 def final_summary(trainer: Trainer, cfg: RunConfig, run_id: str, env: dict, example: torch.Tensor) -> dict:
     model, last = trainer.model, trainer.history[-1]
     macs, macs_nz = count_macs(model, example)
     x, y = next(trainer.data.train_batches(cfg.train.batch_size, torch.Generator().manual_seed(0), False))
     x = trainer.rt.prepare(x)
+    x_eval = trainer.rt.prepare(next(trainer.data.eval_batches(cfg.train.eval_batch_size))[0])
 
-    def probe_step(m: nn.Module):   # one device, no DDP: the throughput of the model itself
+    def probe_step(m: nn.Module):   # one device, no DDP: the speed of the model itself
         return make_step(trainer.rt.runner(m, parallel=False), make_optimizer(m, cfg.train), trainer.criterion,
                          trainer.rt)
 
-    throughput = measure_throughput(model, x, y, probe_step, cfg.train.throughput_steps, trainer.rt.clock,
-                                    trainer.rt.autocast)
-    # One checksum per rank: equal values show the ranks ended with identical weights.
+    speed = measure_speed(model, x, y, x_eval, probe_step, cfg.train.throughput_steps, trainer.rt.autocast)
+    # One checksum per rank: equal values show the ranks ended with identical weights and buffers.
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
     epoch_s = [r["epoch_s"] for r in trainer.history]
     return {
@@ -291,10 +430,11 @@ def final_summary(trainer: Trainer, cfg: RunConfig, run_id: str, env: dict, exam
         "epoch_s_mean": sum(epoch_s) / len(epoch_s),
         "train_macs": trainer.train_macs, "train_macs_nonzero": trainer.train_macs_nonzero,
         "transforms": trainer.transforms,
-        **throughput, **peak_memory_mb(trainer.rt.device),
+        **speed, **peak_memory_mb(trainer.rt.device),
         "method_summary": trainer.method.summary(model),
         **trainer.rt.describe(),
         "world_size": dist.world_size(), "rank_weight_checksums": dist.all_gather_object(checksum),
+        "rank_buffer_checksums": dist.all_gather_object(buffer_digest(model)),
         "env": env, "config": to_dict(cfg),
     }
 

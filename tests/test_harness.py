@@ -37,8 +37,12 @@ def test_a_short_run_on_synthetic_data_learns_and_writes_its_files(tiny_override
     assert list(hist["epoch"]) == [1, 2, 3]
     assert hist["train_loss"].iloc[-1] < hist["train_loss"].iloc[0]
     for key in ("params_total", "params_trainable", "params_nonzero", "macs", "macs_nonzero", "train_wall_s",
-                "train_macs", "throughput_infer_img_s", "throughput_train_img_s", "peak_rss_mb", "env", "config"):
+                "train_macs", "throughput_infer_img_s", "throughput_train_img_s", "peak_rss_mb", "env", "config",
+                "latency_b1_ms_median", "latency_b1_ms_iqr", "infer_batch_ms_median", "train_step_ms_median",
+                "train_step_ms_iqr"):
         assert key in summary, key
+    assert 0 < summary["latency_b1_ms_median"] < summary["infer_batch_ms_median"]   # 1 image vs a batch
+    assert summary["speed_batch_sizes"] == {"latency": 1, "infer": 128, "train": 64}
     assert summary["method"] == "dense" and summary["model"] == "vgg11" and summary["seed"] == 0
     assert summary["env"]["versions"]["torch"] == torch.__version__.split("+")[0] or summary["env"]["versions"]["torch"]
     # Training MACs: 3 x forward MACs x images seen, summed over epochs.
