@@ -4,7 +4,8 @@
     for each epoch:
         steps: lr(step) -> forward/backward/step -> method.after_step
         evaluate -> method.on_epoch_end (may return a new model: fresh optimizer,
-        same schedule, evaluated again) -> history row -> resume state
+        same schedule, evaluated again; or change it in place, declared in
+        `in_place_hooks`: DDP/compile wrapper rebuilt) -> history row -> resume state
     final metrics -> checkpoint -> summary.json (the "finished" marker)
 
 Device-specific work (bf16 autocast, channels_last, synchronising before reading

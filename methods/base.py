@@ -12,7 +12,16 @@ never branches on a method's name: it calls these hooks at fixed points.
 `on_train_start` and `on_epoch_end` may return a *new* model; the harness then
 moves it to the device, rebuilds the optimizer (fresh momentum) and keeps the
 learning-rate schedule where it was, evaluates it (accuracy right after the
-change) and times the hook. Everything a method reports goes through
+change) and times the hook. A hook that instead changes the model *in place*
+(swaps submodules, registers buffers or parameters) and returns None must be named
+in `in_place_hooks`: the harness then rebuilds what wraps the model (DDP,
+torch.compile), whose view of the modules and buffers was taken before the change,
+and keeps the optimizer. An undeclared in-place change is an error. `after_step`
+may only change values (weights, buffers) in place, never the structure, and under
+torchrun it must change them identically on every rank (from all-reduced
+statistics or rank-identical state and random streams): the harness checks that
+the ranks end with identical parameters and buffers (summary.json's
+`rank_weight_checksums`, `rank_buffer_checksums`). Everything a method reports goes through
 `epoch_metrics` (one row per epoch in history.csv and W&B) and `summary` (the
 run's summary.json). `state_dict`/`load_state_dict` carry whatever the method
 needs to resume after an interruption (the model itself is checkpointed whole).
@@ -64,6 +73,8 @@ class Method:
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = MethodConfig
+    # Hooks among IN_PLACE_HOOKABLE that may change the model's structure in place (see the module docstring).
+    in_place_hooks: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, cfg: MethodConfig, ctx: Context):
         self.cfg = cfg
@@ -104,6 +115,7 @@ class Method:
 
 
 REGISTRY: dict[str, type[Method]] = {}
+IN_PLACE_HOOKABLE = frozenset({"on_train_start", "on_epoch_end"})
 
 
 def register(name: str) -> Callable[[type[Method]], type[Method]]:
@@ -113,6 +125,9 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
             raise ValueError(f"method '{name}' is registered twice ({REGISTRY[name].__module__} and {cls.__module__})")
         if not issubclass(cls.Config, MethodConfig):
             raise TypeError(f"{cls.__name__}.Config must subclass methods.base.MethodConfig")
+        if not set(cls.in_place_hooks) <= IN_PLACE_HOOKABLE:
+            raise TypeError(f"{cls.__name__}.in_place_hooks may name only {sorted(IN_PLACE_HOOKABLE)}, "
+                            f"got {sorted(cls.in_place_hooks)}")
         cls.name = name
         REGISTRY[name] = cls
         return cls

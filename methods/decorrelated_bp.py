@@ -33,6 +33,15 @@ Cheaper, mathematically identical arithmetic (our choice): when N (N + d) < d^2 
 patch rows) `C R` is formed as `Z^T (Z R) / N - diag(Sigma) R` and ||Sigma||_F^2 from
 the N x N Gram matrix, O(N d^2) instead of O(d^3); otherwise the direct form.
 
+Precision: the forward (the merge `W R` included) runs under the harness's autocast;
+the R update and the loss are computed in R's dtype (float32, as the parameters)
+outside autocast in `after_step`, from the captured inputs cast to it (they arrive as
+bf16 under bf16 autocast).
+
+Under torchrun every rank sums its Z^T Z and Z^T Z R (d x d each) and its row count
+over all ranks before the update, so R is updated from the global batch's Sigma (the
+kept images of every rank's shard) and is identical on every rank.
+
 Inputs: each Decor layer keeps a reference (no copy) to its input during training
 forwards with autograd on; `after_step` takes it, keeps a random `downsample_frac`
 of the images (drawn from the method's generator; without replacement, where the
@@ -61,6 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench import dist
 from bench.config import ConfigError, opt
 from bench.metrics import Clock
 from bench.surgery import set_module
@@ -151,32 +161,55 @@ def decor_step(r: torch.Tensor, x: torch.Tensor, lr: float, kappa: float, gram: 
     """One update of R (in place) from input rows `x` [N, d]; returns the loss before it.
 
     R <- R - lr [(1 - kappa) C R + kappa v * R] (authors' broadcasting of v, see the
-    module docstring); `gram` forces the N x N (True) or d x d (False) arithmetic."""
+    module docstring); `gram` forces the N x N (True) or d x d (False) arithmetic in one
+    process. Under torchrun the statistics are those of every rank's rows together."""
     z = x @ r.T
+    d = z.shape[1]
+    sq, c_fro2, cr = _global_terms(z, r) if dist.is_distributed() else _local_terms(z, r, gram)
+    v = sq - 1.0
+    loss = ((1 - kappa) * c_fro2 + kappa * float((v.double() ** 2).sum())) / d ** 2
+    r.sub_(lr * ((1 - kappa) * cr + kappa * v * r))   # v * r: v over the last axis, as the authors' code
+    return loss
+
+
+def _local_terms(z: torch.Tensor, r: torch.Tensor, gram: Optional[bool]
+                 ) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """diag(Sigma), ||C||_F^2 and C R from this process's rows Z [N, d]."""
     n, d = z.shape
     sq = (z * z).mean(0)                  # diag(Sigma)
-    v = sq - 1.0
     if gram is None:
         gram = n * (n + d) < d * d
     if gram:
         g = z @ z.T
         c_fro2 = float((g.double() ** 2).sum()) / n ** 2 - float((sq.double() ** 2).sum())
-        c_fro2 = max(c_fro2, 0.0)
-        cr = z.T @ (z @ r) / n - sq[:, None] * r
-    else:
-        c = z.T @ z / n
-        c.diagonal().zero_()
-        c_fro2 = float((c.double() ** 2).sum())
-        cr = c @ r
-    loss = ((1 - kappa) * c_fro2 + kappa * float((v.double() ** 2).sum())) / d ** 2
-    r.sub_(lr * ((1 - kappa) * cr + kappa * v * r))   # v * r: v over the last axis, as the authors' code
-    return loss
+        return sq, max(c_fro2, 0.0), z.T @ (z @ r) / n - sq[:, None] * r
+    c = z.T @ z / n
+    c.diagonal().zero_()
+    return sq, float((c.double() ** 2).sum()), c @ r
+
+
+def _global_terms(z: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """diag(Sigma), ||C||_F^2 and C R of all ranks' rows: Z^T Z, Z^T Z R and N are sums
+    over rows, summed over ranks in one all-reduce (shapes depend on d only, so every
+    rank sends the same; each picks its cheaper association for Z^T Z R)."""
+    n, d = z.shape
+    zz = z.T @ z
+    zzr = z.T @ (z @ r) if 2 * n < d else zz @ r
+    sums = dist.all_reduce_sum_(torch.cat([zz.flatten(), zzr.flatten(), zz.new_tensor([float(n)])]))
+    total = sums[-1]                      # float32: exact up to 2^24 rows per update
+    sigma = sums[:d * d].view(d, d) / total
+    sq = sigma.diagonal().clone()
+    c = sigma.clone()
+    c.diagonal().zero_()
+    return sq, float((c.double() ** 2).sum()), sums[d * d:2 * d * d].view(d, d) / total - sq[:, None] * r
 
 
 # --------------------------------------------------------------------------- the method
 @register("decorrelated_bp")
 class DecorrelatedBP(Method):
     """Decorrelated backpropagation (Dalm et al. 2024): every layer's input patches decorrelated by a learned R."""
+
+    in_place_hooks = frozenset({"on_train_start"})   # swaps every Conv2d/Linear for a Decor layer with buffer R
 
     @dataclass
     class Config(MethodConfig):
@@ -239,7 +272,8 @@ class DecorrelatedBP(Method):
             # the authors' downsampling: a random fraction of the batch's images (ours without replacement)
             n = max(1, int(len(x) * cfg.downsample_frac))
             x = x[torch.randperm(len(x), generator=ctx.generator)[:n].to(x.device)]
-            loss = decor_step(m.decor, m.patches(x), cfg.decor_lr, cfg.kappa)
+            with torch.autocast(device_type=x.device.type, enabled=False):   # R's float32, whatever the forward ran in
+                loss = decor_step(m.decor, m.patches(x.to(m.decor.dtype)), cfg.decor_lr, cfg.kappa)
             self.first_loss.setdefault(name, loss)
             s = acc["loss"].setdefault(name, [0.0, 0])
             s[0] += loss

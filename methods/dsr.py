@@ -29,6 +29,9 @@ weight (its gradient is computed and thrown away).
 
 Reallocation (Algorithm 1), every P steps until `stop_frac` of the budget:
   1. prune: active weights with |w| < H (one global H) -> masked, w = 0; K = number pruned;
+     a layer whose every active weight is below H keeps its largest-magnitude one (the
+     authors' `prune_threshold` also keeps one, "removing all. keeping one"): an empty
+     layer would have no survivors and so never regrow (its share is R_l = 0);
   2. regrow: layer l gets round(K * R_l / sum R) (R_l: its surviving active count),
      the rounding remainder goes to a random layer, and a layer with fewer free slots
      than its share takes what fits while the rest is shared out again the same way
@@ -53,14 +56,23 @@ steps from epochs 0, 25, 80, 140; no reallocation from epoch 190):
     paper; a short budget makes fewer reallocations in total (8 epochs: about 15
     instead of about 370).
 **Choices** where the sources are silent or differ:
-  - regrowth excludes the positions just pruned (METHODS.md; the authors' code draws
-    among all zeros). If all other zero positions together cannot hold K (only at
-    near-zero sparsity), the rest is regrown into just-pruned positions (at w = 0),
+  - regrowth excludes the positions just pruned (METHODS.md; so does the authors'
+    `grow_random`, which draws among the zeros minus `pruned_indices`). Where all other
+    zero positions together cannot hold K (only at near-zero sparsity) the authors grow
+    fewer and the count drops; we regrow the rest into just-pruned positions (at w = 0),
     keeping the count constant;
+  - the weight a layer keeps when H would empty it: its largest |w| (ties: the first
+    in flat order); the authors' code keeps the first active one in flat order;
   - the "first conv" is the first Conv2d to run on the example input;
   - "shortcut convs" are 1x1 convs whose module path contains `downsample`;
   - the harness's `params_nonzero` counts exact zeros: a regrown weight is 0 until
     its first update, so it can sit slightly below the active count reported here.
+Precision: masks, thresholds and magnitudes are computed in `after_step`, outside the
+harness's autocast, on the float32 parameters themselves (autocast never changes
+their dtype), so bf16 training needs nothing here.
+Under torchrun the weights are identical on every rank (DDP averages gradients) and
+the regrowth draws come from the method's generator, seeded alike on every rank, so
+every rank makes the identical reallocation.
 Reported: per-layer active counts every epoch (`dsr/active/<layer>`), H, K per
 reallocation, the time of each reallocation against the mean training-step time.
 """
@@ -138,6 +150,16 @@ def _choose(candidates: torch.Tensor, n: int, generator: torch.Generator) -> tor
     return idx[pick.to(idx.device)]
 
 
+def prune_mask(w: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Active weights with |w| < threshold, except that a layer is never emptied: if
+    all its active weights are below it, the largest-magnitude one stays."""
+    pruned = mask & (w.abs() < threshold)
+    if bool(pruned.any()) and torch.equal(pruned, mask):
+        keep = torch.where(mask, w.abs(), torch.full_like(w, -1.0)).flatten().argmax()
+        pruned.view(-1)[keep] = False
+    return pruned
+
+
 @torch.no_grad()
 def reallocate(weights: list[torch.Tensor], masks: list[torch.Tensor], threshold: float,
                generator: torch.Generator) -> dict[str, Any]:
@@ -145,7 +167,7 @@ def reallocate(weights: list[torch.Tensor], masks: list[torch.Tensor], threshold
 
     Returns K, the per-layer pruned and grown counts and the boolean masks of the
     pruned and regrown positions (for resetting optimizer state)."""
-    pruned = [m & (w.abs() < threshold) for w, m in zip(weights, masks)]
+    pruned = [prune_mask(w, m, threshold) for w, m in zip(weights, masks)]
     for w, m, p in zip(weights, masks, pruned):
         m &= ~p
         w.masked_fill_(p, 0.0)
@@ -228,6 +250,8 @@ def apply_masks(model: nn.Module, optimizer: Optional[torch.optim.Optimizer]) ->
 @register("dsr")
 class DSR(Method):
     """Dynamic sparse reparameterization (Mostafa & Wang, ICML 2019): a constant non-zero budget moved across layers."""
+
+    in_place_hooks = frozenset({"on_train_start"})   # registers the mask buffers on the sparse layers
 
     @dataclass
     class Config(MethodConfig):
@@ -326,7 +350,7 @@ class DSR(Method):
             "stop_epoch": cfg.stop_frac * ctx.epochs,
         }
         self.info["active_init"] = dict(zip(names, counts))
-        return None   # changed in place: same parameters, the optimizer has no state yet
+        return None   # changed in place (declared): same parameters, the optimizer has no state yet
 
     def after_step(self, model: nn.Module) -> None:
         ctx, acc = self.ctx, self._epoch_acc

@@ -1,5 +1,6 @@
 """Every registered method, through the one harness: trains, finishes, checkpoints, and
-resumes after an interruption to exactly the weights of an uninterrupted run."""
+resumes after an interruption to exactly the weights of an uninterrupted run, in fp32 and
+under bf16 autocast + channels_last (forced on, as on a CPU with native bf16)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import bench.device as device_mod
 from bench.config import load_config
 from bench.runs import run_name
 from bench.train import train
 from methods import REGISTRY
+from tests.test_macs import assert_counts_like_torch
 
 # Settings that fit the tiny synthetic set (512 training images) and a 3-epoch budget.
 TINY_METHOD_OVERRIDES: dict[str, list[str]] = {
@@ -29,16 +32,23 @@ def weights(cfg) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=False).state_dict()
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("name", BUILTIN)
-def test_method_trains_and_resumes_exactly(name, tiny_overrides, tmp_path):
-    extra = ["train.epochs=3", f"method.name={name}", *TINY_METHOD_OVERRIDES.get(name, [])]
+def test_method_trains_and_resumes_exactly(name, precision, tiny_overrides, tmp_path, monkeypatch):
+    extra = ["train.epochs=3", f"method.name={name}", *TINY_METHOD_OVERRIDES.get(name, []),
+             f"train.precision={precision}"]
+    if precision == "bf16":
+        monkeypatch.setattr(device_mod, "native_bf16", lambda dev: (True, "forced native by the test"))
+        extra.append("data.synthetic_train_size=256")   # emulated bf16 is slow on CPUs without it
     a = load_config("configs/smoke.yaml", tiny_overrides + extra + [f"output_dir={tmp_path}/a"])
     b = load_config("configs/smoke.yaml", tiny_overrides + extra + [f"output_dir={tmp_path}/b"])
     sa = train(a, log=lambda s: None)
-    assert sa["method"] == name and 0.0 <= sa["test_acc"] <= 1.0
+    assert sa["method"] == name and 0.0 <= sa["test_acc"] <= 1.0 and sa["precision"] == precision
     assert sa["params_total"] > 0 and sa["macs"] > 0
     assert train(b, max_epochs=2, log=lambda s: None) is None
     sb = train(b, log=lambda s: None)
+    if precision == "fp32":
+        assert_counts_like_torch(torch.load(Path(a.output_dir) / run_name(a) / "checkpoint.pt", weights_only=False))
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
     for k in wa:

@@ -167,3 +167,28 @@ def test_end_to_end_loss_falls_and_checkpoint_loads(tiny_overrides, tmp_path):
     assert sum(isinstance(m, DECOR_TYPES) for m in model.modules()) == len(ms["layers"])
     model.eval()
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_update_from_bf16_autocast_inputs_is_float32_and_ignores_an_enclosing_autocast():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="vgg11", width=0.125)).to(memory_format=torch.channels_last)
+    method = make_method(model, decor_lr=0.01, downsample_frac=0.5)
+    decor = [m for m in model.modules() if isinstance(m, DECOR_TYPES)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):                          # as the harness's bf16 forward
+        model(torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last))
+    assert any(m.__dict__[INPUT_ATTR].dtype == torch.bfloat16 for m in decor)
+    inputs = [m.__dict__[INPUT_ATTR] for m in decor]
+    r0 = [m.decor.clone() for m in decor]
+    gen0 = method.ctx.generator.get_state()
+    method.ctx.step = 1
+    method.after_step(model)                                                   # failed: bf16 @ float32
+    r_plain = [m.decor.clone() for m in decor]
+    assert all(r.dtype == torch.float32 and torch.isfinite(r).all() for r in r_plain)
+    assert all(not torch.equal(a, b) for a, b in zip(r_plain, r0))
+    for m, x, r in zip(decor, inputs, r0):                                     # again, inside an autocast region:
+        m.__dict__[INPUT_ATTR] = x                                             # the update must not run in bf16
+        m.decor.copy_(r)
+    method.ctx.generator.set_state(gen0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        method.after_step(model)
+    assert all(torch.equal(m.decor, r) for m, r in zip(decor, r_plain))

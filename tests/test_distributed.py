@@ -1,5 +1,7 @@
-"""Scale-out on the CPU: a 2-process gloo DDP run, all-reduced statistics, and suites
-through submitit's debug executor and local worker processes."""
+"""Scale-out on the CPU: 2-process gloo DDP runs (every registered method ends with identical
+parameters and buffers on both ranks), all-reduced statistics, the in-place-change contract
+that keeps the DDP wrapper current, and suites through submitit's debug executor and local
+worker processes."""
 from __future__ import annotations
 
 import json
@@ -14,8 +16,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import bench.train as train_mod
+from bench.config import load_config
 from bench.stats import CovarianceAccumulator
 from bench.suite import run_suite
+from methods import REGISTRY
+from methods.decorrelated_bp import decor_step
+from methods.dsr import DSR
+from test_contract import TINY_METHOD_OVERRIDES
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.name=synthetic", "data.synthetic_train_size=512", "data.synthetic_test_size=128",
@@ -54,6 +62,8 @@ def test_two_process_ddp_run_matches_on_both_ranks_and_the_single_process_run(tm
     assert ddp["world_size"] == 2
     a, b = ddp["rank_weight_checksums"]
     assert a == b                                    # identical weights on both ranks
+    a, b = ddp["rank_buffer_checksums"]
+    assert a == b                                    # ... and buffers (BN statistics averaged over ranks)
     single = run_cli(["run", "configs/smoke.yaml", *TINY, *LONGER, *method, f"output_dir={tmp_path}/one"])
     assert single.returncode == 0, single.stderr[-3000:]
     one = summary_in(tmp_path / "one")
@@ -64,6 +74,63 @@ def test_two_process_ddp_run_matches_on_both_ranks_and_the_single_process_run(tm
     if ddp["target"] is not None:
         assert abs(ddp["params_total"] / ddp["dense_params"] - ddp["target"]) <= 0.02 * ddp["target"]
     assert len(list((tmp_path / "ddp").glob("*/summary.json"))) == 1   # rank 0 alone wrote
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_method_under_ddp_ends_with_identical_parameters_and_buffers_on_both_ranks(tmp_path, name):
+    """Methods that change the model in place (DSR's masks, decorrelated BP's layers and R)
+    do so after the harness wrapped it for DDP; the ranks must still end bit-identical."""
+    r = run_cli(["run", "configs/smoke.yaml", *TINY, "train.epochs=2", f"method.name={name}",
+                 *TINY_METHOD_OVERRIDES.get(name, []), f"output_dir={tmp_path}"], nproc=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = summary_in(tmp_path)
+    assert s["world_size"] == 2 and s["method"] == name
+    assert len(set(s["rank_weight_checksums"])) == 1, s["rank_weight_checksums"]
+    assert len(set(s["rank_buffer_checksums"])) == 1, s["rank_buffer_checksums"]
+
+
+def _decor_worker(rank: int, world: int, port: int, rows: list[torch.Tensor], r0: torch.Tensor, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        r = r0.clone()
+        loss = decor_step(r, rows[rank], lr=0.05, kappa=0.3)
+        torch.save({"r": r, "loss": loss}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_decor_update_under_ddp_is_the_update_from_every_ranks_rows(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    d = 16
+    x = torch.randn(25, d, generator=g, dtype=torch.float64) @ (torch.eye(d, dtype=torch.float64)
+                                                                + 0.5 * torch.randn(d, d, generator=g, dtype=torch.float64))
+    r0 = torch.eye(d, dtype=torch.float64) + 0.1 * torch.randn(d, d, generator=g, dtype=torch.float64)
+    rows = [x[:5], x[5:]]        # unequal shards; 5 rows form Z^T (Z R), 20 rows (Z^T Z) R
+    out = str(tmp_path / "r")
+    mp.spawn(_decor_worker, args=(2, free_port(), rows, r0, out), nprocs=2, join=True)
+    got = [torch.load(f"{out}.{k}") for k in range(2)]
+    ref = r0.clone()
+    ref_loss = decor_step(ref, x, lr=0.05, kappa=0.3)                          # one process, all 25 rows
+    assert torch.equal(got[0]["r"], got[1]["r"]) and got[0]["loss"] == got[1]["loss"]
+    torch.testing.assert_close(got[0]["r"], ref, rtol=1e-12, atol=1e-12)
+    assert abs(got[0]["loss"] - ref_loss) < 1e-12
+    own = r0.clone()
+    decor_step(own, rows[0], lr=0.05, kappa=0.3)                               # not rank 0's rows alone
+    assert not torch.allclose(own, ref, atol=1e-6)
+
+
+def test_an_in_place_change_rewraps_the_model_and_an_undeclared_one_is_an_error(tiny_overrides, monkeypatch):
+    cfg = load_config("configs/smoke.yaml", tiny_overrides + ["method.name=dsr", "train.epochs=1"])
+    rewraps = []
+    real = train_mod.Trainer.rewrap
+    monkeypatch.setattr(train_mod.Trainer, "rewrap", lambda self: (rewraps.append(1), real(self)))
+    train_mod.train(cfg, log=lambda s: None)
+    assert rewraps == [1]                            # after on_train_start registered the masks, only then
+    monkeypatch.setattr(DSR, "in_place_hooks", frozenset())
+    cfg = load_config("configs/smoke.yaml", tiny_overrides + ["method.name=dsr", "train.epochs=1", "seed=1"])
+    with pytest.raises(RuntimeError, match="on_train_start changed the model"):
+        train_mod.train(cfg, log=lambda s: None)
 
 
 def _covariance_worker(rank: int, world: int, port: int, data: torch.Tensor, out: str) -> None:

@@ -10,8 +10,8 @@ from bench.config import ConfigError, ModelConfig, load_config
 from bench.models import build_model
 from bench.train import train
 from methods.base import Context
-from methods.dsr import (DSR, MASK, adjust_threshold, allocate_regrowth, apply_masks, masked_layers, reallocate,
-                         split_exact)
+from methods.dsr import (DSR, MASK, adjust_threshold, allocate_regrowth, apply_masks, masked_layers, prune_mask,
+                         reallocate, split_exact)
 
 
 
@@ -165,14 +165,43 @@ def test_reallocation_moves_weights_away_from_a_layer_of_small_weights():
             m.weight.copy_((m.weight.abs() + 0.1) * getattr(m, MASK))          # all well above H ...
         planted.weight.mul_(1e-6)                                              # ... but this layer
     before = {n: int(getattr(m, MASK).sum()) for n, m in layers}
+    largest = torch.where(getattr(planted, MASK), planted.weight.abs(), -1.0).flatten().argmax()
     total = active_total(model)
     method.ctx.step = 1
     method.after_step(model)
     after = {n: int(getattr(m, MASK).sum()) for n, m in layers}
     assert active_total(model) == total
-    # the planted layer kept only what it regrew (its share of nothing survived is 0)
-    assert after[layers[2][0]] == 0
+    # the planted layer kept its largest weight and little else: its share is that of one
+    # survivor among thousands (plus at most the rounding remainder, given to a random layer)
+    assert getattr(planted, MASK).flatten()[largest]
+    assert 1 <= after[layers[2][0]] <= len(layers)
     assert all(after[n] > before[n] for n, _ in layers if n != layers[2][0])
+
+
+def test_a_threshold_above_a_whole_layer_leaves_it_its_largest_weight():
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(6, 4, 3, 3, generator=g), torch.randn(16, 8, generator=g) * 1e-4,
+               torch.randn(5, 5, 3, 3, generator=g)]
+    masks = [torch.rand(w.shape, generator=g) < 0.4 for w in weights]
+    for w, m in zip(weights, masks):
+        w.mul_(m)
+    weights[2].mul_(1e-4)
+    weights[2].view(-1)[torch.nonzero(masks[2].flatten())[:2, 0]] = 0.0     # ties at zero do not matter
+    largest = [torch.where(m, w.abs(), -1.0).flatten().argmax() for w, m in zip(weights, masks)]
+    active = [int(m.sum()) for m in masks]
+    total = sum(active)
+    out = reallocate(weights, masks, 0.01, g)                                  # H above all of layers 1 and 2
+    assert out["pruned_per_layer"][1:] == [active[1] - 1, active[2] - 1]
+    for i in (1, 2):
+        p = out["pruned_masks"][i]
+        assert not p.flatten()[largest[i]] and int(p.sum()) == active[i] - 1   # all but the largest pruned
+        assert masks[i].flatten()[largest[i]]                                  # which is still active
+    assert all(int(m.sum()) > 0 for m in masks) and sum(int(m.sum()) for m in masks) == total
+    for _ in range(3):                                                         # ... and stays so, however often
+        reallocate(weights, masks, 10.0, g)                                    # H above every weight
+        assert all(int(m.sum()) >= 1 for m in masks) and sum(int(m.sum()) for m in masks) == total
+    empty = torch.zeros(3, 3, dtype=torch.bool)                                # nothing to keep in an empty layer
+    assert not prune_mask(torch.zeros(3, 3), empty, 1.0).any()
 
 
 def test_end_to_end_constant_count_and_checkpoint(tiny_overrides, tmp_path):
