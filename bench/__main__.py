@@ -11,7 +11,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.config import load_config
     from bench.train import train
     cfg = load_config(args.config, args.overrides)
-    train(cfg)
+    summary = train(cfg)
+    if summary and summary.get("status") == "diverged":
+        print(f"error: run {summary['run_id']} {summary['message']}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -39,12 +42,19 @@ def cmd_suite(args: argparse.Namespace) -> int:
     slurm = {"partition": args.partition, "gpus_per_job": args.gpus_per_job, "timeout_min": args.timeout_min,
              "array_parallelism": args.array_parallelism}
     return run_suite(args.config, args.overrides, dry_run=args.dry_run, results_dir=args.results_dir,
-                     executor=args.executor, jobs=args.jobs, slurm_overrides=slurm, wait=not args.no_wait)
+                     executor=args.executor, jobs=args.jobs, slurm_overrides=slurm, wait=not args.no_wait,
+                     retry_failed=args.retry_failed)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from bench.report import write_report
     write_report(args.results_dir)
+    return 0
+
+
+def cmd_wandb_report(args: argparse.Namespace) -> int:
+    from bench.wandb_report import save_report
+    print(f"saved W&B report: {save_report(args.results_dir, args.entity, args.project)}")
     return 0
 
 
@@ -68,10 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--timeout-min", type=int, default=None, help="SLURM time limit per run, minutes")
     s.add_argument("--array-parallelism", type=int, default=None, help="at most this many SLURM jobs at once")
     s.add_argument("--no-wait", action="store_true", help="slurm: submit and return; run `report` later")
+    s.add_argument("--retry-failed", action="store_true",
+                   help="also re-run cells that diverged (a plain re-invocation keeps them as diverged)")
     s.set_defaults(fn=cmd_suite)
     rep = sub.add_parser("report", help="tables and plots from the runs under a suite's results directory")
     rep.add_argument("results_dir")
     rep.set_defaults(fn=cmd_report)
+    w = sub.add_parser("wandb-report", help="save a W&B report comparing a suite's runs (needs the network)")
+    w.add_argument("results_dir", help="the suite's results folder, e.g. results/cifar10-quick")
+    w.add_argument("--entity", required=True, help="W&B entity (user or team) that owns the project")
+    w.add_argument("--project", default=None, help="W&B project (default: the runs' wandb.project)")
+    w.set_defaults(fn=cmd_wandb_report)
     m = sub.add_parser("methods", help="list registered methods")
     m.add_argument("-v", "--verbose", action="store_true", help="also list each method's options")
     m.set_defaults(fn=cmd_methods)

@@ -70,8 +70,8 @@ def main() -> int:
          lambda s: None if s else "no summary written"),
         (f"DDP over {gpus} GPU(s), NCCL", "ddp",
          bench_cmd(["run", "configs/smoke.yaml", *SMALL, *CUDA, f"output_dir={tmp / 'ddp'}"], nproc=gpus),
-         lambda s: None if s and len(set(s[0]["rank_weight_checksums"])) == 1
-         else "ranks ended with different weights"),
+         lambda s: None if s and len(set(s[0]["rank_weight_checksums"])) == len(set(s[0]["rank_buffer_checksums"])) == 1
+         else "ranks ended with different weights or buffers"),
     ]:
         (tmp / folder).mkdir(parents=True, exist_ok=True)
         checks.append(check(name, cmd, tmp / folder, verify))

@@ -1,0 +1,73 @@
+"""The W&B dashboard of a suite: `python -m bench wandb-report RESULTS_DIR --entity E [--project P]`.
+
+Builds a saved W&B report (with `wandb-workspaces`) over the suite's runs, which every
+run logs with `group` = the suite's name and the top-level config keys `method` (the
+row label), `target` and `seed`:
+- accuracy against non-zero parameters and against MACs per image, runs grouped by
+  method and target (one point per target, seeds averaged);
+- test accuracy over the training wall-clock (`train_wall_s_cum`), grouped by method and
+  target, mean with its standard error over seeds (time to accuracy);
+- the runs table, one row per (method, target) group.
+Building needs no network (`build_report`, tested offline); only saving does.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from bench.config import ConfigError
+
+DEFAULT_PROJECT = "compress-bench"
+GROUPING = ["config.method", "config.target"]
+
+
+def suite_of(results_dir: Path) -> tuple[str, str]:
+    """(suite name = W&B group, W&B project) from the suite's results folder."""
+    meta_path = results_dir / "suite.json"
+    if not meta_path.is_file():
+        raise ConfigError(f"no suite.json in '{results_dir}'; give the folder a suite wrote "
+                          f"(results/<suite name>), e.g. results/cifar10-quick")
+    suite = json.loads(meta_path.read_text())["suite"]
+    project = DEFAULT_PROJECT
+    for cfg_path in sorted(results_dir.glob("runs/*/summary.json"))[:1]:
+        project = json.loads(cfg_path.read_text()).get("config", {}).get("wandb", {}).get("project") or project
+    return suite, project
+
+
+def build_report(suite: str, entity: str, project: str):
+    """The report object (unsaved)."""
+    import wandb_workspaces.reports.v2 as wr
+
+    def runset(name: str) -> "wr.Runset":
+        return wr.Runset(entity=entity, project=project, name=name, filters=f"Group = '{suite}'", groupby=GROUPING)
+
+    size = wr.PanelGrid(runsets=[runset("methods x targets")], panels=[
+        wr.ScatterPlot(title="top-1 accuracy vs non-zero parameters", x="params_nonzero", y="test_acc", log_x=True),
+        wr.ScatterPlot(title="top-1 accuracy vs MACs per image", x="macs", y="test_acc", log_x=True),
+        wr.ScatterPlot(title="top-1 accuracy vs training wall-clock", x="train_wall_s", y="test_acc"),
+    ])
+    time = wr.PanelGrid(runsets=[runset("runs over training")], panels=[
+        wr.LinePlot(title="test accuracy over training wall-clock", x="train_wall_s_cum", y=["test_acc"],
+                    groupby="method", groupby_aggfunc="mean", groupby_rangefunc="stderr"),
+        wr.LinePlot(title="test accuracy per epoch", x="Step", y=["test_acc"],
+                    groupby="method", groupby_aggfunc="mean", groupby_rangefunc="stderr"),
+    ])
+    table = wr.PanelGrid(runsets=[runset("runs table")], panels=[wr.RunComparer(diff_only="split")])
+    return wr.Report(
+        entity=entity, project=project, title=f"{suite}: compression methods compared"[:128],
+        description=f"Runs of the suite '{suite}' (W&B group), grouped by method and target; seeds averaged.",
+        blocks=[
+            wr.H1(text="Accuracy against size and cost"), size,
+            wr.H1(text="Time to accuracy"), time,
+            wr.H1(text="Runs"), table,
+            wr.P(text="Built by `python -m bench wandb-report`; the local report (tables with confidence "
+                      "intervals) is results/<suite>/README.md."),
+        ])
+
+
+def save_report(results_dir: str, entity: str, project: Optional[str] = None) -> str:
+    suite, found_project = suite_of(Path(results_dir))
+    report = build_report(suite, entity, project or found_project)
+    report.save()
+    return report.url
