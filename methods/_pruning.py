@@ -10,6 +10,8 @@ with an underscore, so the registry skips it).
   the consumers' input channels, residual partners).
 - Measurements: parameters or MACs (bench.metrics, the harness's own counters) as a
   fraction of dense, a target check, per-layer channel tables.
+- `SeededRandomImportance`: Torch-Pruning's `RandomImportance` drawing from the method's
+  own generator, for the random structured-pruning control.
 """
 from __future__ import annotations
 
@@ -159,6 +161,21 @@ def prune_out_channels(graph: tp.DependencyGraph, layer: nn.Module, idxs: Sequen
     if not graph.check_pruning_group(group):
         raise ValueError(f"cannot remove {len(idxs)} of {graph.get_out_channels(layer)} channels of {layer}")
     group.prune()
+
+
+class SeededRandomImportance(tp.importance.RandomImportance):
+    """Torch-Pruning's `RandomImportance` (uniform scores, so the channels removed are a
+    uniformly random subset) drawn from `generator`, not the global stream: the same run
+    seed removes the same channels, and the harness's own random stream is untouched."""
+
+    def __init__(self, generator: torch.Generator):
+        super().__init__()
+        self.generator = generator
+
+    @torch.no_grad()
+    def __call__(self, group, **kwargs) -> torch.Tensor:
+        _, idxs = group[0]
+        return torch.rand(len(idxs), generator=self.generator)
 
 
 def is_out_pruning(graph: tp.DependencyGraph, dep) -> bool:

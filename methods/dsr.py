@@ -270,6 +270,8 @@ class DSR(Method):
         stop_frac: float = opt(0.95, "no reallocation after this fraction of the epoch budget (paper: 190 of 200)")
         scale_period: bool = opt(True, "scale P by steps_per_epoch / 500 (same reallocations per epoch as the "
                                        "paper); false: period_steps are used as they are")
+        reallocate: bool = opt(True, "false: the static sparse control (DSR's own ablation): the same initial "
+                                     "random masks, never reallocated")
 
         def validate(self) -> None:
             if not 0.0 < self.target_params < 1.0:
@@ -363,7 +365,7 @@ class DSR(Method):
         acc["mask_s"] += t1 - t0
         self.steps_since += 1
         period = self.period_at(ctx.step / ctx.steps_per_epoch)
-        if period is not None and self.steps_since >= period:
+        if self.cfg.reallocate and period is not None and self.steps_since >= period:
             self.steps_since = 0
             self._reallocate(model, t1)
         self._last_end = Clock(ctx.device)()

@@ -38,6 +38,16 @@ and conv2); `all` prunes every Torch-Pruning dependency group, residual-stream g
 scored by the group's first layer. `global_pruning` ranks filters across layers
 (Torch-Pruning's global scope; the paper prunes layer by layer); `round_to` keeps
 channel counts multiples of a number.
+
+Random structured pruning (`importance: random`, the suites' `random_filter` control, the
+sanity baseline for any criterion; Blalock et al. 2020): the same pruner, schedule, layer
+choice and target search with Torch-Pruning's `RandomImportance` instead of the L1 norm,
+its scores drawn from the method's own generator (seeded from the run seed). Under local
+pruning the number of channels removed from each layer depends only on the target, not on
+the scores, so it prunes the same number of channels per layer as L1 at the same target.
+
+Statistics: the L1 scores are computed from the weights as stored (fp32 parameters), never
+from activations, so autocast plays no part.
 """
 from __future__ import annotations
 
@@ -50,9 +60,10 @@ import torch_pruning as tp
 from torch import nn
 
 from bench.config import ConfigError, opt
-from methods._pruning import (PruningConfig, ScheduledPruning, block_internal_convs, channel_table, channels, check_target,
-                              classifier_of, conv_layers, dense_value, detached_copy, eval_mode, event_fraction,
-                              measure, prune_out_channels, prune_schedule, sizes, within)
+from methods._pruning import (PruningConfig, ScheduledPruning, SeededRandomImportance, block_internal_convs,
+                              channel_table, channels, check_target, classifier_of, conv_layers, dense_value,
+                              detached_copy, eval_mode, event_fraction, measure, prune_out_channels, prune_schedule,
+                              sizes, within)
 from methods.base import register
 
 
@@ -130,6 +141,9 @@ class L1Filter(ScheduledPruning):
         iterative_steps: int = opt(1, "pruning events (1: one-shot, Li et al.); more spreads them "
                                       "step_every_epochs apart from prune_epoch, the removed share growing linearly")
         step_every_epochs: int = opt(1, "epochs between pruning events when iterative_steps > 1")
+        importance: str = opt("l1", "filter score: l1 (Li et al.) or random (Torch-Pruning's RandomImportance "
+                                    "from the method's generator: the random structured-pruning control)",
+                              choices=("l1", "random"))
         search_step_frac: float = opt(0.0025, "targets: channel-ratio increment of each step of the stepping "
                                               "pruner (small enough that one step moves parameters by well under "
                                               "the 2% tolerance at usual targets)")
@@ -158,12 +172,18 @@ class L1Filter(ScheduledPruning):
     def check(self, model: nn.Module) -> None:
         selected_convs(model, self.cfg.scope, self.cfg.prune_layers)    # fail now, not after training
 
+    def scorer(self) -> tp.importance.Importance:
+        """The filter score: Li et al.'s L1 norm, or uniform random scores (the control)."""
+        if self.cfg.importance == "random":
+            return SeededRandomImportance(self.ctx.generator)
+        return FirstLayerL1()
+
     # ---- the pruning -----------------------------------------------------------------
     def make_pruner(self, model: nn.Module, chosen: list[nn.Conv2d], **kw) -> tp.pruner.BasePruner:
         cfg = self.cfg
         kw.setdefault("global_pruning", cfg.global_pruning)
         return tp.pruner.BasePruner(
-            model, self.ctx.example_inputs, importance=FirstLayerL1(),
+            model, self.ctx.example_inputs, importance=self.scorer(),
             ignored_layers=ignored_layers(model, chosen), round_to=cfg.round_to if cfg.round_to > 1 else None,
             max_pruning_ratio=cfg.max_layer_ratio, **kw)
 
@@ -210,7 +230,7 @@ class L1Filter(ScheduledPruning):
         past the tolerance on small models (or with round_to). If it does, the steps before
         it are replayed on a copy kept aside and the last step is applied one dependency
         group at a time, in Torch-Pruning's group order (forward order here), each group cut
-        to its width after that step by the same L1 ranking, until the target is met (or
+        to its width after that step by the same ranking (L1, or random scores), until the target is met (or
         one group before, if that is within the tolerance above the target and the group
         would overshoot it below)."""
         cfg, example = self.cfg, self.ctx.example_inputs
@@ -237,7 +257,7 @@ class L1Filter(ScheduledPruning):
                 continue
             before = (detached_copy(model), value) if within(value / dense, goal, cfg.target_tol_frac) else None
             group = graph.get_pruning_group(root, tp.prune_conv_out_channels, list(range(root.out_channels)))
-            prune_out_channels(graph, root, torch.argsort(FirstLayerL1()(group))[:surplus].tolist())
+            prune_out_channels(graph, root, torch.argsort(self.scorer()(group))[:surplus].tolist())
             value, done = measure(model, example, kind), done + 1
             if before is not None and not within(value / dense, goal, cfg.target_tol_frac):
                 (model, value), done = before, done - 1      # one group fewer: just above, within tolerance

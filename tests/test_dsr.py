@@ -222,3 +222,23 @@ def test_end_to_end_constant_count_and_checkpoint(tiny_overrides, tmp_path):
     model.eval()
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     apply_masks(model, None)
+
+
+
+@pytest.mark.parametrize("reallocate", [True, False])
+def test_the_static_sparse_control_keeps_its_initial_masks(reallocate):
+    """`reallocate: false` (DSR's static-sparse ablation): the initial random masks are never
+    moved; with reallocation on, the same steps do reallocate."""
+    model = build_model(ModelConfig(name="vgg11", width=0.125))
+    ctx = make_ctx(model, steps_per_epoch=4, epochs=4)
+    method = make_dsr(model, ctx, target_params=0.4, period_steps=[1], scale_period=False, reallocate=reallocate)
+    before = [getattr(m, MASK).clone() for _, m in masked_layers(model)]
+    for _ in range(6):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.01)      # a training step moves the weights
+        ctx.step += 1
+        method.after_step(model)
+    moved = any(not torch.equal(b, getattr(m, MASK)) for b, (_, m) in zip(before, masked_layers(model)))
+    assert (len(method.reallocs) > 0) == reallocate
+    assert moved == reallocate

@@ -1,0 +1,175 @@
+"""The small dense control: the same family at a narrower width, trained from scratch with
+the same budget (Liu et al., "Rethinking the Value of Network Pruning", ICLR 2019;
+Blalock et al. 2020; METHODS.md sec. 7).
+
+A method that compresses a network to a parameter target has to beat this network to show
+that its procedure adds anything: a dense model of the same family whose width multiplier
+gives the parameter count closest to `target_params` x the dense model's count.
+
+Width search. Every channel count is `max(1, round(c x width))` (bench.models.scaled), so
+the parameter count is a non-decreasing step function of the width, constant between the
+widths (k + 1/2) / c, and no width hits a target exactly in general. The search bisects
+over those steps (one width inside each, its midpoint) for the step at which the count
+first reaches the target and takes the closer of the two counts on either side of it
+(**choice**: the closest, as the issue asks, so the small model may land up to the
+tolerance above its target while the pruning methods land at or below it). Candidate
+models are built on the meta device (no memory). A target that no width meets within
+`target_tol_frac` (relative) is not an error: the closest width is trained and the
+summary says `within_tol: false`.
+
+What is rebuilt. The harness hands a method the model as built and its name (Context), not
+the model config, so the family's other settings are read from the model: the activation
+(ReLU, or LeakyReLU with its slope) and the number of classes (the classifier's outputs).
+The run's own width is found by the same search for the dense parameter count; a model
+that this cannot rebuild exactly (same count) is an error rather than a silently different
+control.
+
+Initialisation: built on the CPU under `torch.manual_seed(run seed)` inside a forked RNG,
+so the small model is the same for a given seed (paired comparisons across methods use the
+same seed) and the harness's global random stream is left as it was.
+
+Statistics: none; the method computes no statistics from activations (it only counts
+parameters).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from bench.config import ConfigError, ModelConfig, opt
+from bench.models import build_model, count_params
+from methods.base import Method, MethodConfig, register
+
+MAX_WIDTH = 16.0             # the search covers widths up to this multiplier (targets are <= the dense width)
+
+
+@dataclass
+class WidthChoice:
+    """A width and the parameter count it gives."""
+    width: float
+    params: int
+
+
+def infer_family(model: nn.Module, name: str) -> ModelConfig:
+    """The model config of `model` except its width: name, activation and classes."""
+    act, slope = "relu", ModelConfig().leaky_slope
+    for m in model.modules():
+        if isinstance(m, nn.LeakyReLU):
+            act, slope = "leaky_relu", float(m.negative_slope)
+            break
+        if isinstance(m, nn.ReLU):
+            break
+    get = getattr(model, "get_classifier", None)
+    if get is None or not hasattr(get(), "out_features"):
+        raise ConfigError(f"dense_small: {type(model).__name__} has no Linear classifier (get_classifier()); "
+                          f"it needs a model of bench.models")
+    return ModelConfig(name=name, width=1.0, act=act, leaky_slope=slope, num_classes=get().out_features)
+
+
+def meta_count(family: ModelConfig) -> Callable[[float], int]:
+    """width -> parameter count of `family` at that width, built on the meta device."""
+    cache: dict[float, int] = {}
+
+    def count(width: float) -> int:
+        if width not in cache:
+            with torch.device("meta"):
+                cache[width] = count_params(build_model(dataclasses.replace(family, width=width)))
+        return cache[width]
+    return count
+
+
+def step_widths(family: ModelConfig, max_width: float) -> list[float]:
+    """One width inside every interval on which the parameter count is constant, in
+    increasing order, up to `max_width`.
+
+    A channel count is `max(1, round(c x width))` for a channel count c of the model at
+    width 1, so the count can change only at widths (k + 1/2) / c; between two such widths
+    every layer's channels are fixed. Each interval is represented by its midpoint (never
+    by an end, where Python's round-half-to-even would decide)."""
+    with torch.device("meta"):
+        at_one = build_model(dataclasses.replace(family, width=1.0))
+    chans = {m.out_channels for m in at_one.modules() if isinstance(m, nn.Conv2d)}
+    edges = sorted({(k + 0.5) / c for c in chans for k in range(int(c * max_width) + 1) if (k + 0.5) / c <= max_width})
+    return [edges[0] / 2] + [(a + b) / 2 for a, b in zip(edges, edges[1:])] + [edges[-1] + 1.0]
+
+
+def closest_width(count: Callable[[float], int], widths: list[float], goal: float) -> tuple[WidthChoice, WidthChoice]:
+    """(closest, other): the two widths of `widths` (increasing, count non-decreasing)
+    on either side of the step at which the count first reaches `goal`, the closer one
+    first (the lower one on a tie). Bisection: O(log len(widths)) counts."""
+    lo, hi = -1, len(widths) - 1                 # invariant: count(widths[lo]) < goal <= count(widths[hi])
+    if count(widths[hi]) < goal:
+        raise ConfigError(f"dense_small: no width up to {widths[hi]:.1f} reaches {goal:.0f} parameters")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if count(widths[mid]) >= goal:
+            hi = mid
+        else:
+            lo = mid
+    above = WidthChoice(widths[hi], count(widths[hi]))
+    if lo < 0:                                   # even the narrowest model reaches the goal
+        return above, above
+    below = WidthChoice(widths[lo], count(widths[lo]))
+    return (below, above) if goal - below.params <= above.params - goal else (above, below)
+
+
+@register("dense_small")
+class DenseSmall(Method):
+    """A narrower dense model of the same family, trained from scratch: the control any
+    compression method at the same parameter target has to beat."""
+
+    @dataclass
+    class Config(MethodConfig):
+        target_params: float = opt(0.5, "parameters of the small model as a fraction of the dense model's "
+                                         "(the width is searched; METHODS.md sec. 7 targets 0.5/0.25/0.1)")
+        target_tol_frac: float = opt(0.02, "relative distance to the target counted as met (as the pruning "
+                                           "methods); outside it the closest width is still trained and the "
+                                           "summary says within_tol: false")
+
+        def validate(self) -> None:
+            if not 0.0 < self.target_params <= 1.0:
+                raise ConfigError(f"method.target_params must be in (0, 1], got {self.target_params}")
+            if not 0.0 <= self.target_tol_frac < 1.0:
+                raise ConfigError(f"method.target_tol_frac must be in [0, 1), got {self.target_tol_frac}")
+
+    def __init__(self, cfg: "DenseSmall.Config", ctx):
+        super().__init__(cfg, ctx)
+        self.info: dict[str, Any] = {}
+
+    def choose(self, model: nn.Module) -> tuple[ModelConfig, dict[str, Any]]:
+        """The small model's config and what the search found."""
+        family = infer_family(model, self.ctx.model_name)
+        count, widths = meta_count(family), step_widths(family, MAX_WIDTH)
+        dense, _ = closest_width(count, widths, self.ctx.dense_params)
+        if dense.params != self.ctx.dense_params:
+            raise ConfigError(f"dense_small: cannot rebuild {self.ctx.model_name} with {self.ctx.dense_params} "
+                              f"parameters from its name, activation and classes (closest width {dense.width:.4f} "
+                              f"gives {dense.params}); the model has settings this method does not read")
+        goal = self.cfg.target_params * self.ctx.dense_params
+        best, other = closest_width(count, widths, goal)
+        achieved = best.params / self.ctx.dense_params
+        info = {"width": best.width, "dense_width": dense.width, "width_ratio": best.width / dense.width,
+                "params": best.params, "target_frac": self.cfg.target_params, "achieved_frac": achieved,
+                "within_tol": abs(achieved / self.cfg.target_params - 1.0) <= self.cfg.target_tol_frac * (1 + 1e-12),
+                "other_side": {"width": other.width, "achieved_frac": other.params / self.ctx.dense_params}}
+        return dataclasses.replace(family, width=best.width), info
+
+    def on_train_start(self, model: nn.Module) -> Optional[nn.Module]:
+        cfg, self.info = self.choose(model)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.ctx.seed)
+            small = build_model(cfg)
+        return small.train(model.training)
+
+    def summary(self, model: nn.Module) -> dict[str, Any]:
+        return dict(self.info)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"info": self.info}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.info = dict(state.get("info", {}))
