@@ -4,14 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-# `make bench-cifar PROFILE=quick data.root=../shared/data/cifar10`:
-# PROFILE picks the suite file; every other VAR=value given on the command line
-# whose name contains a dot is passed through as a config override.
-PROFILE ?= full
+# `make bench-cifar [PROFILE=full|quick|smoke] [data.root=../shared/data/cifar10]`:
+# PROFILE picks the suite file; without it (PROFILE=auto) the paper-scale suite runs
+# where CUDA is available and the quick one on a CPU-only machine. Every other
+# VAR=value given on the command line whose name contains a dot is passed through
+# as a config override.
+PROFILE ?= auto
 SUITE_full  := configs/suites/cifar10.yaml
 SUITE_quick := configs/suites/cifar10-quick.yaml
 SUITE_smoke := configs/suites/cifar10-smoke.yaml
-SUITE := $(SUITE_$(PROFILE))
 OVERRIDES := $(foreach v,$(MAKEOVERRIDES),$(if $(and $(findstring =,$(v)),$(findstring .,$(firstword $(subst =, ,$(v))))),$(v)))
 ARGS ?=
 
@@ -32,8 +33,20 @@ test: $(STAMP)
 	WANDB_MODE=disabled $(MAKE) --no-print-directory bench-cifar PROFILE=smoke ARGS="--results-dir out/smoke-suite"
 
 bench-cifar: $(STAMP)
-	@test -n "$(SUITE)" || { echo "error: unknown PROFILE '$(PROFILE)'; use PROFILE=full, quick or smoke" >&2; exit 2; }
-	$(BIN)/python -m bench suite $(SUITE) $(OVERRIDES) $(ARGS)
+	@profile="$(PROFILE)"; \
+	if [ "$$profile" = auto ]; then \
+	  if $(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
+	    profile=full; echo "PROFILE=full (CUDA is available): the paper-scale suite $(SUITE_full); PROFILE=quick for the small one"; \
+	  else \
+	    profile=quick; echo "PROFILE=quick (no CUDA device here): the CPU-sized suite $(SUITE_quick); PROFILE=full forces the paper-scale one"; \
+	  fi; \
+	fi; \
+	case "$$profile" in \
+	  full) suite=$(SUITE_full) ;; quick) suite=$(SUITE_quick) ;; smoke) suite=$(SUITE_smoke) ;; \
+	  *) echo "error: unknown PROFILE '$$profile'; use PROFILE=full, quick or smoke (or leave it unset)" >&2; exit 2 ;; \
+	esac; \
+	echo "$(BIN)/python -m bench suite $$suite $(OVERRIDES) $(ARGS)"; \
+	$(BIN)/python -m bench suite $$suite $(OVERRIDES) $(ARGS)
 
 bench-overhead: $(STAMP)
 	$(BIN)/python -m bench.overhead $(OVERRIDES) $(ARGS)

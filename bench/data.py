@@ -1,17 +1,23 @@
 """Datasets held whole on the training device, augmented there in batches.
 
-CIFAR-10 is read from `<root>/cifar-10-batches-py/` as it is (no checksum: mirrors
-and re-encodings such as ../shared/data/cifar10 fail torchvision's md5 check);
-only when the folder is missing and `data.download=true` does torchvision
-download it, verifying the checksum as it does. The whole set becomes one uint8
-tensor on the device; random crop (4-pixel zero padding) and horizontal flip run
-on batches with tensor indexing, so there is no per-image Python and no worker
+CIFAR-10 comes from `<root>/cifar-10-batches-py/`. With no root given (`data.root`
+empty and `$BENCH_DATA_ROOT` unset) the root is `./data`, and a missing copy is
+fetched there on first use through torchvision, which checks the archive's md5
+(a short socket timeout makes a machine without network fail within seconds, with
+a one-line message naming the URL, the root and both fixes). A root that is given
+is read as it is (no checksum: mirrors and re-encodings such as
+../shared/data/cifar10 fail torchvision's md5 check) and never downloaded into,
+unless `data.download=true` asks for it. The whole set becomes one uint8 tensor
+on the device; random crop (4-pixel zero padding) and horizontal flip run on
+batches with tensor indexing, so there is no per-image Python and no worker
 process. `synthetic` makes seeded, learnable images for tests.
 """
 from __future__ import annotations
 
 import os
 import pickle
+import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +25,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from bench import dist
 from bench.config import ConfigError, DataConfig
 
 CIFAR10_FOLDER = "cifar-10-batches-py"
@@ -28,6 +35,8 @@ CIFAR10_TEST_FILE = "test_batch"
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CROP_PADDING_PX = 4  # He et al. 2016 sec. 4.2: pad 4 pixels, random 32x32 crop
+DEFAULT_ROOT = "data"          # where CIFAR-10 is fetched when no root is given
+DOWNLOAD_SOCKET_TIMEOUT_S = 10  # per connect/read: no network fails in seconds, not minutes
 
 
 @dataclass
@@ -106,8 +115,50 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 
 
 # --------------------------------------------------------------------------- loaders
+def given_root(cfg: DataConfig) -> str:
+    """The root the user named (config, else $BENCH_DATA_ROOT); empty when none was."""
+    return cfg.root or os.environ.get("BENCH_DATA_ROOT", "")
+
+
 def resolve_root(cfg: DataConfig) -> Path:
-    return Path(cfg.root or os.environ.get("BENCH_DATA_ROOT", "") or "data")
+    return Path(given_root(cfg) or DEFAULT_ROOT)
+
+
+def ensure_cifar10(cfg: DataConfig) -> Path:
+    """The folder holding the CIFAR-10 batches, downloaded first if no root was given
+    (or `data.download=true`) and the folder is missing."""
+    root = resolve_root(cfg)
+    folder = root / CIFAR10_FOLDER
+    if folder.is_dir():
+        return folder
+    if given_root(cfg) and not cfg.download:
+        raise ConfigError(
+            f"no CIFAR-10 at '{folder}': set data.root=<folder holding {CIFAR10_FOLDER}/> "
+            f"(or $BENCH_DATA_ROOT), or data.download=true to fetch it there")
+    download_cifar10(root)
+    return folder
+
+
+def download_cifar10(root: Path) -> None:
+    """Fetch and extract the CIFAR-10 archive into `root` with torchvision, which checks
+    its md5 (an archive already there with the right md5 is extracted, not fetched)."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets import utils as tv_utils
+    print(f"CIFAR-10 is not in '{root}': fetching {CIFAR10.url} (163 MB, md5-checked); "
+          f"to use a copy you have, set data.root or $BENCH_DATA_ROOT", file=sys.stderr, flush=True)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_SOCKET_TIMEOUT_S)
+    try:
+        tv_utils.download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename,
+                                              md5=CIFAR10.tgz_md5)
+    except (OSError, RuntimeError) as e:   # URLError and timeouts are OSErrors; a bad md5 a RuntimeError
+        reason = " ".join(str(getattr(e, "reason", None) or e).split())
+        raise ConfigError(
+            f"could not download CIFAR-10 from {CIFAR10.url} into '{root}' ({type(e).__name__}: {reason}); "
+            f"either set data.root=<folder holding {CIFAR10_FOLDER}/> (or $BENCH_DATA_ROOT) to a copy you have, "
+            f"or put {CIFAR10.filename} or {CIFAR10_FOLDER}/ into '{root}'") from None
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def _read_cifar_batches(folder: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -125,15 +176,10 @@ def _read_cifar_batches(folder: Path, files: list[str]) -> tuple[np.ndarray, np.
 
 
 def load_cifar10(cfg: DataConfig) -> tuple[np.ndarray, ...]:
-    root = resolve_root(cfg)
-    folder = root / CIFAR10_FOLDER
-    if not folder.is_dir():
-        if not cfg.download:
-            raise ConfigError(
-                f"no CIFAR-10 at '{folder}': set data.root=<folder holding {CIFAR10_FOLDER}/> "
-                f"(or $BENCH_DATA_ROOT), or data.download=true to fetch it there")
-        import torchvision  # only needed to download; it checks the archive's md5
-        torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+    # Under torchrun, rank 0 fetches (if needed) while the others wait, then all read.
+    folder = ensure_cifar10(cfg) if dist.is_main() else None
+    dist.barrier()
+    folder = folder or ensure_cifar10(cfg)
     train_x, train_y = _read_cifar_batches(folder, CIFAR10_TRAIN_FILES)
     test_x, test_y = _read_cifar_batches(folder, [CIFAR10_TEST_FILE])
     return train_x, train_y, test_x, test_y

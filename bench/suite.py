@@ -23,8 +23,13 @@ mapping goes to results/<name>/suite.json and into each run's config (`control`,
 left out of the run's hash), so the report can be rebuilt from the runs alone.
 
 Every cell is expanded and validated before anything runs (a typo fails at
-once); finished cells are skipped, so an interrupted suite picks up where it
-stopped; the report is written at the end.
+once), the data is fetched if it has to be, and the suite prints its cell count
+and estimated time before the first run, then one line per finished cell with
+the elapsed time and an ETA. Finished cells are skipped, so an interrupted suite
+picks up where it stopped; a cell whose loss diverged is recorded as such (its
+summary.json says `status: diverged`), the others go on, and a plain re-invocation
+keeps it as diverged (`--retry-failed` runs it again). The report is written at
+the end.
 """
 from __future__ import annotations
 
@@ -34,13 +39,14 @@ import platform
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.config import (ConfigError, RunConfig, _suggest, build_config, build_dataclass, merge, opt,
                           raw_from_sources, read_yaml)
+from bench.progress import SuiteProgress, hms
 from bench.report import DENSE_LABEL
 from bench.runs import RunDir, run_name, write_json
 from methods import get_method
@@ -102,6 +108,25 @@ class Cell:
     @property
     def run_dir(self) -> Path:
         return Path(self.cfg.output_dir) / run_name(self.cfg)
+
+    @property
+    def name(self) -> str:
+        return f"{self.label} {self.model} target={self.target} seed={self.seed}"
+
+    def status(self) -> str:
+        """todo (no summary.json yet), or the summary's status: finished or diverged."""
+        rd = RunDir(self.run_dir)
+        return rd.read_summary().get("status", "finished") if rd.finished() else "todo"
+
+    def outcome(self) -> str:
+        """What a progress line says about this cell once it has run."""
+        rd = RunDir(self.run_dir)
+        if not rd.finished():
+            return "FAILED (see error.txt in its run directory)"
+        s = rd.read_summary()
+        if s.get("status") == "diverged":
+            return f"DIVERGED at epoch {s['diverged_epoch']}, step {s['diverged_step']}"
+        return f"finished, test acc {s['test_acc']:.4f}"
 
 
 def load_suite(path: str) -> tuple[SuiteConfig, Path]:
@@ -180,6 +205,27 @@ def estimate(cell: Cell) -> tuple[float, float]:
     return 3.0 * macs * images, images / img_s
 
 
+def cell_costs(cells: list[Cell]) -> list[tuple[float, float]]:
+    """estimate() of every cell, timed once per distinct model and recipe."""
+    cost: dict[tuple, tuple[float, float]] = {}
+    out = []
+    for c in cells:
+        key = (c.cfg.model.name, c.cfg.model.width, c.cfg.model.act, c.cfg.train.epochs,
+               c.cfg.data.name, c.cfg.data.train_subset, c.cfg.train.batch_size)
+        if key not in cost:
+            cost[key] = estimate(c)
+        out.append(cost[key])
+    return out
+
+
+def ensure_data(cells: list[Cell]) -> None:
+    """Fetch (or fail on) every data set the cells read, before the first run starts
+    (and once, not in each of several worker processes)."""
+    from bench.data import ensure_cifar10
+    for data_cfg in {repr(c.cfg.data): c.cfg.data for c in cells if c.cfg.data.name == "cifar10"}.values():
+        ensure_cifar10(data_cfg)
+
+
 def _si(v: float) -> str:
     for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
         if v >= scale:
@@ -204,31 +250,47 @@ def run_cell(raw: dict) -> str:
     return run_name(cfg)
 
 
-def _run_local(cells: list[Cell], jobs: int) -> list[tuple[Cell, str]]:
+def _report_done(progress: SuiteProgress, cells: list[Cell], i: int) -> None:
+    """The progress line of a finished cell: its outcome, the elapsed time and the ETA."""
+    timing = progress.finish(i)
+    print(f"[done {progress.done}/{len(cells)}] {cells[i].name}: {cells[i].outcome()} | {timing}", flush=True)
+
+
+def _plain_progress() -> None:
+    """Worker-process initializer: several runs share one terminal, so no bars."""
+    import os
+    os.environ["BENCH_PROGRESS"] = "plain"
+
+
+def _run_local(cells: list[Cell], jobs: int, progress: SuiteProgress) -> list[tuple[Cell, str]]:
     """Cells in this process (jobs=1) or in `jobs` worker processes at once."""
     failed = []
     if jobs <= 1:
-        for i, c in enumerate(cells, 1):
-            print(f"[{i}/{len(cells)}] {c.label} {c.model} target={c.target} seed={c.seed}", flush=True)
+        for i, c in enumerate(cells):
+            print(f"[{i + 1}/{len(cells)}] {c.name}", flush=True)
             try:
                 run_cell(c.raw)
             except ConfigError:
                 raise
             except Exception:  # noqa: BLE001 - one failed cell must not stop the others
                 failed.append((c, traceback.format_exc()))
+            _report_done(progress, cells, i)
         return failed
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [(c, pool.submit(run_cell, c.raw)) for c in cells]
-        for c, fut in futures:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_plain_progress) as pool:
+        futures = {pool.submit(run_cell, c.raw): i for i, c in enumerate(cells)}
+        for fut in as_completed(futures):
+            i = futures[fut]
             try:
                 fut.result()
             except Exception:  # noqa: BLE001
-                failed.append((c, traceback.format_exc()))
+                failed.append((cells[i], traceback.format_exc()))
+            _report_done(progress, cells, i)
     return failed
 
 
-def _run_submitit(cells: list[Cell], kind: str, slurm: SlurmConfig, folder: Path, wait: bool
-                  ) -> list[tuple[Cell, str]]:
+def _run_submitit(cells: list[Cell], kind: str, slurm: SlurmConfig, folder: Path, wait: bool,
+                  progress: SuiteProgress) -> list[tuple[Cell, str]]:
     """One job per cell through submitit: a SLURM job array, or submitit's in-process
     debug executor (kind="debug")."""
     import submitit
@@ -245,16 +307,18 @@ def _run_submitit(cells: list[Cell], kind: str, slurm: SlurmConfig, folder: Path
     if not wait:
         return []
     failed = []
-    for c, job in zip(cells, jobs):
+    for i, (c, job) in enumerate(zip(cells, jobs)):
         try:
             job.result()
         except Exception:  # noqa: BLE001
             failed.append((c, traceback.format_exc()))
+        _report_done(progress, cells, i)
     return failed
 
 
 def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, results_dir: str | None = None,
-              executor: str = "local", jobs: int = 1, slurm_overrides: dict | None = None, wait: bool = True) -> int:
+              executor: str = "local", jobs: int = 1, slurm_overrides: dict | None = None, wait: bool = True,
+              retry_failed: bool = False) -> int:
     suite, folder = load_suite(path)
     if results_dir:
         suite.results_dir = results_dir
@@ -263,22 +327,34 @@ def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, result
             setattr(suite.slurm, key, value)
     cells = expand(suite, folder, cli_overrides)
     results = Path(cells[0].cfg.output_dir).parent
-    todo = [c for c in cells if not RunDir(c.run_dir).finished()]
-    print(f"suite {suite.name}: {len(cells)} runs ({len(cells) - len(todo)} finished) -> {results}")
+    status = [c.status() for c in cells]
+    if retry_failed and not dry_run:
+        for c, st in zip(cells, status):
+            if st == "diverged":     # kept beside the run, out of the way of a fresh attempt
+                RunDir(c.run_dir).summary_path.replace(c.run_dir / "summary.diverged.json")
+        status = ["todo" if st == "diverged" else st for st in status]
+    todo = [c for c, st in zip(cells, status) if st == "todo"]
+    n_diverged = status.count("diverged")
+    print(f"suite {suite.name}: {len(cells)} runs ({status.count('finished')} finished"
+          + (f", {n_diverged} diverged: --retry-failed re-runs them" if n_diverged else "") + f") -> {results}",
+          flush=True)
     if dry_run:
         return _dry_run(cells)
 
     from bench.report import write_report
+    ensure_data(todo)
+    estimates = _announce(todo, executor)
     write_json(results / "suite.json", {
         "suite": suite.name, "file": str(path), "command": "python -m bench " + " ".join(sys.argv[1:]),
         "overrides": cli_overrides, "machine": platform.platform(), "executor": executor,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "cells": len(cells), "controls": suite.controls()})
+    progress = SuiteProgress(estimates)
     if not todo:
         failed = []
     elif executor == "local":
-        failed = _run_local(todo, jobs)
+        failed = _run_local(todo, jobs, progress)
     elif executor in ("slurm", "debug"):
-        failed = _run_submitit(todo, executor, suite.slurm, results / "submitit", wait)
+        failed = _run_submitit(todo, executor, suite.slurm, results / "submitit", wait, progress)
         if not wait:
             print(f"not waiting: build the report when the jobs are done with `python -m bench report {results}`")
             return 0
@@ -289,27 +365,41 @@ def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, result
         (c.run_dir / "error.txt").write_text(tb)
         print(tb, file=sys.stderr)
     write_report(results, suite_name=suite.name)
+    diverged = [c for c in cells if c.status() == "diverged"]
+    if diverged:
+        print(f"{len(diverged)} run(s) diverged (non-finite loss; listed as diverged in the report): "
+              + ", ".join(c.name for c in diverged)
+              + "; lower train.lr, or re-run them as they are with --retry-failed", file=sys.stderr)
     if failed:
         print(f"{len(failed)} run(s) failed: " + ", ".join(f"{c.label}/{c.model}/{c.target}/s{c.seed}" for c, _ in failed)
               + " (see error.txt in their run directories)", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if failed or diverged else 0
+
+
+def _announce(todo: list[Cell], executor: str) -> list[float]:
+    """Print the number of runs to do and their estimated time here; return the
+    per-cell estimates (seconds) the progress lines scale their ETA with."""
+    if not todo:
+        return []
+    if executor == "slurm":
+        print(f"{len(todo)} run(s) to submit (for their estimated time, run --dry-run on a compute node)", flush=True)
+        return [1.0] * len(todo)
+    print(f"estimating the time of {len(todo)} run(s) from a few timed training steps ...", flush=True)
+    seconds = [s for _, s in cell_costs(todo)]
+    print(f"{len(todo)} run(s) to do, estimated ~{hms(sum(seconds))} here (dense-equivalent upper bound; "
+          f"methods' own overheads not included; --dry-run lists them)", flush=True)
+    return seconds
 
 
 def _dry_run(cells: list[Cell]) -> int:
-    cost: dict[tuple, tuple[float, float]] = {}
     total_macs = total_s = 0.0
-    for c in cells:
-        key = (c.cfg.model.name, c.cfg.model.width, c.cfg.model.act, c.cfg.train.epochs,
-               c.cfg.data.name, c.cfg.data.train_subset, c.cfg.train.batch_size)
-        if key not in cost:
-            cost[key] = estimate(c)
-        finished = RunDir(c.run_dir).finished()
-        if not finished:
-            total_macs, total_s = total_macs + cost[key][0], total_s + cost[key][1]
+    for c, (macs, seconds) in zip(cells, cell_costs(cells)):
+        status = c.status()
+        if status == "todo":
+            total_macs, total_s = total_macs + macs, total_s + seconds
         target = "-" if c.target is None else f"{c.target:g}"
-        print(f"  {'done' if finished else 'todo':4s}  {c.label:16s} {c.model:12s} target {target:5s} "
-              f"seed {c.seed}  {c.cfg.train.epochs} ep  {_si(cost[key][0])}MAC  ~{cost[key][1] / 60:.1f} min")
+        print(f"  {'done' if status == 'finished' else status:8s}  {c.label:16s} {c.model:12s} target {target:5s} "
+              f"seed {c.seed}  {c.cfg.train.epochs} ep  {_si(macs)}MAC  ~{seconds / 60:.1f} min")
     print(f"estimated cost of the remaining runs: {_si(total_macs)}MAC of training, ~{total_s / 60:.0f} min "
           f"here (dense-equivalent upper bound from timed steps; methods' own overheads not included)")
     return 0

@@ -1,7 +1,11 @@
-"""Data: CIFAR-10 read as it is on disk, device-side augmentation, clear errors."""
+"""Data: CIFAR-10 fetched on first use (no root given) or read as it is (a root given),
+device-side augmentation, clear errors."""
 from __future__ import annotations
 
 import pickle
+import socket
+import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -9,6 +13,8 @@ import torch
 
 from bench.config import ConfigError, DataConfig
 from bench.data import CIFAR10_TEST_FILE, CIFAR10_TRAIN_FILES, load_data, random_crop_flip
+from torchvision.datasets import CIFAR10
+from torchvision.datasets import utils as tv_utils
 
 
 def write_fake_cifar(root, n_per_batch=6):
@@ -82,3 +88,54 @@ def test_synthetic_data_is_seeded_and_calibration_splits_are_disjoint():
     assert len(calib) == 80 and not calib & held
     with pytest.raises(ConfigError, match="calibration"):
         a.calibration_indices(500, seed=0)
+
+
+def test_without_a_root_cifar10_is_fetched_into_data_with_its_md5(tmp_path, monkeypatch):
+    monkeypatch.delenv("BENCH_DATA_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    calls = []
+
+    def fake_download(url, download_root, filename=None, md5=None, **kw):
+        calls.append((url, download_root, filename, md5))
+        write_fake_cifar(tmp_path / download_root)
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
+    data = load_data(DataConfig(name="cifar10"), torch.device("cpu"))
+    assert calls == [(CIFAR10.url, "data", CIFAR10.filename, CIFAR10.tgz_md5)]
+    assert len(data.train_x) == 30
+    load_data(DataConfig(name="cifar10"), torch.device("cpu"))     # second use: read, not fetched
+    assert len(calls) == 1
+
+
+def test_a_given_root_is_read_as_it_is_and_never_downloaded_into(tmp_path, monkeypatch):
+    def no_download(*args, **kw):
+        raise AssertionError("downloaded into a root the user gave")
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", no_download)
+    monkeypatch.chdir(tmp_path)
+    for given in ({"root": str(tmp_path / "mine")}, {}):
+        if not given:
+            monkeypatch.setenv("BENCH_DATA_ROOT", str(tmp_path / "mine"))
+        with pytest.raises(ConfigError, match=r"^no CIFAR-10 at .*mine/cifar-10-batches-py"):
+            load_data(DataConfig(name="cifar10", **given), torch.device("cpu"))
+    assert not (tmp_path / "data").exists() and not (tmp_path / "mine").exists()
+
+
+def test_without_network_the_fetch_fails_within_seconds_in_one_line(tmp_path, monkeypatch):
+    with socket.socket() as s:                  # a local port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for var in ("NO_PROXY", "no_proxy", "BENCH_DATA_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(var, f"http://127.0.0.1:{port}")     # all traffic to a closed local port
+    monkeypatch.setattr(urllib.request, "_opener", None)         # urlopen re-reads the proxies
+    monkeypatch.chdir(tmp_path)
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError) as e:
+        load_data(DataConfig(name="cifar10"), torch.device("cpu"))
+    assert time.monotonic() - t0 < 10
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"could not download CIFAR-10 from {CIFAR10.url} into 'data' (URLError: ")
+    assert "set data.root=" in msg and "$BENCH_DATA_ROOT" in msg and f"put {CIFAR10.filename}" in msg
