@@ -70,26 +70,39 @@ class Diverged(Exception):
 
 
 def nonfinite_check_every(device: torch.device, synced_per_step: bool) -> int:
-    """Steps between checks of the recorded first non-finite step: every step where the
-    host waits for the device anyway (CPU, or a timed after_step hook), else every
+    """Steps between host reads of the recorded losses: every step where the host waits
+    for the device anyway (CPU, or a timed after_step hook), else every
     NONFINITE_CHECK_EVERY steps and at the epoch's end, so a GPU run gains no sync per
-    step. Under torchrun a check is a collective (the ranks must stop together), so it
+    step. Under torchrun a read is a collective (the ranks must stop together), so it
     is never per step there."""
     if dist.is_distributed():
         return NONFINITE_CHECK_EVERY
     return 1 if device.type == "cpu" or synced_per_step else NONFINITE_CHECK_EVERY
 
 
-def record_nonfinite(first_bad: torch.Tensor, loss: torch.Tensor, step: int) -> torch.Tensor:
-    """`first_bad` (a device scalar, -1 while every loss was finite) set to `step` if this
-    step's loss is the first non-finite one; device ops only, no sync."""
-    return torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+class LossWatch:
+    """Finds the first step whose training loss is non-finite with no device sync per
+    step: each loss is copied into a device buffer (one small kernel), which the host
+    reads when it is full and at the epoch's end, so the step found is exact."""
 
+    def __init__(self, device: torch.device, every: int):
+        self.losses = torch.zeros(every, device=device)
+        self.steps: list[int] = []
 
-def first_nonfinite_step(first_bad: torch.Tensor) -> Optional[int]:
-    """The first step with a non-finite loss on any rank, or None (waits for the device)."""
-    bad = [s for s in dist.all_gather_object(int(first_bad)) if s >= 0]
-    return min(bad) if bad else None
+    def add(self, loss: torch.Tensor, step: int) -> bool:
+        """Record one step's loss; True when the buffer is full (time to read it)."""
+        self.losses[len(self.steps)].copy_(loss.detach())
+        self.steps.append(step)
+        return len(self.steps) == len(self.losses)
+
+    def first_nonfinite(self) -> Optional[int]:
+        """The first recorded step, on any rank, whose loss was non-finite (None if none);
+        waits for the device and empties the buffer."""
+        bad = torch.isfinite(self.losses[:len(self.steps)]).logical_not().nonzero()
+        mine = self.steps[int(bad[0])] if len(bad) else -1
+        self.steps = []
+        found = [s for s in dist.all_gather_object(mine) if s >= 0]
+        return min(found) if found else None
 
 
 def overrides(method: Method, hook: str) -> bool:
@@ -201,9 +214,9 @@ class Trainer:
         return acc
 
     # -- one epoch -----------------------------------------------------------------------
-    def check_finite(self, first_bad: torch.Tensor, epoch: int, bar: EpochBar) -> None:
-        """Raise Diverged (closing the epoch's bar) if any loss so far was non-finite."""
-        step = first_nonfinite_step(first_bad)
+    def check_finite(self, watch: LossWatch, epoch: int, bar: EpochBar) -> None:
+        """Raise Diverged (closing the epoch's bar) if a loss recorded in `watch` was non-finite."""
+        step = watch.first_nonfinite()
         if step is not None:
             bar.close()
             raise Diverged(epoch + 1, step)
@@ -216,8 +229,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=rt.device)
         correct = torch.zeros((), device=rt.device, dtype=torch.long)
         seen, hook_s = 0, 0.0
-        first_bad = torch.full((), -1, dtype=torch.long, device=rt.device)
-        check_every = nonfinite_check_every(rt.device, time_hook)
+        watch = LossWatch(rt.device, nonfinite_check_every(rt.device, time_hook))
         bar = EpochBar(epoch, self.cfg.train.epochs, self.data.steps_per_epoch(cfg.batch_size),
                        bars_enabled() and dist.is_main())
         before = layout(self.model)
@@ -230,9 +242,8 @@ class Trainer:
                 g["lr"] = lr
             out, loss = self.step_fn(rt.prepare(x), y)
             ctx.step += 1
-            first_bad = record_nonfinite(first_bad, loss, ctx.step)
-            if ctx.step % check_every == 0:
-                self.check_finite(first_bad, epoch, bar)
+            if watch.add(loss, ctx.step):
+                self.check_finite(watch, epoch, bar)
             if time_hook:
                 _, s = self.timed_hook(self.method.after_step, self.model)
                 hook_s += s
@@ -246,7 +257,7 @@ class Trainer:
                     f"{cfg.log_every_steps * len(y) / (now - t_log):.0f} img/s")
                 t_log = now
         seconds = rt.clock() - t0
-        self.check_finite(first_bad, epoch, bar)
+        self.check_finite(watch, epoch, bar)
         bar.close()
         if not same_layout(before, layout(self.model)):
             raise RuntimeError(f"method {self.method.name}: after_step changed the model's modules, parameters or "
