@@ -223,7 +223,7 @@ def aggregate(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.Data
     runs["tta_epoch"], runs["tta_s"] = tta_epoch, tta_s
     metrics = ["test_acc", "params_total", "params_nonzero", "macs", "macs_nonzero", "train_wall_s", "train_macs",
                "throughput_train_img_s", "throughput_infer_img_s", "transform_s", "tta_s", "tta_epoch"]
-    metrics += [c for c in ("dense_params", "dense_macs") if c in runs]
+    metrics += [c for c in ("dense_params", "dense_macs", *SPEED_METRICS) if c in runs]
     g = runs.groupby(["model", "label", "target_key"], dropna=False)
     agg = g[metrics].mean()
     agg["control"] = g["control"].first()
@@ -375,6 +375,48 @@ def markdown_table(agg: pd.DataFrame, model: str) -> str:
             f"| {int(r['seeds'])} | {counts['params_total']} | {counts['params_nonzero']} | {counts['macs']} "
             f"| {wall} | {tmacs} | {img_s['throughput_train_img_s']} | {img_s['throughput_infer_img_s']} | {tta} |")
     return head + "\n".join(lines) + "\n"
+
+
+# Measured speed of each final model (bench.metrics.measure_speed): medians, then meaned over seeds.
+SPEED_METRICS = ["latency_b1_ms_median", "latency_b1_ms_iqr", "infer_batch_ms_median", "infer_batch_ms_iqr",
+                 "train_step_ms_median", "train_step_ms_iqr"]
+
+
+def speed_section(agg: pd.DataFrame, model: str) -> list[str]:
+    """Measured speed next to what the MAC count promises: for each row, batch-1 latency and
+    inference/training step times (median, IQR), and the measured speed-up over its control
+    beside the control's MACs / the row's MACs."""
+    rows = agg[agg["model"] == model]
+    if "latency_b1_ms_median" not in rows or rows["latency_b1_ms_median"].isna().all():
+        return []
+    by_label = {(r["label"], r["target_key"]): r for _, r in rows.iterrows()}
+
+    def control_row(r: pd.Series) -> Optional[pd.Series]:
+        hit = by_label.get((r["control"], r["target_key"]))
+        return hit if hit is not None else by_label.get((r["control"], -1.0))
+
+    def ms(r: pd.Series, m: str) -> str:
+        return f"{r[m + '_median']:.1f} ({r[m + '_iqr']:.1f})"
+
+    lines = ["### Measured speed of the final models", "",
+             "Medians over repeated timings (IQR in parentheses), meaned over seeds; batch-1 latency and "
+             "inference at the evaluation batch in eval mode, the training step at the training batch. "
+             "Speed-up = the control's time / the row's; *MAC ratio* = the control's MACs / the row's: "
+             "what the MAC count promises.", "",
+             "| method | target | control | batch-1 latency ms | infer batch ms | train step ms | MAC ratio "
+             "| speed-up batch 1 | speed-up infer | speed-up train |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for _, r in rows.iterrows():
+        if r["latency_b1_ms_median"] != r["latency_b1_ms_median"]:
+            continue
+        c = control_row(r)
+        ratio = (lambda m: f"{c[m] / r[m]:.2f}x") if c is not None else (lambda m: "")
+        target = f"{r['target']:.0%}" if _has_target(r["target"]) else "-"
+        lines.append(f"| {r['label']} | {target} | {r['control']} | {ms(r, 'latency_b1_ms')} "
+                     f"| {ms(r, 'infer_batch_ms')} | {ms(r, 'train_step_ms')} | {ratio('macs')} "
+                     f"| {ratio('latency_b1_ms_median')} | {ratio('infer_batch_ms_median')} "
+                     f"| {ratio('train_step_ms_median')} |")
+    return lines + [""]
 
 
 def highlights(agg: pd.DataFrame, model: str) -> list[str]:
@@ -660,7 +702,8 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None) -> O
     published = load_published()
     for model in dict.fromkeys(agg["model"]):
         lines += [f"## {model}", "", *highlights(agg, model), *ranking_lines(agg, runs, model), "",
-                  markdown_table(agg, model), *controls_section(agg, model), *published_section(agg, model, published)]
+                  markdown_table(agg, model), *speed_section(agg, model), *controls_section(agg, model),
+                  *published_section(agg, model, published)]
     lines += diverged + ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     write_text(out / "README.md", "\n".join(lines))
     log_to_wandb(name, runs, plots, out, wandb_cfg)

@@ -81,3 +81,23 @@ def test_report_rebuilt_from_the_results_folder_keeps_the_controls(tmp_path, mon
     saved = pd.read_csv(tmp_path / "runs.csv").set_index("label")["control"].to_dict()
     assert saved == CONTROLS                          # the run's record wins over the plan; dense by default
     assert "| pcns | 50% | 72.00 | dense_leaky | +2.00 |" in (tmp_path / "README.md").read_text()
+
+
+def test_speed_section_shows_latency_and_measured_speed_up_beside_the_mac_ratio():
+    from bench.report import speed_section
+    runs, hists = planted()
+    # pcn: half the MACs, but only 1.25x faster at batch 1 and 1.6x at the eval batch.
+    speed = {"dense": (10.0, 100.0, 200.0, 1e8), "dense_leaky": (10.0, 100.0, 200.0, 1e8),
+             "pcns": (10.0, 100.0, 200.0, 1e8), "pcn": (8.0, 62.5, 100.0, 5e7)}
+    for m, i in (("latency_b1_ms", 0), ("infer_batch_ms", 1), ("train_step_ms", 2)):
+        runs[m + "_median"] = runs["label"].map(lambda lab: speed[lab][i])
+        runs[m + "_iqr"] = 0.5
+    runs["macs"] = runs["label"].map(lambda lab: speed[lab][3])
+    text = "\n".join(speed_section(aggregate(runs, hists), "vgg11"))
+    (pcn,) = [line for line in text.splitlines() if line.startswith("| pcn |")]
+    assert pcn == "| pcn | 50% | dense | 8.0 (0.5) | 62.5 (0.5) | 100.0 (0.5) | 2.00x | 1.25x | 1.60x | 2.00x |"
+
+
+def test_no_speed_section_for_runs_without_speed_figures():
+    from bench.report import speed_section
+    assert speed_section(aggregate(*planted()), "vgg11") == []
