@@ -10,7 +10,11 @@ from bench.config import ConfigError
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.config import load_config
     from bench.train import train
-    cfg = load_config(args.config, args.overrides)
+    files = [a for a in args.configs if "=" not in a]
+    overrides = [a for a in args.configs if "=" in a] + list(args.overrides)
+    if not files:
+        raise ConfigError("give at least one config file, e.g. `python -m bench run configs/smoke.yaml`")
+    cfg = load_config(files, overrides)
     summary = train(cfg)
     if summary and summary.get("status") == "diverged":
         print(f"error: run {summary['run_id']} {summary['message']}", file=sys.stderr)
@@ -62,9 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="train one configured run (resumes if interrupted, skips if finished)")
-    r.add_argument("config", help="YAML file, e.g. configs/smoke.yaml")
-    r.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=2 method.name=pcn")
-    r.set_defaults(fn=cmd_run)
+    r.add_argument("configs", nargs="+", metavar="CONFIG.yaml ... key=value",
+                   help="YAML files merged left to right (e.g. configs/quick-vgg.yaml configs/methods/pcn-target50.yaml),"
+                        " then dotted key=value overrides (e.g. train.epochs=2 method.name=pcn)")
+    r.set_defaults(fn=cmd_run, overrides=[])
     s = sub.add_parser("suite", help="run a grid of runs, then write the report")
     s.add_argument("config", help="suite YAML under configs/suites/")
     s.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")

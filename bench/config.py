@@ -308,8 +308,10 @@ def build_config(raw: dict) -> RunConfig:
     return cfg
 
 
-def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> RunConfig:
-    return build_config(raw_from_sources([path] if path else [], overrides or []))
+def load_config(paths: Union[str, list[str], None] = None, overrides: Optional[list[str]] = None) -> RunConfig:
+    """The run config of one or more YAML files (merged left to right) and dotted overrides."""
+    paths = [paths] if isinstance(paths, str) else list(paths or [])
+    return build_config(raw_from_sources(paths, overrides or []))
 
 
 def to_dict(cfg: Any) -> dict:

@@ -61,3 +61,19 @@ def test_parse_override_reads_yaml_scalars():
     assert parse_override("a.b=0.5") == (["a", "b"], 0.5)
     assert parse_override("a=null") == (["a"], None)
     assert parse_override("a=[x, y]") == (["a"], ["x", "y"])
+
+
+def test_several_config_files_merge_left_to_right_then_overrides():
+    cfg = load_config(["configs/smoke.yaml", "configs/methods/pcn-target50.yaml"], ["method.target_params=0.25"])
+    assert cfg.data.name == "synthetic"                       # from the recipe
+    assert cfg.method.name == "pcn" and cfg.method.layers == "all"   # from the method file
+    assert cfg.method.target_params == 0.25                   # the override wins
+
+
+def test_the_cli_takes_several_config_files(tmp_path):
+    from bench.__main__ import main
+    rc = main(["run", "configs/smoke.yaml", "configs/methods/pcn-target50.yaml", "method.calibration_images=256",
+               "train.epochs=1", "data.synthetic_train_size=256", f"output_dir={tmp_path}", "save_checkpoint=false"])
+    assert rc == 0
+    (summary,) = tmp_path.glob("*/summary.json")
+    assert summary.parent.name.startswith("pcn-vgg11")
