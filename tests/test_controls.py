@@ -145,7 +145,7 @@ def cells(suite: str):
     return expand(*load_suite(str(REPO / f"configs/suites/{suite}.yaml")), [])
 
 
-CONTROLS = {"dense_small", "random_filter"}
+CONTROLS = {"dense_small", "random_filter", "dsr_static"}
 METHODS = {"dense", "dense_leaky", "pcn", "pcns", "l1_filter", "snp", "dsr", "decorrelated_bp"} | CONTROLS
 
 
@@ -158,8 +158,10 @@ def test_every_profile_runs_every_method_and_control_at_every_target(suite, seed
     for label in METHODS - {"dense", "dense_leaky", "decorrelated_bp"}:
         assert {c.target for c in grid if c.label == label} == targets, label
     controls = load_suite(str(REPO / f"configs/suites/{suite}.yaml"))[0].controls()
-    assert {lab: controls[lab] for lab in ("dense_small", "random_filter", "pcns")} == {
-        "dense_small": "dense", "random_filter": "dense", "pcns": "dense_leaky"}
+    assert {lab: controls[lab] for lab in ("dense_small", "random_filter", "pcns", "dsr", "dsr_static")} == {
+        "dense_small": "dense", "random_filter": "dense", "pcns": "dense_leaky", "dsr": "dsr_static",
+        "dsr_static": "dense"}
+    assert {c.cfg.method.reallocate for c in grid if c.label == "dsr_static"} == {False}
     rnd = [c for c in grid if c.label == "random_filter"]
     l1 = [c for c in grid if c.label == "l1_filter"]
     assert {c.cfg.method.importance for c in rnd} == {"random"} and {c.cfg.method.importance for c in l1} == {"l1"}
@@ -169,7 +171,8 @@ def test_every_profile_runs_every_method_and_control_at_every_target(suite, seed
 def test_the_ablation_suite_holds_snp_without_compensation_and_dsr_at_ten_percent():
     grid = cells("cifar10-ablation")
     assert {(c.label, c.target) for c in grid if c.seed == 0} == {
-        ("dense", None), ("snp", 0.5), ("snp", 0.25), ("snp_nocomp", 0.5), ("snp_nocomp", 0.25), ("dsr", 0.1)}
+        ("dense", None), ("snp", 0.5), ("snp", 0.25), ("snp_nocomp", 0.5), ("snp_nocomp", 0.25), ("dsr", 0.1),
+        ("dsr_static", 0.1)}
     assert load_suite(str(REPO / "configs/suites/cifar10-ablation.yaml"))[0].controls()["snp_nocomp"] == "snp"
     for suite in ("cifar10-quick", "cifar10", "cifar10-smoke"):
         assert not [c for c in cells(suite) if c.label == "snp_nocomp" or (c.label == "dsr" and c.target == 0.1
