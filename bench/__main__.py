@@ -1,4 +1,4 @@
-"""Command line: `python -m bench {run,suite,report,methods,models} ...`."""
+"""Command line: `python -m bench {run,suite,report,methods,models,datasets} ...`."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ from bench.config import ConfigError
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.config import load_config
+    from bench.configure import load_config
     from bench.train import train
     files = [a for a in args.configs if "=" not in a]
     overrides = [a for a in args.configs if "=" in a] + list(args.overrides)
@@ -38,6 +38,27 @@ def cmd_models(args: argparse.Namespace) -> int:
     from bench.models import MODEL_NOTES
     for name, note in MODEL_NOTES.items():
         print(f"{name:18s} {note}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from bench.config import DataConfig, describe
+    from bench.datasets import REGISTRY
+    shared = {key for key, _, _ in describe(DataConfig, "data.")}
+    for name, cls in sorted(REGISTRY.items()):
+        ds = cls(cls.Config(name=name))
+        doc = (cls.__doc__ or "").strip().splitlines()
+        shape = "x".join(map(str, ds.image_shape))
+        print(f"{name:12s} {ds.num_classes:4d} classes  {shape:8s} {ds.train_size:6d} train / {ds.test_size:6d} test  "
+              f"{doc[0] if doc else ''}")
+        if args.verbose:          # the dataset's own options (the shared ones are listed once, below)
+            for key, default, help_ in describe(cls.Config, "data."):
+                if key not in shared:
+                    print(f"    {key:32s} {default:14s} {help_}")
+    if args.verbose:
+        print("options of every dataset:")
+        for key, default, help_ in describe(DataConfig, "data."):
+            print(f"    {key:32s} {default:14s} {help_}")
     return 0
 
 
@@ -98,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("-v", "--verbose", action="store_true", help="also list each method's options")
     m.set_defaults(fn=cmd_methods)
     sub.add_parser("models", help="list available models").set_defaults(fn=cmd_models)
+    d = sub.add_parser("datasets", help="list registered datasets (classes, image shape, sizes)")
+    d.add_argument("-v", "--verbose", action="store_true", help="also list each dataset's options")
+    d.set_defaults(fn=cmd_datasets)
     # Overrides may come after flags (`suite X.yaml --dry-run train.epochs=2`).
     args, extra = p.parse_known_args(argv)
     bad = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]

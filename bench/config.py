@@ -3,7 +3,12 @@
 One config system for the whole suite. Every section is a dataclass whose fields
 carry a default, help text and (where it matters) the allowed values. A method's
 own options are the dataclass `Config` declared in the method's file; the
-section `method:` is validated against the class registered under `method.name`.
+section `method:` is validated against the class registered under `method.name`,
+and `data:` likewise against the dataset registered under `data.name`.
+
+This module is the bottom layer: it imports nothing from bench/ or methods/. The
+names of methods, models and datasets are looked up in their registries one layer
+up, in bench/configure.py (`build_config`, `load_config`).
 
 Values coming from YAML or the command line are coerced to the field's declared
 type; an unknown key, a wrong type or a value outside `choices` raises
@@ -43,11 +48,16 @@ def opt(default: Any, help: str, choices: Optional[tuple] = None) -> Any:
 # --------------------------------------------------------------------------- sections
 @dataclass
 class DataConfig:
-    name: str = opt("cifar10", "dataset", choices=("cifar10", "synthetic"))
-    root: str = opt("", "folder holding cifar-10-batches-py/ (empty: $BENCH_DATA_ROOT, else ./data)")
-    download: bool = opt(False, "download CIFAR-10 with torchvision (md5-checked) if the root lacks it")
+    """Options every dataset has. A dataset with options of its own subclasses it
+    (its `Config`, like a method's); `data.name` picks the dataset."""
+    name: str = opt("cifar10", "registered dataset name; `python -m bench datasets` lists them")
+    root: str = opt("", "folder holding the dataset's files, e.g. cifar-10-batches-py/ "
+                        "(empty: $BENCH_DATA_ROOT, else ./data)")
+    download: bool = opt(False, "download the dataset with torchvision (md5-checked) if the root lacks it")
     train_subset: int = opt(0, "use only the first N training images (0: all)")
     augment: bool = opt(True, "random crop (4-px zero padding) and horizontal flip, on the device")
+    # The synthetic dataset's options stay in this shared section, where they have always
+    # been, so that the hashes (and run directories) of existing runs stay the same.
     synthetic_train_size: int = opt(2048, "synthetic dataset: number of training images")
     synthetic_test_size: int = opt(512, "synthetic dataset: number of test images")
     image_size: int = opt(32, "synthetic dataset: image side in pixels")
@@ -59,7 +69,7 @@ class ModelConfig:
     width: float = opt(1.0, "channel multiplier applied to every layer")
     act: str = opt("relu", "activation", choices=("relu", "leaky_relu"))
     leaky_slope: float = opt(0.01, "negative slope when act=leaky_relu (PyTorch default)")
-    num_classes: int = opt(10, "classifier outputs")
+    num_classes: int = opt(0, "classifier outputs (0: the dataset's class count; another value must match it)")
 
 
 @dataclass
@@ -288,30 +298,6 @@ def _read_with_includes(path: str) -> dict:
     for inc in includes:
         base = merge(base, _read_with_includes(str(Path(path).parent / inc)))
     return merge(base, raw)
-
-
-def build_config(raw: dict) -> RunConfig:
-    """Validate a raw nested mapping into a RunConfig (method options included)."""
-    from methods import get_method  # late import: methods import this module
-
-    raw = dict(raw)
-    method_raw = raw.pop("method", None) or {}
-    if isinstance(method_raw, str):
-        method_raw = {"name": method_raw}
-    if not isinstance(method_raw, dict):
-        raise ConfigError(f"method: expected a mapping with a 'name', got {method_raw!r}")
-    cfg = build_dataclass(RunConfig, raw, "")
-    method_cls = get_method(method_raw.get("name", "dense"))
-    cfg.method = build_dataclass(method_cls.Config, {**method_raw, "name": method_cls.name}, "method.")
-    from bench.models import check_model_name
-    check_model_name(cfg.model.name)
-    return cfg
-
-
-def load_config(paths: Union[str, list[str], None] = None, overrides: Optional[list[str]] = None) -> RunConfig:
-    """The run config of one or more YAML files (merged left to right) and dotted overrides."""
-    paths = [paths] if isinstance(paths, str) else list(paths or [])
-    return build_config(raw_from_sources(paths, overrides or []))
 
 
 def to_dict(cfg: Any) -> dict:

@@ -15,6 +15,7 @@ Options: `width` multiplies every channel count; `act` picks ReLU or LeakyReLU.
 """
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import Callable
 
@@ -23,10 +24,14 @@ from timm.layers import ClassifierHead
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet, make_blocks
 from timm.models.vgg import VGG, cfgs as VGG_CFGS
 
-from bench.config import ConfigError, ModelConfig, _suggest
+from bench.config import ConfigError, ModelConfig
+from bench.registry import lookup
 
 MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {}
 MODEL_NOTES: dict[str, str] = {}
+# Classes of a model built from a bare ModelConfig (num_classes 0), outside a run config,
+# which would take the count from its dataset: the default dataset's (CIFAR-10's) count.
+DEFAULT_NUM_CLASSES = 10
 
 
 def register_model(name: str, note: str):
@@ -38,9 +43,7 @@ def register_model(name: str, note: str):
 
 
 def check_model_name(name: str) -> None:
-    if name not in MODELS:
-        raise ConfigError(f"unknown model '{name}'{_suggest(name, MODELS)}; available: "
-                          f"{', '.join(MODELS)} (see `python -m bench models`)")
+    lookup(MODELS, name, "model")
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -48,6 +51,10 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     check_model_name(cfg.name)
     if cfg.width <= 0:
         raise ConfigError(f"model.width must be positive, got {cfg.width}")
+    if cfg.num_classes < 0:
+        raise ConfigError(f"model.num_classes must be >= 0 (0: the dataset's count), got {cfg.num_classes}")
+    if cfg.num_classes == 0:
+        cfg = dataclasses.replace(cfg, num_classes=DEFAULT_NUM_CLASSES)
     return MODELS[cfg.name](cfg)
 
 

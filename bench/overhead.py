@@ -20,7 +20,8 @@ import sys
 import torch
 from torch import nn
 
-from bench.config import ConfigError, load_config
+from bench.config import ConfigError
+from bench.configure import load_config
 from bench.data import load_data
 from bench.models import build_model
 from bench.optim import make_optimizer

@@ -44,8 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import (ConfigError, RunConfig, _suggest, build_config, build_dataclass, merge, opt,
-                          raw_from_sources, read_yaml)
+from bench.config import ConfigError, RunConfig, _suggest, build_dataclass, merge, opt, raw_from_sources, read_yaml
+from bench.configure import build_config
+from bench.datasets import dataset_for
 from bench.progress import SuiteProgress, hms
 from bench.report import DENSE_LABEL
 from bench.runs import RunDir, run_name, write_json
@@ -178,20 +179,23 @@ def expand(suite: SuiteConfig, folder: Path, cli_overrides: list[str]) -> list[C
 
 def estimate(cell: Cell) -> tuple[float, float]:
     """(training MACs, seconds) of a cell as if it trained the dense model all along (an
-    upper bound for methods that shrink it): MACs are 3 x forward MACs x images seen;
-    seconds come from timing three training steps of the dense model on this machine."""
+    upper bound for methods that shrink it): MACs are 3 x forward MACs x images seen, at the
+    image shape and training-set size the dataset states; seconds come from timing three
+    training steps of the dense model on this machine."""
     import torch
     from bench.device import Runtime, resolve_device
     from bench.metrics import Clock, count_macs
     from bench.models import build_model
     from bench.optim import make_optimizer
     from bench.train import make_step
+    data = dataset_for(cell.cfg.data)
     device = resolve_device(cell.cfg.device)
     rt = Runtime(device, cell.cfg.train)
     model = rt.place(build_model(cell.cfg.model))
-    macs, _ = count_macs(model, torch.zeros(1, 3, 32, 32, device=device))
+    macs, _ = count_macs(model, torch.zeros(1, *data.image_shape, device=device))
     bs = min(cell.cfg.train.batch_size, 128)
-    x, y = rt.prepare(torch.randn(bs, 3, 32, 32, device=device)), torch.zeros(bs, dtype=torch.long, device=device)
+    x = rt.prepare(torch.randn(bs, *data.image_shape, device=device))
+    y = torch.zeros(bs, dtype=torch.long, device=device)
     step = make_step(model, make_optimizer(model, cell.cfg.train), torch.nn.CrossEntropyLoss(), rt)
     for _ in range(2):      # warm-up: the first steps pay for kernel selection
         step(x, y)
@@ -200,7 +204,8 @@ def estimate(cell: Cell) -> tuple[float, float]:
     for _ in range(3):
         step(x, y)
     img_s = 3 * bs / (clock() - t0)
-    n = cell.cfg.data.train_subset or (50_000 if cell.cfg.data.name == "cifar10" else cell.cfg.data.synthetic_train_size)
+    subset = cell.cfg.data.train_subset
+    n = min(subset, data.train_size) if subset else data.train_size
     images = n * cell.cfg.train.epochs
     return 3.0 * macs * images, images / img_s
 
@@ -210,8 +215,8 @@ def cell_costs(cells: list[Cell]) -> list[tuple[float, float]]:
     cost: dict[tuple, tuple[float, float]] = {}
     out = []
     for c in cells:
-        key = (c.cfg.model.name, c.cfg.model.width, c.cfg.model.act, c.cfg.train.epochs,
-               c.cfg.data.name, c.cfg.data.train_subset, c.cfg.train.batch_size)
+        key = (c.cfg.model.name, c.cfg.model.width, c.cfg.model.act, c.cfg.model.num_classes, c.cfg.train.epochs,
+               repr(c.cfg.data), c.cfg.train.batch_size)
         if key not in cost:
             cost[key] = estimate(c)
         out.append(cost[key])
@@ -221,9 +226,8 @@ def cell_costs(cells: list[Cell]) -> list[tuple[float, float]]:
 def ensure_data(cells: list[Cell]) -> None:
     """Fetch (or fail on) every data set the cells read, before the first run starts
     (and once, not in each of several worker processes)."""
-    from bench.data import ensure_cifar10
-    for data_cfg in {repr(c.cfg.data): c.cfg.data for c in cells if c.cfg.data.name == "cifar10"}.values():
-        ensure_cifar10(data_cfg)
+    for data_cfg in {repr(c.cfg.data): c.cfg.data for c in cells}.values():
+        dataset_for(data_cfg).prepare()
 
 
 def _si(v: float) -> str:

@@ -34,7 +34,8 @@ from typing import Any, Callable, ClassVar, Iterator, Optional
 import torch
 from torch import nn
 
-from bench.config import ConfigError, _suggest, opt
+from bench.config import opt
+from bench.registry import add, lookup
 
 
 @dataclass
@@ -121,24 +122,15 @@ IN_PLACE_HOOKABLE = frozenset({"on_train_start", "on_epoch_end"})
 def register(name: str) -> Callable[[type[Method]], type[Method]]:
     """Class decorator: `@register("pcn")` makes the method available as method.name=pcn."""
     def deco(cls: type[Method]) -> type[Method]:
-        if name in REGISTRY and REGISTRY[name] is not cls:
-            raise ValueError(f"method '{name}' is registered twice ({REGISTRY[name].__module__} and {cls.__module__})")
-        if not issubclass(cls.Config, MethodConfig):
-            raise TypeError(f"{cls.__name__}.Config must subclass methods.base.MethodConfig")
         if not set(cls.in_place_hooks) <= IN_PLACE_HOOKABLE:
             raise TypeError(f"{cls.__name__}.in_place_hooks may name only {sorted(IN_PLACE_HOOKABLE)}, "
                             f"got {sorted(cls.in_place_hooks)}")
-        cls.name = name
-        REGISTRY[name] = cls
-        return cls
+        return add(REGISTRY, name, cls, MethodConfig, "method")
     return deco
 
 
 def get_method(name: str) -> type[Method]:
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown method '{name}'{_suggest(name, REGISTRY)}; registered: "
-                          f"{', '.join(sorted(REGISTRY))} (see `python -m bench methods`)")
-    return REGISTRY[name]
+    return lookup(REGISTRY, name, "method")
 
 
 @register("dense")

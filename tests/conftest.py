@@ -18,6 +18,27 @@ def tiny_overrides(tmp_path) -> list[str]:
             "train.throughput_steps=1", "wandb.mode=disabled"]
 
 
+@pytest.fixture
+def fake_fetch(tmp_path, monkeypatch):
+    """In an empty working folder with no $BENCH_DATA_ROOT, `fake_fetch(writer)` replaces
+    torchvision's download by `writer(root)` and returns the list of its calls
+    (url, root, filename, md5)."""
+    from torchvision.datasets import utils as tv_utils
+    monkeypatch.delenv("BENCH_DATA_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def install(writer) -> list[tuple]:
+        calls = []
+
+        def fake_download(url, download_root, filename=None, md5=None, **kw):
+            calls.append((url, download_root, filename, md5))
+            writer(tmp_path / download_root)
+
+        monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
+        return calls
+    return install
+
+
 # Tests run tiny tensors: one thread is as fast, and does not collapse when the machine
 # is shared (two OpenMP threads per process on a loaded 2-core box are 10-50x slower).
 torch.set_num_threads(1)

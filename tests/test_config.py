@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.config import ConfigError, config_hash, load_config, parse_override
+from bench.config import ConfigError, config_hash, parse_override
+from bench.configure import load_config
 
 
 def test_overrides_are_coerced_to_field_types():
@@ -35,6 +36,8 @@ def test_include_is_resolved_relative_to_the_file():
     ("train.schedule=cosin", "train.schedule: 'cosin' is not allowed (did you mean 'cosine'?)"),
     ("model.name=vgg17", "unknown model 'vgg17'"),
     ("method.name=pcnn", "unknown method 'pcnn'"),
+    ("data.name=cifar-10", "unknown dataset 'cifar-10' (did you mean 'cifar10'?)"),
+    ("model.num_classes=-1", "model.num_classes must be >= 0"),
     ("method.no_such_option=1", "unknown config key 'method.no_such_option'"),
     ("train.epochs", "must look like key=value"),
 ])

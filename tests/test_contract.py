@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import bench.device as device_mod
-from bench.config import load_config
+from bench.configure import load_config
 from bench.runs import run_name
 from bench.train import train
 from methods import REGISTRY

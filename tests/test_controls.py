@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.config import ConfigError, ModelConfig, build_dataclass, load_config
+from bench.config import ConfigError, ModelConfig, build_dataclass
+from bench.configure import load_config
 from bench.metrics import count_macs, param_counts
 from bench.models import build_model, count_params
 from bench.suite import expand, load_suite

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from bench.config import ConfigError, DataConfig
-from bench.data import CIFAR10_TEST_FILE, CIFAR10_TRAIN_FILES, load_data, random_crop_flip
+from bench.data import load_data, random_crop_flip
+from bench.datasets.cifar10 import Cifar10
 from torchvision.datasets import CIFAR10
 from torchvision.datasets import utils as tv_utils
 
@@ -21,7 +22,7 @@ def write_fake_cifar(root, n_per_batch=6):
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for i, name in enumerate(CIFAR10_TRAIN_FILES + [CIFAR10_TEST_FILE]):
+    for i, name in enumerate(Cifar10.train_files + [Cifar10.test_file]):
         d = {"data": rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8),
              "labels": [int(v) for v in rng.integers(0, 10, size=n_per_batch)],
              "batch_label": name, "filenames": [f"{name}_{j}.png" for j in range(n_per_batch)]}
@@ -90,16 +91,8 @@ def test_synthetic_data_is_seeded_and_calibration_splits_are_disjoint():
         a.calibration_indices(500, seed=0)
 
 
-def test_without_a_root_cifar10_is_fetched_into_data_with_its_md5(tmp_path, monkeypatch):
-    monkeypatch.delenv("BENCH_DATA_ROOT", raising=False)
-    monkeypatch.chdir(tmp_path)
-    calls = []
-
-    def fake_download(url, download_root, filename=None, md5=None, **kw):
-        calls.append((url, download_root, filename, md5))
-        write_fake_cifar(tmp_path / download_root)
-
-    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
+def test_without_a_root_cifar10_is_fetched_into_data_with_its_md5(fake_fetch):
+    calls = fake_fetch(write_fake_cifar)
     data = load_data(DataConfig(name="cifar10"), torch.device("cpu"))
     assert calls == [(CIFAR10.url, "data", CIFAR10.filename, CIFAR10.tgz_md5)]
     assert len(data.train_x) == 30

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.config import ModelConfig, load_config
+from bench.config import ModelConfig
+from bench.configure import load_config
 from bench.models import build_model
 from bench.train import train
 from methods.base import Context

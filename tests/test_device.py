@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import bench.device as device_mod
-from bench.config import ConfigError, load_config
+from bench.config import ConfigError
+from bench.configure import load_config
 from bench.device import Runtime, cpu_bf16_flags, resolve_memory_format, resolve_precision
 from bench.runs import run_name
 from bench.train import train

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import bench.train as train_mod
-from bench.config import load_config
+from bench.configure import load_config
 from bench.stats import CovarianceAccumulator
 from bench.suite import run_suite
 from methods import REGISTRY

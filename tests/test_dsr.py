@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.config import ConfigError, ModelConfig, load_config
+from bench.config import ConfigError, ModelConfig
+from bench.configure import load_config
 from bench.models import build_model
 from bench.train import train
 from methods.base import Context

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from bench.config import load_config
+from bench.configure import load_config
 from bench.progress import SuiteProgress
 from bench.report import write_report
 from bench.suite import run_suite
@@ -210,7 +210,7 @@ def test_without_network_the_suite_fails_at_once_in_one_line(tmp_path):
 TIMED_RUN = """
 import json, sys, time
 import bench.wandb_log as wl
-from bench.config import load_config
+from bench.configure import load_config
 from bench.train import train
 spent = [0.0]
 def timed(f):

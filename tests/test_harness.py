@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.config import load_config
+from bench.configure import load_config
 from bench.optim import lr_at
 from bench.runs import run_name
 from bench.train import train

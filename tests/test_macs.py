@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.config import load_config
+from bench.configure import load_config
 from bench.metrics import layer_macs
 from bench.models import build_model
 from methods.decorrelated_bp import DECOR_TYPES

@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.config import ConfigError, ModelConfig, build_config, load_config, raw_from_sources
+from bench.config import ConfigError, ModelConfig, raw_from_sources
+from bench.configure import build_config, load_config
 from bench.metrics import param_counts
 from bench.models import build_model
 from bench.optim import make_optimizer

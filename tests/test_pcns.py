@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import dist
-from bench.config import ConfigError, ModelConfig, load_config
+from bench.config import ConfigError, ModelConfig
+from bench.configure import load_config
 from bench.models import build_model
 from bench.surgery import substitute_inputs
 from bench.train import train

@@ -1,5 +1,5 @@
-"""The README's "Add a method" example is complete: load it as a file in a package
-like methods/, register it, and train with it."""
+"""The README's "Add a method" and "Add a dataset" examples are complete: load each as a
+file in a package like methods/ or bench/datasets/, register it, and train with it."""
 from __future__ import annotations
 
 import importlib.util
@@ -7,29 +7,40 @@ import re
 import sys
 from pathlib import Path
 
-from bench.config import load_config
+import pytest
+import torch
+
+from bench.config import ConfigError, DataConfig
+from bench.configure import load_config
+from bench.data import load_data
+from bench.datasets import REGISTRY as DATASETS, dataset_for
 from bench.train import train
 from methods import REGISTRY
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def readme_example() -> str:
+def readme_example(heading: str = "## Add a method") -> str:
     text = README.read_text()
-    section = text.split("## Add a method", 1)[1]
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
     match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, "README's 'Add a method' section has no python block"
+    assert match, f"README's '{heading[3:]}' section has no python block"
     return match.group(1)
 
 
-def test_readme_method_example_registers_and_trains(tmp_path, tiny_overrides):
-    path = tmp_path / "freeze_early.py"
-    path.write_text(readme_example())
-    if "freeze_early" not in REGISTRY:
-        spec = importlib.util.spec_from_file_location("readme_freeze_early", path)
+def load_example(heading: str, path: Path, registry: dict, name: str) -> None:
+    """Write the README's example to `path` and import it (once per process), which registers `name`."""
+    path.write_text(readme_example(heading))
+    if name not in registry:
+        spec = importlib.util.spec_from_file_location(f"readme_{name}", path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
+    assert name in registry
+
+
+def test_readme_method_example_registers_and_trains(tmp_path, tiny_overrides):
+    load_example("## Add a method", tmp_path / "freeze_early.py", REGISTRY, "freeze_early")
     cfg = load_config("configs/smoke.yaml", tiny_overrides + ["train.epochs=2", "method.name=freeze_early",
                                                               "method.n_layers=3"])
     summary = train(cfg, log=lambda s: None)
@@ -37,3 +48,18 @@ def test_readme_method_example_registers_and_trains(tmp_path, tiny_overrides):
     assert frozen > 0
     assert summary["params_trainable"] == summary["params_total"] - frozen
     assert summary["transforms"] and summary["transforms"][0]["epoch"] == 1
+
+
+def test_readme_dataset_example_registers_loads_and_trains(tmp_path, tiny_overrides):
+    load_example("## Add a dataset", tmp_path / "stripes.py", DATASETS, "stripes")
+    cfg = load_config("configs/smoke.yaml", tiny_overrides + ["data.name=stripes", "data.stripes_noise=0.3",
+                                                              "data.train_subset=256", "train.epochs=1"])
+    assert cfg.model.num_classes == 8 and cfg.data.stripes_noise == 0.3     # the class count from the dataset
+    assert dataset_for(DataConfig(name="stripes")).cfg.stripes_noise == 0.5  # a bare DataConfig: own options' defaults
+    data = load_data(cfg.data, torch.device("cpu"), cfg.model.num_classes)
+    assert data.train_x.shape == (256, 3, 32, 32) and data.test_x.shape == (512, 3, 32, 32)
+    assert data.num_classes == 8 and set(data.train_y.tolist()) == set(range(8))
+    summary = train(cfg, log=lambda s: None)
+    assert summary["status"] == "finished"
+    with pytest.raises(ConfigError, match="unknown config key 'data.stripes_noise'"):
+        load_config("configs/smoke.yaml", tiny_overrides + ["data.stripes_noise=0.3"])    # synthetic's options

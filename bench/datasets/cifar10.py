@@ -1,0 +1,53 @@
+"""CIFAR-10 (Krizhevsky 2009): 60,000 32x32 colour images in 10 classes, from
+`<root>/cifar-10-batches-py/` (torchvision's layout, the Python pickles of the
+original archive), fetched on first use when no root is given (see base.py)."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from bench.config import ConfigError
+from bench.datasets.base import Arrays, TorchvisionArchive, register_dataset
+
+
+@register_dataset("cifar10")
+class Cifar10(TorchvisionArchive):
+    """CIFAR-10: 10 classes, 50,000 training and 10,000 test images (Krizhevsky 2009)."""
+
+    title = "CIFAR-10"
+    num_classes = 10
+    image_shape = (3, 32, 32)
+    train_size, test_size = 50_000, 10_000
+    # Per-channel mean and std of the CIFAR-10 training images (the usual constants).
+    mean = (0.4914, 0.4822, 0.4465)
+    std = (0.2470, 0.2435, 0.2616)
+    folder = "cifar-10-batches-py"
+    torchvision_class = "CIFAR10"
+    archive_mb = 163
+    train_files: ClassVar[list[str]] = [f"data_batch_{i}" for i in range(1, 6)]
+    test_file: ClassVar[str] = "test_batch"
+    label_key: ClassVar[str] = "labels"    # the pickles' key of the class labels
+
+    def read(self, num_classes: int) -> Arrays:
+        folder = self.ensure_folder()
+        train_x, train_y = self.read_pickles(folder, self.train_files)
+        test_x, test_y = self.read_pickles(folder, [self.test_file])
+        return train_x, train_y, test_x, test_y
+
+    def read_pickles(self, folder: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Images and labels of the pickled batches `files`: `data` is uint8 [N, 3072],
+        the R, G and B planes of 1024 pixels each, row-major."""
+        xs, ys = [], []
+        for name in files:
+            path = folder / name
+            if not path.is_file():
+                raise ConfigError(f"{self.title} file '{path}' is missing; the folder must hold "
+                                  f"{', '.join(self.train_files + [self.test_file])}")
+            with open(path, "rb") as f:
+                d = pickle.load(f, encoding="latin1")
+            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, *self.image_shape))
+            ys.append(np.asarray(d[self.label_key], dtype=np.int64))
+        return np.concatenate(xs), np.concatenate(ys)
