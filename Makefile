@@ -33,20 +33,12 @@ test: $(STAMP)
 	WANDB_MODE=disabled $(MAKE) --no-print-directory bench-cifar PROFILE=smoke ARGS="--results-dir out/smoke-suite"
 
 bench-cifar: $(STAMP)
-	@profile="$(PROFILE)"; \
-	if [ "$$profile" = auto ]; then \
-	  if $(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
-	    profile=full; echo "PROFILE=full (CUDA is available): the paper-scale suite $(SUITE_full); PROFILE=quick for the small one"; \
-	  else \
-	    profile=quick; echo "PROFILE=quick (no CUDA device here): the CPU-sized suite $(SUITE_quick); PROFILE=full forces the paper-scale one"; \
-	  fi; \
-	fi; \
-	case "$$profile" in \
-	  full) suite=$(SUITE_full) ;; quick) suite=$(SUITE_quick) ;; smoke) suite=$(SUITE_smoke) ;; \
-	  *) echo "error: unknown PROFILE '$$profile'; use PROFILE=full, quick or smoke (or leave it unset)" >&2; exit 2 ;; \
+	@case "$(PROFILE)" in \
+	  auto) args="$(SUITE_quick) --gpu-suite $(SUITE_full)" ;; \
+	  full) args=$(SUITE_full) ;; quick) args=$(SUITE_quick) ;; smoke) args=$(SUITE_smoke) ;; \
+	  *) echo "error: unknown PROFILE '$(PROFILE)'; use PROFILE=full, quick or smoke (or leave it unset)" >&2; exit 2 ;; \
 	esac; \
-	echo "$(BIN)/python -m bench suite $$suite $(OVERRIDES) $(ARGS)"; \
-	$(BIN)/python -m bench suite $$suite $(OVERRIDES) $(ARGS)
+	$(BIN)/python -m bench suite $$args $(OVERRIDES) $(ARGS)
 
 bench-overhead: $(STAMP)
 	$(BIN)/python -m bench.overhead $(OVERRIDES) $(ARGS)

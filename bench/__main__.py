@@ -63,6 +63,15 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
+    if args.gpu_suite:              # `make bench-cifar` without PROFILE: decide here, one interpreter start
+        import torch
+        if torch.cuda.is_available():
+            print(f"PROFILE=full (CUDA is available): the paper-scale suite {args.gpu_suite}; "
+                  f"PROFILE=quick for the small one", flush=True)
+            args.config = args.gpu_suite
+        else:
+            print(f"PROFILE=quick (no CUDA device here): the CPU-sized suite {args.config}; "
+                  f"PROFILE=full forces the paper-scale one", flush=True)
     from bench.suite import run_suite
     slurm = {"partition": args.partition, "gpus_per_job": args.gpus_per_job, "timeout_min": args.timeout_min,
              "array_parallelism": args.array_parallelism}
@@ -95,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("config", help="suite YAML under configs/suites/")
     s.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
     s.add_argument("--dry-run", action="store_true", help="print the grid and its estimated cost, run nothing")
+    s.add_argument("--gpu-suite", default=None, metavar="SUITE.yaml",
+                   help="run this suite instead where CUDA is available (make bench-cifar without PROFILE)")
     s.add_argument("--results-dir", default=None, help="where runs and the report go (default: results/<suite name>)")
     s.add_argument("--executor", default="local", choices=("local", "slurm", "debug"),
                    help="local: run here; slurm: one submitit job per run; debug: submitit in-process")
