@@ -58,10 +58,11 @@ Choices where the draft is silent or TODO (METHODS.md "choice"):
   running_var = var, weight = sqrt(var + eps), bias = mean, plus the LS bias when the layer has
   none): the identity in eval mode, trained afterwards like any BN.
 - A max pool between the activation and the consumer: maxpool(P e) != P maxpool(e).
-  `maxpool: explicit` (default) keeps P as a bias-free, trainable 1x1 conv in front of the pool
-  (`MixPool`: exact, but n x (M+1) parameters and the consumer keeps its n inputs; a later shrink
-  multiplies the mix by its new P); `commute` moves P past the pool into the consumer (inexact);
-  `skip` leaves such layers alone. What the mixes cost: `summary()["param_split"]["mix"]` and
+  `maxpool: skip` (default; measured best on real data, results/pcns-notes.md) leaves such
+  layers alone; `explicit` keeps P as a bias-free, trainable 1x1 conv in front of the pool
+  (`MixPool`: exact, but n x (M+1) parameters and the consumer keeps its n inputs; a later
+  shrink multiplies the mix by its new P); `commute` moves P past the pool into the consumer
+  (inexact). What the mixes cost: `summary()["param_split"]["mix"]` and
   `summary()["mix_consumer_excess"]` (the consumers' unreduced inputs).
 - ResNets: only block-internal layers (conv1 of a BasicBlock; conv1 and conv2 of a Bottleneck).
   The residual stream is NOT shrunk: PCNS replaces a layer's neurons by new ones, and the identity
@@ -881,11 +882,12 @@ class PCNS(Method):
         ls_ridge: float = opt(LS_RIDGE_FRAC, "ridge of the least squares, relative to the mean diagonal of A^T A")
         relu_split: bool = opt(False, "ReLU models: fit the positive and negative part of each EV as two neurons "
                                "(draft sec. 4.5); LeakyReLU models must leave it false")
-        maxpool: str = opt("explicit", "a max pool between a layer and its consumer: keep P as a trainable 1x1 "
-                           "conv before the pool (explicit: exact, costs n x (M+1) parameters and the consumer keeps "
-                           "its n inputs), move P past the pool into the consumer (commute: inexact, maxpool(Pe) != "
-                           "P maxpool(e)), or leave such layers alone (skip); see summary()['param_split']",
-                           choices=("explicit", "commute", "skip"))
+        maxpool: str = opt("skip", "a max pool between a layer and its consumer: leave such layers alone (skip, "
+                           "the default: measured best, results/pcns-notes.md), keep P as a trainable 1x1 conv before "
+                           "the pool (explicit: exact, costs n x (M+1) parameters and the consumer keeps its n "
+                           "inputs), or move P past the pool into the consumer (commute: inexact, maxpool(Pe) != "
+                           "P maxpool(e)); see summary()['param_split']",
+                           choices=("skip", "explicit", "commute"))
         refit: bool = opt(False, "false: the draft's order (sec. 9.1), every layer fitted on the unshrunk network, "
                           "top layer first; true: fit bottom-up, each layer on the inputs the already-shrunk layers "
                           "below it produce (one calibration pass per layer; the report adds the draft order's "

@@ -32,7 +32,9 @@ def calibration_from(pool: torch.Tensor):
 
 
 def config(**kw) -> PCNS.Config:
-    base = dict(name="pcns", calib_images=32, error_images=16, calib_batch=16)
+    # The property tests were written for the exact max-pool handling (explicit mixes); the
+    # method's default is `skip` since the real-data measurement (results/pcns-notes.md).
+    base = dict(name="pcns", calib_images=32, error_images=16, calib_batch=16, maxpool="explicit")
     return PCNS.Config(**{**base, **kw})
 
 
@@ -247,7 +249,7 @@ def test_maxpool_modes_selectable_from_the_config(tiny_overrides):
     assert cfg.method.maxpool == "commute" and cfg.method.refit is True
     assert load_config("configs/smoke.yaml", tiny_overrides + ["method.name=pcns", "method.maxpool=skip"]
                        ).method.maxpool == "skip"
-    assert load_config("configs/smoke.yaml", tiny_overrides + ["method.name=pcns"]).method.maxpool == "explicit"
+    assert load_config("configs/smoke.yaml", tiny_overrides + ["method.name=pcns"]).method.maxpool == "skip"
     with pytest.raises(ConfigError, match="maxpool"):
         load_config("configs/smoke.yaml", tiny_overrides + ["method.name=pcns", "method.maxpool=mix"])
 
