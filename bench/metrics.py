@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import os
 import resource
 import time
 from typing import Callable
@@ -165,4 +166,8 @@ def measure_speed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_eval: to
     out["throughput_infer_img_s"] = len(x_eval) / out["infer_batch_ms_median"] * 1e3
     out["throughput_train_img_s"] = len(x) / out["train_step_ms_median"] * 1e3
     out["speed_batch_sizes"] = {"latency": 1, "infer": len(x_eval), "train": len(x)}
+    # The 1-min load average over the timings, beside the threads they used: a load above the
+    # CPU count says another process shared the CPU and the times are skewed.
+    out["speed_cpu_load"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    out["speed_cpus"] = os.cpu_count() or 1
     return out

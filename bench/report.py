@@ -379,7 +379,19 @@ def markdown_table(agg: pd.DataFrame, model: str) -> str:
 
 # Measured speed of each final model (bench.metrics.measure_speed): medians, then meaned over seeds.
 SPEED_METRICS = ["latency_b1_ms_median", "latency_b1_ms_iqr", "infer_batch_ms_median", "infer_batch_ms_iqr",
-                 "train_step_ms_median", "train_step_ms_iqr"]
+                 "train_step_ms_median", "train_step_ms_iqr", "speed_cpu_load", "speed_cpus"]
+
+
+def _load_note(rows: pd.DataFrame) -> list[str]:
+    """A warning when the timings ran on a shared CPU (1-min load average above the CPU count)."""
+    if "speed_cpu_load" not in rows or rows["speed_cpu_load"].isna().all():
+        return []
+    load, cpus = rows["speed_cpu_load"].max(), rows["speed_cpus"].max()
+    if load <= cpus + 0.5:
+        return [f"Timed on an unshared CPU: 1-min load average at most {load:.1f} on {cpus:.0f} CPUs.", ""]
+    shared = int((rows["speed_cpu_load"] > rows["speed_cpus"] + 0.5).sum())
+    return [f"**Shared CPU**: {shared} of {len(rows)} rows were timed with a 1-min load average above the "
+            f"CPU count (up to {load:.1f} on {cpus:.0f} CPUs); their speed figures are skewed.", ""]
 
 
 def speed_section(agg: pd.DataFrame, model: str) -> list[str]:
@@ -403,6 +415,7 @@ def speed_section(agg: pd.DataFrame, model: str) -> list[str]:
              "inference at the evaluation batch in eval mode, the training step at the training batch. "
              "Speed-up = the control's time / the row's; *MAC ratio* = the control's MACs / the row's: "
              "what the MAC count promises.", "",
+             *_load_note(rows),
              "| method | target | control | batch-1 latency ms | infer batch ms | train step ms | MAC ratio "
              "| speed-up batch 1 | speed-up infer | speed-up train |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -101,3 +101,16 @@ def test_speed_section_shows_latency_and_measured_speed_up_beside_the_mac_ratio(
 def test_no_speed_section_for_runs_without_speed_figures():
     from bench.report import speed_section
     assert speed_section(aggregate(*planted()), "vgg11") == []
+
+
+def test_speed_section_flags_timings_taken_on_a_shared_cpu():
+    from bench.report import speed_section
+    runs, hists = planted()
+    for m in ("latency_b1_ms", "infer_batch_ms", "train_step_ms"):
+        runs[m + "_median"], runs[m + "_iqr"] = 10.0, 0.5
+    runs["speed_cpus"] = 2
+    runs["speed_cpu_load"] = 1.9
+    assert "unshared CPU: 1-min load average at most 1.9 on 2 CPUs" in "\n".join(
+        speed_section(aggregate(runs, hists), "vgg11"))
+    runs.loc[runs["label"] == "pcn", "speed_cpu_load"] = 4.0
+    assert "**Shared CPU**: 1 of 4 rows" in "\n".join(speed_section(aggregate(runs, hists), "vgg11"))
