@@ -191,6 +191,12 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
 
 
+# Old option names -> the one vocabulary every method now shares (units in the names).
+RENAMED = {"prune_epoch": "transform_epoch", "shrink_epochs": "transform_epochs",
+           "calib_images": "calibration_images", "calib_batch": "calibration_batch_size",
+           "tolerance": "prune_tol_frac"}
+
+
 def _suggest(word: str, options) -> str:
     close = difflib.get_close_matches(word, list(options), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
@@ -207,6 +213,8 @@ def build_dataclass(cls: type, raw: dict, prefix: str) -> Any:
     unknown = [k for k in raw if k not in fields]
     if unknown:
         k = unknown[0]
+        if RENAMED.get(k) in fields:
+            raise ConfigError(f"config key '{prefix}{k}' was renamed to '{prefix}{RENAMED[k]}'; use that name")
         raise ConfigError(
             f"unknown config key '{prefix}{k}'{_suggest(k, fields)}; "
             f"allowed under '{prefix.rstrip('.') or 'the top level'}': {', '.join(fields)}")

@@ -28,63 +28,40 @@ from timm.models.resnet import BasicBlock, Bottleneck
 
 from bench.config import ConfigError, opt
 from bench.metrics import count_macs
-from methods.base import Method, MethodConfig
+from methods.base import Method, TargetConfig
 
-# Share of the budget spent before pruning when `prune_epoch` is not given:
+# Share of the budget spent before pruning when `transform_epoch` is not given:
 # torch-pruning's ResNet-56 CIFAR-10 reproduction (METHODS.md sec. 3) pretrains 200
 # epochs and fine-tunes 100, i.e. prunes after 2/3 of 300 epochs.
 DEFAULT_PRUNE_AT_FRAC = 2 / 3
 
 
 @dataclass
-class PruningConfig(MethodConfig):
+class PruningConfig(TargetConfig):
     """Options shared by the structured-pruning methods."""
-    prune_epoch: Optional[int] = opt(
+    transform_epoch: Optional[int] = opt(
         None, "prune after this many completed epochs (0: before training) and fine-tune for the rest "
               "of train.epochs; null: round(2/3 of train.epochs), torch-pruning's ResNet-56 recipe "
               "(200 training + 100 fine-tuning epochs)")
     target_params: Optional[float] = opt(
         0.5, "kept parameters as a fraction of the dense model (METHODS.md sec. 7 operating points "
              "0.5/0.25/0.1); null to use target_macs or a fixed setting (l1_filter: pruning_ratio, snp: tau)")
-    target_macs: Optional[float] = opt(None, "kept MACs per image as a fraction of dense (set target_params: null)")
-    target_tol_frac: float = opt(
-        0.02, "a target is met when the kept fraction is within this relative distance of it, at or "
-              "below the target when the channel granularity allows (issue 7: 'within 2%')")
-
-    def targets_set(self) -> list[str]:
-        return [k for k in ("target_params", "target_macs") if getattr(self, k) is not None]
 
     def validate(self) -> None:
-        if len(self.targets_set()) > 1:
-            raise ConfigError("method: set only one of target_params and target_macs "
-                              "(e.g. method.target_macs=null)")
-        for key in self.targets_set():
-            v = getattr(self, key)
-            if not 0.0 < v <= 1.0:
-                raise ConfigError(f"method.{key} must be in (0, 1] (a kept fraction of dense), got {v}")
-        if not 0.0 <= self.target_tol_frac < 1.0:
-            raise ConfigError(f"method.target_tol_frac must be in [0, 1), got {self.target_tol_frac}")
-        if self.prune_epoch is not None and self.prune_epoch < 0:
-            raise ConfigError(f"method.prune_epoch must be >= 0 (0: prune before training), got {self.prune_epoch}")
-
-    def target_spec(self) -> Optional[tuple[str, float]]:
-        """("params" | "macs", fraction of dense), or None."""
-        if self.target_params is not None:
-            return "params", self.target_params
-        if self.target_macs is not None:
-            return "macs", self.target_macs
-        return None
+        super().validate()
+        if self.transform_epoch is not None and self.transform_epoch < 0:
+            raise ConfigError(f"method.transform_epoch must be >= 0 (0: prune before training), got {self.transform_epoch}")
 
 
-def prune_schedule(prune_epoch: Optional[int], total_epochs: int, steps: int = 1,
+def prune_schedule(transform_epoch: Optional[int], total_epochs: int, steps: int = 1,
                    every_epochs: int = 1) -> list[int]:
     """Epochs (completed, 0 = before training) at which the pruning events happen:
-    `prune_epoch`, then every `every_epochs` until `steps` events."""
-    first = round(DEFAULT_PRUNE_AT_FRAC * total_epochs) if prune_epoch is None else prune_epoch
+    `transform_epoch`, then every `every_epochs` until `steps` events."""
+    first = round(DEFAULT_PRUNE_AT_FRAC * total_epochs) if transform_epoch is None else transform_epoch
     epochs = [first + k * every_epochs for k in range(steps)]
     if epochs[-1] > total_epochs:
         raise ConfigError(f"method: pruning events at epochs {epochs} do not fit in train.epochs={total_epochs}; "
-                          f"lower method.prune_epoch or the number of steps, or raise train.epochs")
+                          f"lower method.transform_epoch or the number of steps, or raise train.epochs")
     return epochs
 
 
@@ -196,18 +173,6 @@ def dense_value(ctx, kind: str) -> int:
     return ctx.dense_params if kind == "params" else ctx.dense_macs
 
 
-def within(achieved_frac: float, target_frac: float, tol_frac: float) -> bool:
-    """|achieved / target - 1| <= tol (issue 7: a target is met "within 2%")."""
-    return abs(achieved_frac - target_frac) <= tol_frac * target_frac * (1 + 1e-12)
-
-
-def check_target(achieved_frac: float, target_frac: float, tol_frac: float, key: str, hint: str) -> None:
-    """Raise ConfigError unless `achieved` is within `tol` (relative) of `target`."""
-    if not within(achieved_frac, target_frac, tol_frac):
-        raise ConfigError(f"method.{key}={target_frac:g} not met within {tol_frac:.0%}: pruning reached "
-                          f"{achieved_frac:.4f} of dense; {hint}")
-
-
 def sizes(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, int]:
     return {"params": measure(model, example_inputs, "params"), "macs": measure(model, example_inputs, "macs")}
 
@@ -225,7 +190,7 @@ class ScheduledPruning(Method):
 
     events: list[int]
 
-    def __init__(self, cfg: MethodConfig, ctx):
+    def __init__(self, cfg: PruningConfig, ctx):
         super().__init__(cfg, ctx)
         self.log: list[dict[str, Any]] = []
         self.dense_channels: dict[str, int] = {}

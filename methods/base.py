@@ -36,12 +36,42 @@ from torch import nn
 
 from bench.config import opt
 from bench.registry import add, lookup
+from bench.targets import TOL_FRAC, Target, parse_target
 
 
 @dataclass
 class MethodConfig:
     """Options every method has. Subclass it in the method's file."""
     name: str = opt("dense", "registered method name; `python -m bench methods` lists them")
+
+
+@dataclass
+class TargetConfig(MethodConfig):
+    """Options of a method that meets a size target (METHODS.md sec. 7), with the same names,
+    range and tolerance meaning in every such method (bench.targets). A method narrows
+    `target_kinds` to what it can meet and may redeclare a field to change its default."""
+    target_kinds: ClassVar[tuple[str, ...]] = ("params", "macs")
+    target_params: Optional[float] = opt(None, "kept parameters as a fraction of the dense model's, in (0, 1] "
+                                               "(METHODS.md sec. 7 operating points 0.5/0.25/0.1)")
+    target_macs: Optional[float] = opt(None, "kept MACs per image as a fraction of the dense model's, in (0, 1] "
+                                             "(set target_params: null)")
+    target_tol_frac: float = opt(TOL_FRAC, "a target is met within this distance relative to the target "
+                                           "(0.02: 'within 2%', issue 7)")
+
+    def validate(self) -> None:
+        self.target()
+
+    def target(self) -> Optional[Target]:
+        """The size target asked for, validated; None when none is set."""
+        return parse_target(self.target_params, self.target_macs, self.target_tol_frac, self.target_kinds)
+
+    def targets_set(self) -> list[str]:
+        return [k for k in ("target_params", "target_macs") if getattr(self, k) is not None]
+
+    def target_spec(self) -> Optional[tuple[str, float]]:
+        """("params" | "macs", fraction of dense), or None."""
+        t = self.target()
+        return None if t is None else (t.kind, t.frac)
 
 
 @dataclass

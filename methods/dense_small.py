@@ -35,14 +35,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 from torch import nn
 
 from bench.config import ConfigError, ModelConfig, opt
 from bench.models import build_model, count_params
-from methods.base import Method, MethodConfig, register
+from methods.base import Method, TargetConfig, register
 
 MAX_WIDTH = 16.0             # the search covers widths up to this multiplier (targets are <= the dense width)
 
@@ -123,18 +123,17 @@ class DenseSmall(Method):
     compression method at the same parameter target has to beat."""
 
     @dataclass
-    class Config(MethodConfig):
-        target_params: float = opt(0.5, "parameters of the small model as a fraction of the dense model's "
-                                         "(the width is searched; METHODS.md sec. 7 targets 0.5/0.25/0.1)")
-        target_tol_frac: float = opt(0.02, "relative distance to the target counted as met (as the pruning "
-                                           "methods); outside it the closest width is still trained and the "
-                                           "summary says within_tol: false")
+    class Config(TargetConfig):
+        target_kinds: ClassVar[tuple[str, ...]] = ("params",)
+        target_params: Optional[float] = opt(0.5, "parameters of the small model as a fraction of the dense "
+                                                  "model's, in (0, 1] (the width is searched; outside the "
+                                                  "tolerance the closest width is still trained and the summary "
+                                                  "says within_tol: false)")
 
         def validate(self) -> None:
-            if not 0.0 < self.target_params <= 1.0:
-                raise ConfigError(f"method.target_params must be in (0, 1], got {self.target_params}")
-            if not 0.0 <= self.target_tol_frac < 1.0:
-                raise ConfigError(f"method.target_tol_frac must be in [0, 1), got {self.target_tol_frac}")
+            super().validate()
+            if self.target() is None:
+                raise ConfigError("method: dense_small needs method.target_params")
 
     def __init__(self, cfg: "DenseSmall.Config", ctx):
         super().__init__(cfg, ctx)
@@ -154,7 +153,7 @@ class DenseSmall(Method):
         achieved = best.params / self.ctx.dense_params
         info = {"width": best.width, "dense_width": dense.width, "width_ratio": best.width / dense.width,
                 "params": best.params, "target_frac": self.cfg.target_params, "achieved_frac": achieved,
-                "within_tol": abs(achieved / self.cfg.target_params - 1.0) <= self.cfg.target_tol_frac * (1 + 1e-12),
+                "within_tol": self.cfg.target().within(achieved),
                 "other_side": {"width": other.width, "achieved_frac": other.params / self.ctx.dense_params}}
         return dataclasses.replace(family, width=best.width), info
 

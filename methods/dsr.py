@@ -87,6 +87,7 @@ from torch import nn
 from bench.config import ConfigError, opt
 from bench.metrics import Clock
 from bench.stats import capture
+from bench.targets import check_fraction
 from methods.base import Method, MethodConfig, register
 
 # The paper's WRN-28-2 / CIFAR-10 setting (Mostafa & Wang 2019, sec. 4 and appendix).
@@ -261,7 +262,7 @@ class DSR(Method):
         prune_target_frac: float = opt(PAPER_NP / WRN28_2_SPARSE_PARAMS,
                                        "Np, weights to prune per reallocation, as a fraction of the sparse tensors' "
                                        "size (paper: 20,000 of WRN-28-2's 1,451,520)")
-        tolerance: float = opt(0.1, "delta: H is halved above (1+delta) Np pruned, doubled below (1-delta) Np (paper)")
+        prune_tol_frac: float = opt(0.1, "delta: H is halved above (1+delta) Np pruned, doubled below (1-delta) Np (paper)")
         threshold_init: float = opt(1e-3, "H0, the initial pruning threshold on |w| (paper)")
         period_steps: list[int] = opt([100, 200, 400, 800], "P per phase, in the paper's steps (500 an epoch)")
         period_start_frac: list[float] = opt([0.0, 0.125, 0.4, 0.7],
@@ -274,12 +275,13 @@ class DSR(Method):
                                      "random masks, never reallocated")
 
         def validate(self) -> None:
-            if not 0.0 < self.target_params < 1.0:
-                raise ConfigError(f"method.target_params={self.target_params} must be in (0, 1): it is the "
-                                  f"fraction of dense parameters kept non-zero")
-            if self.prune_target_frac <= 0 or self.threshold_init <= 0 or not 0 <= self.tolerance < 1:
+            check_fraction("target_params", self.target_params)
+            if self.target_params == 1.0:
+                raise ConfigError("method.target_params=1 leaves no weight masked for DSR to reallocate; "
+                                  "use method.name=dense for the dense model")
+            if self.prune_target_frac <= 0 or self.threshold_init <= 0 or not 0 <= self.prune_tol_frac < 1:
                 raise ConfigError("method.prune_target_frac and method.threshold_init must be > 0 and "
-                                  "method.tolerance in [0, 1)")
+                                  "method.prune_tol_frac in [0, 1)")
             if (len(self.period_steps) != len(self.period_start_frac) or not self.period_steps
                     or min(self.period_steps) < 1):
                 raise ConfigError("method.period_steps and method.period_start_frac need the same non-zero "
@@ -377,7 +379,7 @@ class DSR(Method):
         out = reallocate([m.weight.data for _, m in layers], [getattr(m, MASK) for _, m in layers], h,
                          ctx.generator)
         apply_masks(model, ctx.optimizer)   # zero the pruned weights' optimizer state
-        self.threshold = adjust_threshold(h, out["pruned"], self.info["np"], self.cfg.tolerance)
+        self.threshold = adjust_threshold(h, out["pruned"], self.info["np"], self.cfg.prune_tol_frac)
         seconds = Clock(ctx.device)() - t_start
         self.reallocs.append({"step": ctx.step, "epoch": ctx.epoch, "threshold": h, "pruned": out["pruned"],
                               "grown": sum(out["grown_per_layer"]), "seconds": seconds})

@@ -9,7 +9,7 @@ layer that read them (sec. 3.1, steps 1-4). Everything goes through Torch-Prunin
 group_reduction="first")`: the L1 norm of the group's first layer, i.e. the filter
 itself); no hand-written channel surgery. The classifier is in `ignored_layers`.
 
-Schedule: train `prune_epoch` epochs, prune once, fine-tune for the rest of the same
+Schedule: train `transform_epoch` epochs, prune once, fine-tune for the rest of the same
 budget (the paper prunes a trained network and retrains, sec. 4). Option:
 `iterative_steps` pruning events every `step_every_epochs` epochs, the removed share
 growing linearly to the target.
@@ -60,10 +60,11 @@ import torch_pruning as tp
 from torch import nn
 
 from bench.config import ConfigError, opt
+from bench.targets import Target
 from methods._pruning import (PruningConfig, ScheduledPruning, SeededRandomImportance, block_internal_convs,
-                              channel_table, channels, check_target, classifier_of, conv_layers, dense_value,
+                              channel_table, channels, classifier_of, conv_layers, dense_value,
                               detached_copy, eval_mode, event_fraction, measure, prune_out_channels, prune_schedule,
-                              sizes, within)
+                              sizes)
 from methods.base import register
 
 
@@ -139,7 +140,7 @@ class L1Filter(ScheduledPruning):
         max_layer_ratio: float = opt(1.0, "at most this share of a layer's channels is removed "
                                           "(Torch-Pruning max_pruning_ratio, default 1.0; a layer keeps >= 1)")
         iterative_steps: int = opt(1, "pruning events (1: one-shot, Li et al.); more spreads them "
-                                      "step_every_epochs apart from prune_epoch, the removed share growing linearly")
+                                      "step_every_epochs apart from transform_epoch, the removed share growing linearly")
         step_every_epochs: int = opt(1, "epochs between pruning events when iterative_steps > 1")
         importance: str = opt("l1", "filter score: l1 (Li et al.) or random (Torch-Pruning's RandomImportance "
                                     "from the method's generator: the random structured-pruning control)",
@@ -167,7 +168,7 @@ class L1Filter(ScheduledPruning):
 
     def __init__(self, cfg: "L1Filter.Config", ctx):
         super().__init__(cfg, ctx)
-        self.events = prune_schedule(cfg.prune_epoch, ctx.epochs, cfg.iterative_steps, cfg.step_every_epochs)
+        self.events = prune_schedule(cfg.transform_epoch, ctx.epochs, cfg.iterative_steps, cfg.step_every_epochs)
 
     def check(self, model: nn.Module) -> None:
         selected_convs(model, self.cfg.scope, self.cfg.prune_layers)    # fail now, not after training
@@ -206,14 +207,14 @@ class L1Filter(ScheduledPruning):
                 info.update({"pruning_ratio_step": r_now, "steps": 1})
             else:
                 kind, frac = target
-                goal = event_fraction(frac, k, n)
-                limit = goal * dense_value(ctx, kind)
-                model, value, steps = self.step_to(model, chosen, kind, goal, limit)
+                goal = Target(kind, event_fraction(frac, k, n), cfg.target_tol_frac)
+                limit = goal.goal(dense_value(ctx, kind))
+                model, value, steps = self.step_to(model, chosen, goal, limit)
                 achieved = value / dense_value(ctx, kind)
-                info.update({"target": kind, "target_frac": goal, "achieved_frac": achieved, **steps})
+                info.update({"target": kind, "target_frac": goal.frac, "achieved_frac": achieved, **steps})
                 hint = ("it cannot be reached by pruning the allowed layers; raise it or use method.scope=all"
                         if value > limit else "a step removed too much; lower method.round_to")
-                check_target(achieved, goal, cfg.target_tol_frac, f"target_{kind}", hint)
+                goal.check(achieved, hint)
         model.train(training)          # the replay in step_to may hand back the copy made in eval mode
         after = sizes(model, example)
         info.update({"params_before": before["params"], "params_after": after["params"],
@@ -221,9 +222,9 @@ class L1Filter(ScheduledPruning):
                      "channels": channel_table(ch_before, channels(model))})
         return model, info
 
-    def step_to(self, model: nn.Module, chosen: list[nn.Conv2d], kind: str, goal: float, limit: float
+    def step_to(self, model: nn.Module, chosen: list[nn.Conv2d], goal: Target, limit: float
                 ) -> tuple[nn.Module, int, dict[str, int]]:
-        """Step an iterative pruner on `model` until `kind` <= `limit`.
+        """Step an iterative pruner on `model` until its `goal.kind` count is <= `limit`.
 
         Under local pruning every layer loses the same share of channels per step, so
         layers of equal width lose a channel on the same step and the last step can jump
@@ -237,8 +238,9 @@ class L1Filter(ScheduledPruning):
         n_steps = math.ceil(cfg.max_layer_ratio / cfg.search_step_frac)
         spare = detached_copy(model)
         pruner = self.make_pruner(model, chosen, pruning_ratio=cfg.max_layer_ratio, iterative_steps=n_steps)
+        kind, dense = goal.kind, limit / goal.frac
         value, steps = step_until(pruner, lambda: measure(model, example, kind), limit)
-        if value > limit or within(value / (limit / goal), goal, cfg.target_tol_frac) or steps == 0:
+        if value > limit or goal.within(value / dense) or steps == 0:
             return model, value, {"steps": steps, "groups_of_last_step": 0}
         widths = channels(model)                      # every layer's width after the overshooting step
         model, chosen = spare, selected_convs(spare, cfg.scope, cfg.prune_layers)
@@ -248,18 +250,18 @@ class L1Filter(ScheduledPruning):
         graph, names = pruner.DG, {m: n for n, m in model.named_modules()}
         roots = [g[0].dep.target.module for g in graph.get_all_groups(
             ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types)]
-        value, done, dense = measure(model, example, kind), 0, limit / goal
+        value, done = measure(model, example, kind), 0
         for root in roots:
             surplus = root.out_channels - widths[names[root]]
             if value <= limit:
                 break
             if surplus <= 0:
                 continue
-            before = (detached_copy(model), value) if within(value / dense, goal, cfg.target_tol_frac) else None
+            before = (detached_copy(model), value) if goal.within(value / dense) else None
             group = graph.get_pruning_group(root, tp.prune_conv_out_channels, list(range(root.out_channels)))
             prune_out_channels(graph, root, torch.argsort(self.scorer()(group))[:surplus].tolist())
             value, done = measure(model, example, kind), done + 1
-            if before is not None and not within(value / dense, goal, cfg.target_tol_frac):
+            if before is not None and not goal.within(value / dense):
                 (model, value), done = before, done - 1      # one group fewer: just above, within tolerance
                 break
         return model, value, {"steps": steps - 1, "groups_of_last_step": done}

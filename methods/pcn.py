@@ -87,7 +87,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Union
+from typing import Any, ClassVar, Iterable, Optional, Union
 
 import torch
 import torch_pruning as tp
@@ -98,13 +98,12 @@ from bench.config import ConfigError, opt
 from bench.metrics import param_counts
 from bench.stats import PCA, CovarianceAccumulator, collect_covariances
 from bench.surgery import get_module, set_module, substitute_inputs
-from methods.base import Method, MethodConfig, register
+from bench.targets import TOL_FRAC, TargetError, bisect_fraction
+from methods.base import Method, TargetConfig, register
 
 CALIBRATION_IMAGES = 5000          # NUM_SAMPLES_FOR_COMPRESSION in vgg16.py and resnet/cifar10.py
 TRANSFORM_EPOCH_VGG = 1            # EPOCHS_BEFORE_COMPRESSION in vgg16.py
 TRANSFORM_EPOCH_RESNET = 5         # EPOCHS_BEFORE_COMPRESSION in resnet/cifar10.py
-TARGET_TOLERANCE_FRAC = 0.02       # issue 5: meet target_params within 2%
-BISECTION_STEPS = 60               # halvings of the bisection interval (float resolution)
 ENERGY_DEFAULT = 0.99              # METHODS.md sec. 1 example, when neither dims nor target_params is set
 
 
@@ -427,8 +426,9 @@ def retained_share(pcas: dict[str, PCA], dims: dict[str, int], costs: dict[str, 
 
 
 def fit_target(pcas: dict[str, PCA], costs: dict[str, SiteCost], target: int, count,
-               allocation: str = "threshold") -> tuple[Optional[float], dict[str, int], int]:
-    """Dims whose parameter count `count(dims)` is within TARGET_TOLERANCE_FRAC of `target`.
+               allocation: str = "threshold", tol_frac: float = TOL_FRAC
+               ) -> tuple[Optional[float], dict[str, int], int]:
+    """Dims whose parameter count `count(dims)` is within `tol_frac` of `target` (relative).
     Bisects x in [0, 1], along which every site's count only grows: the shared explained-variance
     threshold (`threshold`), or the fraction of the global component ranking kept (`greedy`).
     Returns (threshold or None, dims, count)."""
@@ -443,25 +443,19 @@ def fit_target(pcas: dict[str, PCA], costs: dict[str, SiteCost], target: int, co
         dims = dims_at(x)
         return dims, count(dims)
 
-    lo, hi = 0.0, 1.0
-    (d_lo, n_lo), (d_hi, n_hi) = at(lo), at(hi)
-    if n_lo > target * (1 + TARGET_TOLERANCE_FRAC):
-        raise ConfigError(f"method.target_params: even one component per layer leaves {n_lo:,} parameters "
+    (d_lo, n_lo), (d_hi, n_hi) = at(0.0), at(1.0)
+    if n_lo > target * (1 + tol_frac):
+        raise TargetError(f"method.target_params: even one component per layer leaves {n_lo:,} parameters "
                           f"(target {target:,}); transform more layers (method.layers=all) or raise the target")
-    if n_hi < target * (1 - TARGET_TOLERANCE_FRAC):
-        raise ConfigError(f"method.target_params: keeping every component gives {n_hi:,} parameters, below the "
+    if n_hi < target * (1 - tol_frac):
+        raise TargetError(f"method.target_params: keeping every component gives {n_hi:,} parameters, below the "
                           f"target {target:,}; lower the target")
-    for _ in range(BISECTION_STEPS):
-        mid = 0.5 * (lo + hi)
-        d_mid, n_mid = at(mid)
-        if n_mid <= target:
-            lo, d_lo, n_lo = mid, d_mid, n_mid
-        else:
-            hi, d_hi, n_hi = mid, d_mid, n_mid
+    (lo, (d_lo, n_lo)), (hi, (d_hi, n_hi)) = bisect_fraction(at, lambda dn: dn[1] <= target, (d_lo, n_lo),
+                                                             (d_hi, n_hi))
     x, dims, n = min(((lo, d_lo, n_lo), (hi, d_hi, n_hi)), key=lambda t: abs(t[2] - target))
-    if abs(n - target) > TARGET_TOLERANCE_FRAC * target:
-        raise ConfigError(f"method.target_params: the closest count method.allocation={allocation} reaches is "
-                          f"{n:,} (target {target:,}, tolerance {TARGET_TOLERANCE_FRAC:.0%}); use method.dims instead")
+    if abs(n - target) > tol_frac * target:
+        raise TargetError(f"method.target_params: the closest count method.allocation={allocation} reaches is "
+                          f"{n:,} (target {target:,}, tolerance {tol_frac:.0%}); use method.dims instead")
     return (x if allocation == "threshold" else None), dims, n
 
 
@@ -553,7 +547,7 @@ def choose_dims(cfg: "PCN.Config", sites: list[str], pcas: dict[str, PCA], costs
                                   f"{c.min_k}..{c.d}{what}")
         return "dims", None, dict(zip(sites, cfg.dims))
     if cfg.target_params is not None:
-        threshold, dims, _ = fit_target(pcas, costs, target, count, cfg.allocation)
+        threshold, dims, _ = fit_target(pcas, costs, target, count, cfg.allocation, cfg.target_tol_frac)
         return "target_params", threshold, dims
     energy = ENERGY_DEFAULT if cfg.energy is None else cfg.energy
     return "energy", energy, threshold_dims(pcas, costs, energy)
@@ -620,7 +614,8 @@ class PCN(Method):
     """Principal Component Networks: train, transform once by PCA of layer inputs, keep training."""
 
     @dataclass
-    class Config(MethodConfig):
+    class Config(TargetConfig):
+        target_kinds: ClassVar[tuple[str, ...]] = ("params",)
         transform_epoch: Optional[int] = opt(None, "transform after this many epochs; null: 1 for VGG, 5 for "
                                              "ResNets (authors' vgg16.py, resnet/cifar10.py)")
         calibration_images: int = opt(CALIBRATION_IMAGES, "unaugmented training images for the PCA "
@@ -634,8 +629,6 @@ class PCN(Method):
         dims: list[int] = opt([], "explicit components per selected layer, in forward order of the layers "
                               "`layers` selects (the summary lists them); authors' VGG-16: late + "
                               "[64, 64, 64, 32, 32, 32]")
-        target_params: Optional[float] = opt(None, "fraction of the dense parameter count to meet (within 2%), "
-                                             "spent as method.allocation says")
         allocation: str = opt("greedy", "how target_params is spent: greedy = components of all layers ranked "
                               "by eigenvalue share per parameter, best kept (measured better, results/pcn-notes.md); "
                               "threshold = one explained-variance threshold shared by all layers, bisected "
@@ -650,6 +643,7 @@ class PCN(Method):
                          "(code: weighted_row_sum)", choices=("loadings", "weighted"))
 
         def validate(self) -> None:
+            super().validate()
             if self.transform_epoch is not None and self.transform_epoch < 1:
                 raise ConfigError("method.transform_epoch must be >= 1 (or null for the per-family default)")
             if self.calibration_images < 2 or self.calibration_batch_size < 1:
@@ -672,8 +666,6 @@ class PCN(Method):
                                       f"method.out_channels_ratio=null turns off; set a ratio or remove method.{key}")
             if any(k < 1 for k in self.dims):
                 raise ConfigError("method.dims entries must be >= 1")
-            if self.target_params is not None and not 0 < self.target_params <= 1:
-                raise ConfigError(f"method.target_params must be in (0, 1], got {self.target_params}")
             if self.out_channels_ratio is not None and self.out_channels_ratio <= 0:
                 raise ConfigError("method.out_channels_ratio must be > 0 (or null to keep all channels)")
 

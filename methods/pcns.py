@@ -38,7 +38,7 @@ Choices where the draft is silent or TODO (METHODS.md "choice"):
   `refit: true` (not in the draft) fits the layers bottom-up instead, each on the inputs the
   already-shrunk layers below it produce, to the same targets (the unshrunk network's PCA and TOs);
   the report then also gives the draft order's logit error (`*_norefit`).
-- Calibration: one fixed set of `calib_images` unaugmented training images (issue 6: 2,048) for
+- Calibration: one fixed set of `calibration_images` unaugmented training images (issue 6: 2,048) for
   every layer, more if a layer needs `samples_per_unit` x n samples (draft sec. 4.3 "a few times
   the layer size"; METHODS.md: 10). The error table uses the first `error_images` of them and as
   many held-out images (ctx.calibration(heldout=True)).
@@ -49,7 +49,7 @@ Choices where the draft is silent or TODO (METHODS.md "choice"):
 - M: `energy` per layer (smallest M whose eigenvalues reach that fraction of the centred
   variance), or `target_params`: one threshold for all layers bisected so the model has at most
   the target count (within 2%; the count includes every new module). With several
-  `shrink_epochs`, shrink k of K aims at target^(k/K). Eigen-directions below `EIG_FLOOR_FRAC`
+  `transform_epochs`, shrink k of K aims at target^(k/K). Eigen-directions below `EIG_FLOOR_FRAC`
   of the largest are never used. A layer stays as it is when M + 1 >= n (no size gain) unless
   `transform_full_rank`; `layers` restricts the shrink to named layers.
 - BN between a layer and its activation: folded in (bench.surgery.fold_bn, running statistics)
@@ -86,7 +86,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -98,7 +98,8 @@ from torch import nn
 from bench.config import ConfigError, opt
 from bench.stats import SumAccumulator, as_samples, capture
 from bench.surgery import fold_bn, get_module, set_module, substitute_inputs
-from methods.base import Method, MethodConfig, register
+from bench.targets import Target, TargetError, bisect_fraction
+from methods.base import Method, TargetConfig, register
 
 SAMPLES_PER_UNIT = 10        # METHODS.md sec. 2 choice; draft sec. 4.3: "a few times bigger than the layer"
 MIN_CONV_IMAGES = 2048       # issue 6: at least 2,048 calibration images for conv layers
@@ -107,8 +108,6 @@ CALIB_BATCH = 256            # images per calibration forward (memory only)
 LS_RIDGE_FRAC = 1e-8         # Tikhonov term / mean diagonal of A^T A (float64 Cholesky safety)
 EIG_FLOOR_FRAC = 1e-10       # eigen-directions below this fraction of the largest are noise
 CHUNK_BYTES = 64 * 2 ** 20   # float64 im2col rows held at once
-TARGET_TOLERANCE_FRAC = 0.02 # issue 6 / PCN: meet target_params within 2% of the dense count
-BISECTION_STEPS = 60         # halvings of the threshold interval
 POOLS_LINEAR = (nn.Identity, nn.Dropout, nn.Flatten, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 POOLS_MAX = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
 
@@ -460,7 +459,7 @@ def plan_layers(model: nn.Module, cfg: "PCNS.Config") -> tuple[list[LayerPlan], 
 
 def calibration_size(model: nn.Module, plans: list[LayerPlan], cfg: "PCNS.Config",
                      example_inputs: torch.Tensor) -> int:
-    """Calibration images: `calib_images` for conv models, more where a layer needs
+    """Calibration images: `calibration_images` for conv models, more where a layer needs
     `samples_per_unit` samples per neuron (sets each plan's spatial `positions`)."""
     pos: dict[str, int] = {}
 
@@ -471,7 +470,7 @@ def calibration_size(model: nn.Module, plans: list[LayerPlan], cfg: "PCNS.Config
     for pl in plans:
         pl.positions = pos[pl.site.producer]
     need = [math.ceil(cfg.samples_per_unit * pl.n / pl.positions) for pl in plans]
-    return max(need + [cfg.calib_images if any(pl.kind == "conv" for pl in plans) else 0])
+    return max(need + [cfg.calibration_images if any(pl.kind == "conv" for pl in plans) else 0])
 
 
 def weight_device(model: nn.Module, name: str) -> torch.device:
@@ -507,18 +506,14 @@ def choose_widths(model: nn.Module, plans: list[LayerPlan], cfg: "PCNS.Config",
         return choose(plans, threshold, cfg.relu_split, cfg.transform_full_rank)
     if target_params is None:
         return cfg.energy, widths_at(cfg.energy)
-    floor = projected_params(model, plans, widths_at(0.0))
+    at_0 = widths_at(0.0)
+    floor = projected_params(model, plans, at_0)
     if floor > target_params:
-        raise ConfigError(f"method.target_params: {target_params:,} parameters are below what PCNS reaches with "
+        raise TargetError(f"method.target_params: {target_params:,} parameters are below what PCNS reaches with "
                           f"one component per layer ({floor:,}); raise method.target_params")
-    lo, hi = 0.0, 1.0
-    for _ in range(BISECTION_STEPS):
-        mid = 0.5 * (lo + hi)
-        if projected_params(model, plans, widths_at(mid)) <= target_params:
-            lo = mid
-        else:
-            hi = mid
-    return lo, widths_at(lo)
+    (lo, widths), _ = bisect_fraction(widths_at, lambda w: projected_params(model, plans, w) <= target_params,
+                                      at_0, None)
+    return lo, widths
 
 
 def set_widths(plans: list[LayerPlan], widths: dict[int, int], cfg: "PCNS.Config") -> list[LayerPlan]:
@@ -735,7 +730,7 @@ def shrink(model: nn.Module, cfg: "PCNS.Config", calibration: Callable[..., Iter
         n_images = calibration_size(model, plans, cfg, example_inputs)
 
         def batches(heldout: bool = False, n: Optional[int] = None) -> Iterator[torch.Tensor]:
-            return (x.to(dtype) for x in calibration(n or n_images, cfg.calib_batch, heldout))
+            return (x.to(dtype) for x in calibration(n or n_images, cfg.calibration_batch_size, heldout))
         with clock("gram_s"):
             gram_pass(model, plans, batches())
         threshold, widths = choose_widths(model, plans, cfg, target_params)
@@ -858,25 +853,23 @@ def layer_errors(model: nn.Module, plans: list[LayerPlan], batches) -> tuple[dic
 # --------------------------------------------------------------------------- the method
 @register("pcns")
 class PCNS(Method):
-    """PCA network shrinking, repeated at `shrink_epochs` (see the module docstring)."""
+    """PCA network shrinking, repeated at `transform_epochs` (see the module docstring)."""
 
     @dataclass
-    class Config(MethodConfig):
-        shrink_epochs: list[int] = opt([2], "shrink after these completed epochs, each time the already-shrunk "
+    class Config(TargetConfig):
+        target_kinds: ClassVar[tuple[str, ...]] = ("params",)
+        transform_epochs: list[int] = opt([2], "shrink after these completed epochs, each time the already-shrunk "
                                        "network (draft sec. 2: repeatable during training; 2 of the quick 8-epoch "
                                        "recipe: a partially trained network)")
         energy: float = opt(0.99, "per-layer fraction of the TOs' centred variance to keep (draft sec. 2.2 "
                             "'variance threshold', value TODO there; PCN's example)")
-        target_params: Optional[float] = opt(None, "fraction of the dense parameter count to meet (within 2%) by "
-                                             "bisecting one threshold shared by all layers; replaces energy; with "
-                                             "several shrinks, shrink k of K aims at target^(k/K)")
-        calib_images: int = opt(MIN_CONV_IMAGES, "calibration images at least, for models with conv layers "
+        calibration_images: int = opt(MIN_CONV_IMAGES, "calibration images at least, for models with conv layers "
                                 "(issue 6: 2,048)")
         samples_per_unit: int = opt(SAMPLES_PER_UNIT, "calibration samples per neuron at least, conv positions "
                                     "counted as samples (METHODS.md sec. 2: 10; draft sec. 4.3)")
         error_images: int = opt(ERROR_IMAGES, "error table (draft sec. 4.2) on the first N calibration images and on "
                                 "N held-out ones (0: no table)")
-        calib_batch: int = opt(CALIB_BATCH, "images per calibration forward pass (memory only)")
+        calibration_batch_size: int = opt(CALIB_BATCH, "images per calibration forward pass (memory only)")
         ev_scale: float = opt(1.0, "c = ev_scale * sqrt(B) * rms(layer outputs): conditioning scale of the "
                               "eigenvectors, cancels in step 4 (draft: unspecified)")
         ls_ridge: float = opt(LS_RIDGE_FRAC, "ridge of the least squares, relative to the mean diagonal of A^T A")
@@ -896,26 +889,25 @@ class PCNS(Method):
         layers: list[str] = opt([], "producer layers to shrink (module names); empty: every hidden layer")
 
         def validate(self) -> None:
-            if not self.shrink_epochs or any(e < 1 for e in self.shrink_epochs) or \
-                    any(b <= a for a, b in zip(self.shrink_epochs, self.shrink_epochs[1:])):
-                raise ConfigError(f"method.shrink_epochs must be increasing epochs >= 1, got {self.shrink_epochs}")
+            super().validate()
+            if not self.transform_epochs or any(e < 1 for e in self.transform_epochs) or \
+                    any(b <= a for a, b in zip(self.transform_epochs, self.transform_epochs[1:])):
+                raise ConfigError(f"method.transform_epochs must be increasing epochs >= 1, got {self.transform_epochs}")
             if not 0 < self.energy <= 1:
                 raise ConfigError(f"method.energy must be in (0, 1], got {self.energy}")
-            if self.target_params is not None and not 0 < self.target_params < 1:
-                raise ConfigError(f"method.target_params must be in (0, 1), got {self.target_params}")
-            if self.calib_images < 1 or self.samples_per_unit < 1 or self.calib_batch < 1 or self.error_images < 0:
-                raise ConfigError("method.calib_images, samples_per_unit, calib_batch must be >= 1 and "
+            if self.calibration_images < 1 or self.samples_per_unit < 1 or self.calibration_batch_size < 1 or self.error_images < 0:
+                raise ConfigError("method.calibration_images, samples_per_unit, calibration_batch_size must be >= 1 and "
                                   "error_images >= 0")
             if self.ev_scale <= 0 or self.ls_ridge < 0:
                 raise ConfigError("method.ev_scale must be > 0 and method.ls_ridge >= 0")
 
     def __init__(self, cfg: Config, ctx):
         super().__init__(cfg, ctx)
-        if cfg.shrink_epochs[-1] > ctx.epochs:
-            raise ConfigError(f"method.shrink_epochs={cfg.shrink_epochs} go past the budget of {ctx.epochs} "
+        if cfg.transform_epochs[-1] > ctx.epochs:
+            raise ConfigError(f"method.transform_epochs={cfg.transform_epochs} go past the budget of {ctx.epochs} "
                               f"epochs; keep them <= train.epochs")
-        if cfg.calib_images + cfg.error_images > ctx.num_train_images:
-            raise ConfigError(f"method.calib_images + error_images = {cfg.calib_images + cfg.error_images} "
+        if cfg.calibration_images + cfg.error_images > ctx.num_train_images:
+            raise ConfigError(f"method.calibration_images + error_images = {cfg.calibration_images + cfg.error_images} "
                               f"exceed the {ctx.num_train_images} training images; lower them")
         self.shrinks: list[dict[str, Any]] = []
 
@@ -927,18 +919,19 @@ class PCNS(Method):
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> Optional[nn.Module]:
         done = {r["epoch"] for r in self.shrinks}
-        if epoch not in self.cfg.shrink_epochs or epoch in done:
+        if epoch not in self.cfg.transform_epochs or epoch in done:
             return None
-        k = self.cfg.shrink_epochs.index(epoch) + 1
+        k = self.cfg.transform_epochs.index(epoch) + 1
         target = None
         if self.cfg.target_params is not None:
-            target = int(self.cfg.target_params ** (k / len(self.cfg.shrink_epochs)) * self.ctx.dense_params)
+            target = int(self.cfg.target_params ** (k / len(self.cfg.transform_epochs)) * self.ctx.dense_params)
         params_before = sum(p.numel() for p in model.parameters())
         model, report, _ = shrink(model, self.cfg, self.ctx.calibration, self.ctx.example_inputs, target)
         params_after = sum(p.numel() for p in model.parameters())
         report.update({"epoch": epoch, "params_before": params_before, "params_after": params_after,
                        "target_met": None if target is None else
-                       abs(params_after - target) <= TARGET_TOLERANCE_FRAC * self.ctx.dense_params,
+                       Target("params", target / self.ctx.dense_params, self.cfg.target_tol_frac).within(
+                           params_after / self.ctx.dense_params),
                        "params_frac_of_dense": params_after / self.ctx.dense_params,
                        "epoch_train_s": self.ctx.last_epoch_s,
                        "shrink_to_epoch_ratio": report["timing_s"]["total_s"] / self.ctx.last_epoch_s

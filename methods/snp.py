@@ -33,7 +33,7 @@ network, float64 statistics from bench.stats):
    by BN) takes the constant into the next BN's running mean instead (exact in eval
    mode; in training mode BN removes any constant itself). `compensate: false` is the
    paper's ablation (prune only).
-6. Fine-tune for the rest of the budget (`prune_epoch`, as l1_filter).
+6. Fine-tune for the rest of the budget (`transform_epoch`, as l1_filter).
 
 Invariant (tested): a unit that is an exact linear combination of kept units is
 removed with no change of the network output beyond float error.
@@ -67,9 +67,10 @@ from torch import nn
 from bench.config import ConfigError, opt
 from bench.stats import collect_covariances
 from bench.surgery import get_module, substitute_inputs
-from methods._pruning import (PruningConfig, ScheduledPruning, build_graph, channel_table, channels, check_target, classifier_of,
+from bench.targets import TargetError, first_at_most
+from methods._pruning import (PruningConfig, ScheduledPruning, build_graph, channel_table, channels, classifier_of,
                               dense_value, detached_copy, is_out_pruning, measure,
-                              prune_out_channels, prune_schedule, sizes, within)
+                              prune_out_channels, prune_schedule, sizes)
 from methods.base import register
 
 # Relative threshold below which an eigenvalue or an LDL pivot counts as zero (float64
@@ -249,7 +250,7 @@ class SNP(ScheduledPruning):
 
     def __init__(self, cfg: "SNP.Config", ctx):
         super().__init__(cfg, ctx)
-        self.events = prune_schedule(cfg.prune_epoch, ctx.epochs)
+        self.events = prune_schedule(cfg.transform_epoch, ctx.epochs)
         if cfg.calibration_images > ctx.num_train_images:
             raise ConfigError(f"method.calibration_images={cfg.calibration_images} exceeds the {ctx.num_train_images} "
                               f"training images; lower it")
@@ -328,24 +329,19 @@ class SNP(ScheduledPruning):
                 cache[i] = self.trial(model, slots, spectra, candidates[i], kind)
             return cache[i]
 
-        lo, hi = 0, len(candidates) - 1          # cost is nonincreasing in the share
+        hi = len(candidates) - 1                 # cost is nonincreasing in the share
         if cost(hi) > limit:
-            raise ConfigError(f"method.target_{kind}={frac:g} is out of reach: removing all but "
+            raise TargetError(f"method.target_{kind}={frac:g} is out of reach: removing all but "
                               f"{cfg.min_channels} channel(s) of every prunable layer leaves "
                               f"{cost(hi) / dense_value(ctx, kind):.4f} of dense; raise the target")
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if cost(mid) <= limit:
-                hi = mid
-            else:
-                lo = mid + 1
+        lo = first_at_most(len(candidates), cost, limit)
         dense = dense_value(ctx, kind)
-        if lo > 0 and not within(cost(lo) / dense, frac, cfg.target_tol_frac) and within(
-                cost(lo - 1) / dense, frac, cfg.target_tol_frac):
+        goal = cfg.target()
+        if lo > 0 and not goal.within(cost(lo) / dense) and goal.within(cost(lo - 1) / dense):
             lo -= 1                           # one unit fewer lands within the tolerance, just above
         achieved = cost(lo) / dense
-        check_target(achieved, frac, cfg.target_tol_frac, f"target_{kind}",
-                     "one unit of the next tau removes too much; use a larger model or a looser target_tol_frac")
+        goal.check(achieved, "one unit of the next tau removes too much; use a larger model or a looser "
+                             "target_tol_frac")
         return candidates[lo], {"target": kind, "target_frac": frac, "achieved_frac": achieved,
                                 "search_evaluations": len(cache)}
 

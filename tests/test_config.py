@@ -80,3 +80,8 @@ def test_the_cli_takes_several_config_files(tmp_path):
     assert rc == 0
     (summary,) = tmp_path.glob("*/summary.json")
     assert summary.parent.name.startswith("pcn-vgg11")
+
+
+def test_a_renamed_option_names_its_new_name():
+    with pytest.raises(ConfigError, match="'method.prune_epoch' was renamed to 'method.transform_epoch'"):
+        load_config("configs/smoke.yaml", ["method.name=l1_filter", "method.prune_epoch=1"])

@@ -166,7 +166,7 @@ def test_every_profile_runs_every_method_and_control_at_every_target(suite, seed
     rnd = [c for c in grid if c.label == "random_filter"]
     l1 = [c for c in grid if c.label == "l1_filter"]
     assert {c.cfg.method.importance for c in rnd} == {"random"} and {c.cfg.method.importance for c in l1} == {"l1"}
-    assert {c.cfg.method.prune_epoch for c in rnd} == {c.cfg.method.prune_epoch for c in l1}   # same prune point
+    assert {c.cfg.method.transform_epoch for c in rnd} == {c.cfg.method.transform_epoch for c in l1}   # same prune point
 
 
 def test_the_ablation_suite_holds_snp_without_compensation_and_dsr_at_ten_percent():

@@ -115,7 +115,7 @@ def test_options_are_checked():
     with pytest.raises(ConfigError, match="either pruning_ratio or a target"):
         build_dataclass(L1.Config, {"name": "l1_filter", "pruning_ratio": 0.5}, "method.")
     with pytest.raises(ConfigError, match="do not fit"):
-        l1(build_model(ModelConfig(name="vgg11", width=0.125)), epochs=3, prune_epoch=2, iterative_steps=3)
+        l1(build_model(ModelConfig(name="vgg11", width=0.125)), epochs=3, transform_epoch=2, iterative_steps=3)
     model = build_model(ModelConfig(name="vgg11", width=0.125))
     with pytest.raises(ConfigError, match="does not exist"):
         l1(model, target_params=None, pruning_ratio=0.5, prune_layers=[9]).prune(model)
@@ -124,7 +124,7 @@ def test_options_are_checked():
 def test_two_pruning_events_fine_tune_and_checkpoint_through_the_harness(tiny_overrides):
     # Two epochs (tiny_overrides): prune to 75% after epoch 1, to 50% after epoch 2.
     cfg = load_config("configs/smoke.yaml", tiny_overrides + [
-        "method.name=l1_filter", "method.prune_epoch=1", "method.iterative_steps=2",
+        "method.name=l1_filter", "method.transform_epoch=1", "method.iterative_steps=2",
         "method.target_params=0.5"])
     summary = train(cfg, log=lambda s: None)
     assert summary["params_total"] / summary["dense_params"] == pytest.approx(0.5, rel=0.02)

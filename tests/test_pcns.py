@@ -34,7 +34,7 @@ def calibration_from(pool: torch.Tensor):
 def config(**kw) -> PCNS.Config:
     # The property tests were written for the exact max-pool handling (explicit mixes); the
     # method's default is `skip` since the real-data measurement (results/pcns-notes.md).
-    base = dict(name="pcns", calib_images=32, error_images=16, calib_batch=16, maxpool="explicit")
+    base = dict(name="pcns", calibration_images=32, error_images=16, calibration_batch_size=16, maxpool="explicit")
     return PCNS.Config(**{**base, **kw})
 
 
@@ -98,7 +98,7 @@ def test_planted_low_rank_layer_shrinks_to_its_rank_and_generalises():
         return (torch.rand(count, 1) * 1.5 + 0.5) * v[torch.randint(r, (count,))]
     pool, fresh = inputs(600), inputs(300)
     old = copy.deepcopy(model)
-    new, report, plans = shrink(model, config(energy=1 - 1e-9, calib_batch=64), calibration_from(pool), pool[:1])
+    new, report, plans = shrink(model, config(energy=1 - 1e-9, calibration_batch_size=64), calibration_from(pool), pool[:1])
     (row,) = report["layers"]
     assert plans[0].m_comp == r and row["n_after"] == r + 1 and new[0].out_features == r + 1
     assert row["ls_residual"] < 1e-10 and row["variance_kept"] > 1 - 1e-9
@@ -122,7 +122,7 @@ def test_all_components_reproduce_the_output_up_to_the_reported_ls_residual():
     (plan,) = [p for p in plans if p.shrink]
     assert row["layer"] == "3" and row["components"] == 5 and row["n_after"] == 6
 
-    cal = pool[:32]                                            # calib_images = 32
+    cal = pool[:32]                                            # calibration_images = 32
     with torch.no_grad():
         x_in = old[:3](cal).double()
         x = old[:6](cal).double().permute(1, 0, 2, 3).reshape(6, -1)   # X_l: n x B
@@ -239,7 +239,7 @@ def method_with_one_shrink(model: nn.Module, pool: torch.Tensor, **kw) -> tuple[
     dense = sum(p.numel() for p in model.parameters())
     ctx = SimpleNamespace(epochs=2, num_train_images=len(pool), dense_params=dense, example_inputs=pool[:1],
                           calibration=calibration_from(pool), last_epoch_s=1.0, epoch=1)
-    method = PCNS(config(shrink_epochs=[1], samples_per_unit=1, **kw), ctx)
+    method = PCNS(config(transform_epochs=[1], samples_per_unit=1, **kw), ctx)
     return method, method.on_epoch_end(model, 1)
 
 
@@ -421,7 +421,7 @@ def test_sums_are_all_reduced_by_the_shared_accumulator_on_the_data_device(monke
 
 # --------------------------------------------------------------------------- harness
 def test_relu_model_is_refused_before_training(tiny_overrides):
-    cfg = load_config("configs/smoke.yaml", tiny_overrides + ["method.name=pcns", "method.calib_images=64",
+    cfg = load_config("configs/smoke.yaml", tiny_overrides + ["method.name=pcns", "method.calibration_images=64",
                                                               "method.error_images=32"])
     with pytest.raises(ConfigError, match="model.act=leaky_relu"):
         train(cfg, log=lambda s: None)
@@ -431,7 +431,7 @@ def test_end_to_end_target_params_two_shrinks(tiny_overrides):
     cfg = load_config("configs/smoke.yaml", tiny_overrides + [
         "model.name=resnet20", "model.width=0.5", "model.act=leaky_relu", "data.synthetic_train_size=256",
         "data.synthetic_test_size=64", "method.name=pcns",
-        "method.shrink_epochs=[1, 2]", "method.target_params=0.7", "method.calib_images=64",
+        "method.transform_epochs=[1, 2]", "method.target_params=0.7", "method.calibration_images=64",
         "method.error_images=32"])
     summary = train(cfg, log=lambda s: None)
     ms = summary["method_summary"]

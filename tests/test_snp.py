@@ -214,7 +214,7 @@ def test_options_are_checked():
 
 def test_prunes_compensates_fine_tunes_and_checkpoints_through_the_harness(tiny_overrides):
     cfg = load_config("configs/smoke.yaml", tiny_overrides + [
-        "method.name=snp", "method.prune_epoch=1", "method.calibration_images=256", "method.target_params=0.5"])
+        "method.name=snp", "method.transform_epoch=1", "method.calibration_images=256", "method.target_params=0.5"])
     summary = train(cfg, log=lambda s: None)
     assert summary["params_total"] / summary["dense_params"] == pytest.approx(0.5, rel=0.02)
     (event,) = summary["method_summary"]["events"]

@@ -95,7 +95,7 @@ def test_dry_run_prints_the_grid_and_cost(tmp_path, capsys):
 
 
 def test_a_method_can_carry_its_own_targets(tmp_path):
-    path = write_suite(tmp_path, methods={"dense": {}, "snp": {"prune_epoch": 1, "targets": [0.1]}, "l1_filter": {}})
+    path = write_suite(tmp_path, methods={"dense": {}, "snp": {"transform_epoch": 1, "targets": [0.1]}, "l1_filter": {}})
     cells = expand(*load_suite(str(path)), [])
     assert sorted((c.label, c.target or 0) for c in cells) == [
         ("dense", 0), ("l1_filter", 0.25), ("l1_filter", 0.5), ("snp", 0.1)]
