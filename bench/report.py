@@ -38,6 +38,8 @@ import pandas as pd
 from scipy import stats
 
 from bench.config import flatten, read_yaml
+from bench.metrics import FINAL, declared
+from bench.metrics.base import fmt_points, fmt_seconds
 from bench.runs import write_text
 
 DENSE_LABEL = "dense"
@@ -193,8 +195,11 @@ def time_to_accuracy(hist: pd.DataFrame, target_acc: float) -> tuple[Optional[in
     return int(first["epoch"]), float(first["train_wall_s_cum"])
 
 
-REL_METRICS = ["test_acc", "params_total", "params_nonzero", "macs", "macs_nonzero", "train_wall_s", "train_macs",
-               "throughput_train_img_s", "throughput_infer_img_s"]
+def final_metrics(interval: Optional[bool] = None, relative: Optional[bool] = None) -> list[str]:
+    """Names of the declared final-model metrics (bench.metrics), optionally only those the
+    report gives with an interval / relative to the control."""
+    return [m.name for m in declared(FINAL) if (interval is None or m.interval == interval)
+            and (relative is None or m.relative == relative)]
 
 
 def aggregate(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -204,7 +209,8 @@ def aggregate(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.Data
     runs = assign_controls(runs)
     runs["target"] = runs["target"].astype(object).where(runs["target"].notna(), None)
     runs["target_key"] = runs["target"].map(lambda t: -1.0 if t is None else float(t))
-    reference = runs.groupby(["model", "label", "target_key"])[REL_METRICS].mean()
+    rel_metrics = [m for m in final_metrics(relative=True) if m in runs]
+    reference = runs.groupby(["model", "label", "target_key"])[rel_metrics].mean()
 
     def ref_key(model: str, control: str, target_key: float) -> tuple:
         """The control's row for a row at `target_key`: at the same target where the control
@@ -221,9 +227,7 @@ def aggregate(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.Data
         tta_epoch.append(e)
         tta_s.append(s)
     runs["tta_epoch"], runs["tta_s"] = tta_epoch, tta_s
-    metrics = ["test_acc", "params_total", "params_nonzero", "macs", "macs_nonzero", "train_wall_s", "train_macs",
-               "throughput_train_img_s", "throughput_infer_img_s", "transform_s", "tta_s", "tta_epoch"]
-    metrics += [c for c in ("dense_params", "dense_macs", *SPEED_METRICS) if c in runs]
+    metrics = [m for m in final_metrics() if m in runs] + ["tta_s", "tta_epoch"]
     g = runs.groupby(["model", "label", "target_key"], dropna=False)
     agg = g[metrics].mean()
     agg["control"] = g["control"].first()
@@ -234,7 +238,7 @@ def aggregate(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.Data
     agg["reached"] = g["tta_epoch"].apply(lambda s: int(s.notna().sum()))
     agg = agg.reset_index()
     keys = [ref_key(*k) for k in zip(agg["model"], agg["control"], agg["target_key"])]
-    for m in REL_METRICS:
+    for m in rel_metrics:
         ref = pd.Series([reference[m].get(k, float("nan")) for k in keys], index=agg.index, dtype=float)
         agg[m + "_rel"] = (agg[m] / ref).where(ref != 0)
     agg["test_acc_delta"] = agg["test_acc"] - pd.Series(
@@ -244,11 +248,6 @@ def aggregate(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.Data
     controls = reference_labels(agg)
     agg["_o"] = agg["label"].map(lambda lab: 0 if lab == DENSE_LABEL else 1 if lab in controls else 2)
     return agg.sort_values(["model", "_o", "label", "target_key"], ascending=[True, True, True, False]).drop(columns="_o")
-
-
-# Figures given with their interval in the table (and table.csv's `<metric>_ci`: the half-width).
-CI_METRICS = ["test_acc", "params_total", "params_nonzero", "macs", "macs_nonzero", "train_wall_s", "train_macs",
-              "throughput_train_img_s", "throughput_infer_img_s"]
 
 
 def add_statistics(agg: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -278,7 +277,7 @@ def add_statistics(agg: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 
     for _, r in agg.iterrows():
         sub = runs[(runs["model"] == r["model"]) & (runs["label"] == r["label"]) & (keys == r["target_key"])]
-        for m in CI_METRICS:
+        for m in final_metrics(interval=True):
             put(m + "_ci", mean_ci(sub[m]).half if m in sub else NAN)
         acc = mean_ci(sub["test_acc"])
         put("test_acc_lo", acc.lo)
@@ -296,25 +295,8 @@ def add_statistics(agg: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return agg.assign(**cols)
 
 
-def _fmt_count(v: float) -> str:
-    if v != v:  # NaN
-        return "-"
-    return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v / 1e3:.1f}k"
-
-
 def _rel(v: float) -> str:
     return "" if v != v else f" ({v:.2f}x)"
-
-
-def _si(v: float) -> str:
-    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if v >= scale:
-            return f"{v / scale:.1f}{unit}"
-    return f"{v:.0f}"
-
-
-def _seconds(v: float) -> str:
-    return f"{v:.0f}s" if v >= 10 else f"{v:.1f}s"
 
 
 def _has_target(t: Any) -> bool:
@@ -328,15 +310,11 @@ def _ci(text: str, half: float, fmt, skip_zero: bool = False) -> str:
     return f"{text} ± {fmt(half)}"
 
 
-def _points(v: float) -> str:
-    return f"{100 * v:.2f}"
-
-
 def _diff(d: Interval) -> str:
     """A difference in points: `+1.20 ± 0.40` (paired over n seeds), or the single value."""
     if d.mean != d.mean:
         return ""
-    return _ci(f"{100 * d.mean:+.2f}", d.half if d.n > 1 else NAN, _points)
+    return _ci(f"{100 * d.mean:+.2f}", d.half if d.n > 1 else NAN, fmt_points)
 
 
 def row_diff(r: pd.Series, prefix: str) -> Interval:
@@ -345,41 +323,41 @@ def row_diff(r: pd.Series, prefix: str) -> Interval:
                     int(r.get(prefix + "_n", 0) or 0))
 
 
+def table_metrics() -> list:
+    """The declared final metrics that are columns of the report's table, in declaration order."""
+    return [m for m in declared(FINAL) if m.title]
+
+
+def metric_cell(r: pd.Series, m) -> str:
+    """`value ± 95% half-width (ratio to the control)` of metric `m` in aggregated row `r`."""
+    v = r.get(m.name, NAN)
+    if v != v:
+        return "-"
+    text = _ci(m.fmt(v), r.get(m.name + "_ci", NAN) if m.interval else NAN, m.fmt, skip_zero=True)
+    return text + (_rel(r.get(m.name + "_rel", NAN)) if m.relative else "")
+
+
 def markdown_table(agg: pd.DataFrame, model: str) -> str:
     """One row per (method, target): means ± 95% half-widths over n seeds, the paired
-    difference to the row's control with its verdict, and the figures relative to the control."""
-    rows = agg[agg["model"] == model]
-    head = ("| method | target | top-1 % (mean ± 95% CI) | control | Δ top-1 vs control | vs control (95%) | n "
-            "| params | non-zero params | MACs/img | train wall-clock | train MACs | train img/s | infer img/s "
-            "| to control acc |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-    lines = []
+    difference to the row's control with its verdict, and the declared metrics' columns
+    (bench.metrics) relative to the control."""
+    rows, columns = agg[agg["model"] == model], table_metrics()
+    titles = ["method", "target", "top-1 % (mean ± 95% CI)", "control", "Δ top-1 vs control", "vs control (95%)",
+              "n", *(m.title for m in columns), "to control acc"]
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     for _, r in rows.iterrows():
-        ci = {m: r.get(m + "_ci", NAN) for m in CI_METRICS}
         target = f"{r['target']:.0%}" if _has_target(r["target"]) else "-"
-        acc = _ci(_points(r["test_acc"]), ci["test_acc"], _points)
+        acc = _ci(fmt_points(r["test_acc"]), r.get("test_acc_ci", NAN), fmt_points)
         paired = row_diff(r, "test_acc_diff")
         if paired.n > 1:
             delta = _diff(paired)
         else:
             delta = "" if r["test_acc_delta"] != r["test_acc_delta"] else f"{100 * r['test_acc_delta']:+.2f}"
-        tta = "never" if r["reached"] == 0 else f"ep {r['tta_epoch']:.0f}, {_seconds(r['tta_s'])}"
-        counts = {m: _ci(_fmt_count(r[m]), ci[m], _fmt_count, True) + _rel(r[m + "_rel"])
-                  for m in ("params_total", "params_nonzero", "macs")}
-        wall = _ci(_seconds(r["train_wall_s"]), ci["train_wall_s"], _seconds) + _rel(r["train_wall_s_rel"])
-        tmacs = _ci(_si(r["train_macs"]), ci["train_macs"], _si, True) + _rel(r["train_macs_rel"])
-        img_s = {m: _ci(f"{r[m]:.0f}", ci[m], lambda h: f"{h:.0f}") + _rel(r[m + "_rel"])
-                 for m in ("throughput_train_img_s", "throughput_infer_img_s")}
-        lines.append(
-            f"| {r['label']} | {target} | {acc} | {r['control']} | {delta} | {r.get('vs_control', '')} "
-            f"| {int(r['seeds'])} | {counts['params_total']} | {counts['params_nonzero']} | {counts['macs']} "
-            f"| {wall} | {tmacs} | {img_s['throughput_train_img_s']} | {img_s['throughput_infer_img_s']} | {tta} |")
-    return head + "\n".join(lines) + "\n"
-
-
-# Measured speed of each final model (bench.metrics.measure_speed): medians, then meaned over seeds.
-SPEED_METRICS = ["latency_b1_ms_median", "latency_b1_ms_iqr", "infer_batch_ms_median", "infer_batch_ms_iqr",
-                 "train_step_ms_median", "train_step_ms_iqr", "speed_cpu_load", "speed_cpus"]
+        tta = "never" if r["reached"] == 0 else f"ep {r['tta_epoch']:.0f}, {fmt_seconds(r['tta_s'])}"
+        cells = [r["label"], target, acc, r["control"], delta, r.get("vs_control", ""), str(int(r["seeds"])),
+                 *(metric_cell(r, m) for m in columns), tta]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _load_note(rows: pd.DataFrame) -> list[str]:
@@ -459,7 +437,7 @@ def highlights(agg: pd.DataFrame, model: str) -> list[str]:
         target = f" at {r['target']:.0%}" if _has_target(r["target"]) else ""
         vs = "" if len(shared) == 1 else f" (control: {controls[r.name]})"
         lines.append(f"- Fastest to {whose} accuracy: **{r['label']}**{target}{vs}, epoch "
-                     f"{r['tta_epoch']:.0f} after {_seconds(r['tta_s'])} of training; "
+                     f"{r['tta_epoch']:.0f} after {fmt_seconds(r['tta_s'])} of training; "
                      f"{len(reached)} of {len(methods)} method rows reach {it} at all.")
     return lines
 
@@ -574,7 +552,7 @@ def published_section(agg: pd.DataFrame, model: str, entries: list[dict]) -> lis
                   "|---|---|---|---|---|---|---|---|---|"]
         for r, e, kind, ours in matches:
             lines.append(
-                f"| {r['label']} {r['target']:.0%} | {_ci(_points(r['test_acc']), r.get('test_acc_ci', NAN), _points)} "
+                f"| {r['label']} {r['target']:.0%} | {_ci(fmt_points(r['test_acc']), r.get('test_acc_ci', NAN), fmt_points)} "
                 f"| {_diff(row_diff(r, 'vs_dense_diff'))} | {e['name']} | {e['baseline_acc']:.2f} → {e['acc']:.2f} "
                 f"| {e['acc'] - e['baseline_acc']:+.2f} | {e['kept'][kind]:.1%} / {ours:.1%} ({kind}) "
                 f"| {e['budget']} | {e['source']} |")
@@ -692,6 +670,7 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None) -> O
         meta = json.loads((out / "suite.json").read_text())
     runs = assign_controls(runs, meta.get("controls"))
     write_text(out / "runs.csv", runs.to_csv(index=False))
+    n_runs = len(runs)                      # finished and diverged
     runs, diverged = split_diverged(runs)
     if runs.empty:
         write_text(out / "README.md", "\n".join([f"# Results: {suite_name or meta.get('suite') or out.name}", "", *diverged]))
@@ -706,6 +685,10 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None) -> O
     if meta:
         lines += [f"Produced by `{meta.get('command', '')}` on {meta.get('machine', '')} "
                   f"(devices: {', '.join(sorted(set(map(str, runs['device']))))}), last invoked {meta.get('started', '')} (finished runs are reused, not re-run).", ""]
+        planned = meta.get("cells")
+        if planned and n_runs < planned:
+            lines += [f"**Partial: {n_runs} of the suite's {planned} runs have finished.** Rows, intervals and "
+                      f"rankings below cover only those; running the same suite command again resumes it.", ""]
     lines += ["Each figure is measured by the harness, the same way for every method. Relative figures "
               "(in parentheses) and Δ are against the row's *control* (another row of the suite, `dense` "
               "unless the suite names one) of the same model. *to control acc*: the first epoch at which a "

@@ -5,6 +5,13 @@ image (`target_macs`), in (0, 1]. It is met when the achieved fraction is within
 `target_tol_frac` of it, *relative to the target* (issue 7's "within 2%": 0.02 at a target
 of 0.25 accepts 0.245-0.255). A method that cannot meet it raises `TargetError`, one line
 saying what was reached and what to change.
+
+Each method turns its own knob; the searches over a knob along which the size is
+monotone are here: `first_at_most` over a discrete candidate list (snp's share of
+units removed) and `bisect_fraction` over a [0, 1] knob (pcn's kept share of the
+component ranking or its shared variance threshold, pcns's threshold). l1_filter steps
+torch-pruning's iterative pruner instead (its state advances with every step, so it is
+not bisected) and dense_small takes the closest of its discrete widths.
 """
 from __future__ import annotations
 

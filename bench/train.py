@@ -27,7 +27,8 @@ from bench import dist
 from bench.config import RunConfig, to_dict
 from bench.data import DeviceData, load_data
 from bench.device import Runtime, resolve_device
-from bench.metrics import count_macs, evaluate, measure_speed, param_counts, peak_memory_mb
+from bench.metrics import (EPOCH, FINAL, MetricInput, compute_all, count_macs, evaluate, measure_speed, param_counts,
+                           peak_memory_mb)
 from bench.models import build_model
 from bench.optim import lr_at, make_optimizer
 from bench.progress import EpochBar, bars_enabled
@@ -357,6 +358,7 @@ def train(cfg: RunConfig, max_epochs: Optional[int] = None, log: Callable[[str],
         trainer.times["transform_s"] += s
         trainer.maybe_replace(new, s, row, f"epoch_end_{epoch + 1}")
         row.update(method.epoch_metrics(trainer.model))
+        row.update(compute_all(EPOCH, MetricInput(trainer.model, example, epoch + 1, trainer.history)))
         row.update({"train_wall_s_cum": trainer.times["train_s"] + trainer.times["transform_s"],
                     "train_macs_cum": trainer.train_macs})
         trainer.history.append(row)
@@ -443,6 +445,7 @@ def final_summary(trainer: Trainer, cfg: RunConfig, run_id: str, env: dict, exam
         "train_macs": trainer.train_macs, "train_macs_nonzero": trainer.train_macs_nonzero,
         "transforms": trainer.transforms,
         **speed, **peak_memory_mb(trainer.rt.device),
+        **compute_all(FINAL, MetricInput(model, example, cfg.train.epochs, trainer.history)),
         "method_summary": trainer.method.summary(model),
         **trainer.rt.describe(),
         "world_size": dist.world_size(), "rank_weight_checksums": dist.all_gather_object(checksum),
@@ -464,7 +467,12 @@ def snapshot(t: Trainer) -> dict:
 
 
 def restore(t: Trainer, state: dict) -> int:
-    t.set_model(state["model"])
+    model = state["model"]
+    if getattr(model, "structure", None) is None and getattr(t.model, "structure", None) is not None:
+        # A checkpoint from before models carried their structure: the built model's is the one it
+        # would carry (the structure names modules; methods' changes never update it).
+        model.structure = t.model.structure
+    t.set_model(model)
     t.optimizer.load_state_dict(state["optimizer"])
     t.method.load_state_dict(state["method"])
     t.ctx.generator.set_state(state["method_generator"])

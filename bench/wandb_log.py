@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bench.config import RunConfig, flatten, to_dict
+from bench.metrics import EPOCH, declared
 
 
 ONLINE_INIT_TIMEOUT_S = 10.0   # wandb's own default is 90 s per run
@@ -31,13 +32,12 @@ def wandb_mode(cfg: RunConfig) -> str:
 
 
 def define_metrics(run: Any) -> None:
-    """Summaries and axes the comparison needs: best and last test accuracy, lowest and
-    last training loss, and accuracy over the training wall-clock (time to accuracy)."""
-    run.define_metric("train_wall_s_cum", summary="max")
-    for name in ("test_acc", "acc_after_transform"):
-        run.define_metric(name, step_metric="train_wall_s_cum", summary="max,last")
-    run.define_metric("train_loss", summary="min,last")
-    run.define_metric("train_acc", summary="max,last")
+    """The summaries and axes the epoch metrics declare (bench.metrics.core: best and last
+    test accuracy, lowest and last training loss, accuracy over the training wall-clock)."""
+    for m in declared(EPOCH):
+        if m.wandb_summary:
+            run.define_metric(m.name, **({"step_metric": m.wandb_step} if m.wandb_step else {}),
+                              summary=m.wandb_summary)
 
 
 def server_unreachable(base_url: str) -> Optional[str]:

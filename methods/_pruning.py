@@ -24,10 +24,10 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 import torch_pruning as tp
 from torch import nn
-from timm.models.resnet import BasicBlock, Bottleneck
 
 from bench.config import ConfigError, opt
 from bench.metrics import count_macs
+from bench.models import structure_of
 from methods.base import Method, TargetConfig
 
 # Share of the budget spent before pruning when `transform_epoch` is not given:
@@ -72,11 +72,9 @@ def event_fraction(target: float, k: int, n: int) -> float:
 
 # --------------------------------------------------------------------------- model structure
 def classifier_of(model: nn.Module) -> nn.Module:
-    """The classifier layer (never pruned: its outputs are the classes)."""
-    get = getattr(model, "get_classifier", None)
-    if get is None:
-        raise ConfigError(f"{type(model).__name__} has no get_classifier(); the pruning methods need a timm model")
-    return get()
+    """The classifier layer (never pruned: its outputs are the classes), as the model's
+    structure names it (bench.models.structure_of)."""
+    return model.get_submodule(structure_of(model).classifier)
 
 
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
@@ -86,18 +84,14 @@ def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
 
 
 def block_internal_convs(model: nn.Module) -> list[nn.Conv2d]:
-    """Convs whose output channels stay inside a residual block: conv1 of a BasicBlock,
-    conv1 and conv2 of a Bottleneck (Li et al. 2017 sec. 4.2 prune only these in ResNets).
-    A network without residual blocks (VGG): every conv."""
-    blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+    """Convs whose output channels stay inside a residual block: every body conv but the
+    last of each residual block in the model's structure (conv1 of a BasicBlock, conv1 and
+    conv2 of a Bottleneck; Li et al. 2017 sec. 4.2 prune only these in ResNets). A network
+    without residual blocks (VGG): every conv."""
+    blocks = [b for b in structure_of(model).blocks() if b.residual]
     if not blocks:
         return [m for _, m in conv_layers(model)]
-    convs = []
-    for b in blocks:
-        convs.append(b.conv1)
-        if isinstance(b, Bottleneck):
-            convs.append(b.conv2)
-    return convs
+    return [model.get_submodule(u.conv) for b in blocks for u in b.body[:-1]]
 
 
 def channels(model: nn.Module) -> dict[str, int]:

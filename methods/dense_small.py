@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from bench.config import ConfigError, ModelConfig, opt
-from bench.models import build_model, count_params
+from bench.models import build_model, count_params, structure_of
 from methods.base import Method, TargetConfig, register
 
 MAX_WIDTH = 16.0             # the search covers widths up to this multiplier (targets are <= the dense width)
@@ -55,19 +55,18 @@ class WidthChoice:
 
 
 def infer_family(model: nn.Module, name: str) -> ModelConfig:
-    """The model config of `model` except its width: name, activation and classes."""
+    """The model config of `model` except its width: name, activation (the first one its
+    structure names) and classes (its classifier's outputs)."""
+    st = structure_of(model)
     act, slope = "relu", ModelConfig().leaky_slope
-    for m in model.modules():
-        if isinstance(m, nn.LeakyReLU):
-            act, slope = "leaky_relu", float(m.negative_slope)
-            break
-        if isinstance(m, nn.ReLU):
-            break
-    get = getattr(model, "get_classifier", None)
-    if get is None or not hasattr(get(), "out_features"):
-        raise ConfigError(f"dense_small: {type(model).__name__} has no Linear classifier (get_classifier()); "
-                          f"it needs a model of bench.models")
-    return ModelConfig(name=name, width=1.0, act=act, leaky_slope=slope, num_classes=get().out_features)
+    acts = [model.get_submodule(u.act) for u in st.units() if u.act is not None]
+    if acts and isinstance(acts[0], nn.LeakyReLU):
+        act, slope = "leaky_relu", float(acts[0].negative_slope)
+    classifier = model.get_submodule(st.classifier)
+    if not isinstance(classifier, nn.Linear):
+        raise ConfigError(f"dense_small: the classifier {st.classifier} is not a Linear; it needs a model of "
+                          f"bench.models")
+    return ModelConfig(name=name, width=1.0, act=act, leaky_slope=slope, num_classes=classifier.out_features)
 
 
 def meta_count(family: ModelConfig) -> Callable[[float], int]:

@@ -5,7 +5,7 @@ and across layers during training (METHODS.md sec. 5, the paper's Algorithm 1; t
 authors' code is github IntelAI/dynamic-reparameterization).
 
 What is sparse: every Conv2d except the first one (in execution order) and except
-1x1 shortcut convs (timm's `downsample`); BN parameters and biases stay dense; the
+1x1 shortcut convs (the blocks' projection shortcuts); BN parameters and biases stay dense; the
 classifier (the last Linear) is sparse only with `sparse_classifier` (the paper's
 ResNet-50 setting; its CIFAR WRN-28-2 setting keeps it dense). Every sparse tensor
 starts at the same sparsity with a uniformly random mask drawn from the method's
@@ -64,7 +64,8 @@ steps from epochs 0, 25, 80, 140; no reallocation from epoch 190):
   - the weight a layer keeps when H would empty it: its largest |w| (ties: the first
     in flat order); the authors' code keeps the first active one in flat order;
   - the "first conv" is the first Conv2d to run on the example input;
-  - "shortcut convs" are 1x1 convs whose module path contains `downsample`;
+  - "shortcut convs" are the 1x1 convs the model's structure names as a block's shortcut
+    (bench.models.structure_of);
   - the harness's `params_nonzero` counts exact zeros: a regrown weight is 0 until
     its first update, so it can sit slightly below the active count reported here.
 Precision: masks, thresholds and magnitudes are computed in `after_step`, outside the
@@ -86,6 +87,7 @@ from torch import nn
 
 from bench.config import ConfigError, opt
 from bench.metrics import Clock
+from bench.models import structure_of
 from bench.stats import capture
 from bench.targets import check_fraction
 from methods.base import Method, MethodConfig, register
@@ -220,10 +222,11 @@ def sparse_layer_names(model: nn.Module, example: torch.Tensor, sparse_classifie
         model.train(was_training)
     convs = [n for n in order if isinstance(layers[n], nn.Conv2d)]
     linears = [n for n in order if isinstance(layers[n], nn.Linear)]
+    shortcuts = {b.shortcut.conv for b in structure_of(model).blocks() if b.shortcut is not None}
     out = []
     for n in convs[1:]:
         m = layers[n]
-        if tuple(m.kernel_size) == (1, 1) and "downsample" in n.split("."):
+        if tuple(m.kernel_size) == (1, 1) and n in shortcuts:
             continue
         out.append(n)
     out += linears[:-1] + (linears[-1:] if sparse_classifier else [])

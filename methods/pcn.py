@@ -42,7 +42,7 @@ consumers' parameters as they are. A site whose k is at or above this break-even
 
 Choices where the sources are silent or differ (METHODS.md "choice"):
 - How many components: `dims` (explicit, as the authors' configs), else `target_params` (the total
-  parameter count, frozen projections included, within 2% of the target fraction of the dense
+  parameter count, frozen projections included, within `target_tol_frac` (relative) of the target fraction of the dense
   count), else `energy` (per-layer explained-variance threshold, 0.99 if unset). The code's
   absolute eigenvalue cut-off and width fraction are not offered. `allocation` says how
   `target_params` is spent: `greedy` (the default, measured better: results/pcn-notes.md), every
@@ -74,9 +74,11 @@ Choices where the sources are silent or differ (METHODS.md "choice"):
 - `layers: late` = the authors' choice of layers: VGG, the convs of the last two blocks
   between max-pools (VGG-16: conv 8-13); ResNet, every input read inside the last stage
   (block-internal inputs, the first convs of blocks 2..n), as in their CIFAR ResNet config
-  (stage 3; their fc1 kept full width, a pure rotation that only adds parameters).
-- `transform_epoch` None: 1 for VGG, 5 for ResNets (vgg16.py / resnet/cifar10.py
-  EPOCHS_BEFORE_COMPRESSION). Calibration: 5,000 images (NUM_SAMPLES_FOR_COMPRESSION).
+  (stage 3; their fc1 kept full width, a pure rotation that only adds parameters). Each
+  family sets how many last stages are late (`pcn.late_stages` in bench/models/vgg.py, resnet.py).
+- `transform_epoch` None: the family's `pcn.transform_epoch`, 1 for VGG, 5 for ResNets
+  (vgg16.py / resnet/cifar10.py EPOCHS_BEFORE_COMPRESSION). Calibration: 5,000 images
+  (NUM_SAMPLES_FOR_COMPRESSION).
 - The transformed convs carry a bias (absorbing `W mu`) even before a BN, as in the code.
 - Timings: `summary()["timing_s"]` has our own sub-steps; `transform_to_epoch_ratio` divides
   their total by the training seconds of the epoch just completed (`ctx.last_epoch_s`).
@@ -91,19 +93,19 @@ from typing import Any, ClassVar, Iterable, Optional, Union
 
 import torch
 import torch_pruning as tp
-from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
 from bench.config import ConfigError, opt
 from bench.metrics import param_counts
+from bench.models import ConvBN, model_defaults, structure_of
 from bench.stats import PCA, CovarianceAccumulator, collect_covariances
 from bench.surgery import get_module, set_module, substitute_inputs
 from bench.targets import TOL_FRAC, TargetError, bisect_fraction
 from methods.base import Method, TargetConfig, register
 
 CALIBRATION_IMAGES = 5000          # NUM_SAMPLES_FOR_COMPRESSION in vgg16.py and resnet/cifar10.py
-TRANSFORM_EPOCH_VGG = 1            # EPOCHS_BEFORE_COMPRESSION in vgg16.py
-TRANSFORM_EPOCH_RESNET = 5         # EPOCHS_BEFORE_COMPRESSION in resnet/cifar10.py
+TRANSFORM_EPOCH = 1                # a family's "pcn.transform_epoch" default where it sets none
+LATE_STAGES = 1                    # a family's "pcn.late_stages" default where it sets none
 ENERGY_DEFAULT = 0.99              # METHODS.md sec. 1 example, when neither dims nor target_params is set
 
 
@@ -195,81 +197,59 @@ class Graph:
 
 
 def analyse(model: nn.Module) -> Graph:
-    """Sites (transformable inputs) and streams (prunable channel sets) of the suite's models."""
-    if isinstance(getattr(model, "features", None), nn.Sequential) and isinstance(
-            getattr(getattr(model, "head", None), "fc", None), nn.Linear):
-        return _analyse_vgg(model)
-    if isinstance(getattr(model, "layer1", None), nn.Sequential) and isinstance(getattr(model, "fc", None), nn.Linear):
-        return _analyse_resnet(model)
-    raise ConfigError(f"pcn: model {type(model).__name__} is not one of the suite's VGG or ResNet models; "
-                      f"use model.name=vgg*/resnet*")
+    """Sites (transformable inputs) and streams (prunable channel sets) from the model's
+    published structure (bench.models.structure_of).
 
-
-def _analyse_vgg(model: nn.Module) -> Graph:
-    feats = model.features
-    convs, block_of, block, in_block = [], {}, 0, False
-    for i, m in enumerate(feats):
-        if isinstance(m, nn.MaxPool2d) and in_block:
-            block, in_block = block + 1, False
-        elif isinstance(m, nn.Conv2d):
-            convs.append(i)
-            block_of[i], in_block = block, True
-    n_blocks = max(block_of.values()) + 1
+    A stream is written by the stem or a block's last conv (with the shortcut, where there is
+    a projection; a residual block without one adds into the stream it read) and by each conv
+    inside a block. A block's input site is read by its first conv and its shortcut; the
+    classifier reads the last stream. `late`: inputs read inside the last `pcn.late_stages`
+    stages (a family default; 1 if unset), a residual stream only if written inside them."""
+    st = structure_of(model)
+    if not st.stages:
+        raise ConfigError(f"pcn: the {st.family} model has no conv besides its classifier; nothing to transform")
+    first_late = len(st.stages) - st.defaults.get("pcn.late_stages", LATE_STAGES)
     g = Graph({}, {})
-    for j, i in enumerate(convs):
-        bn = f"features.{i + 1}" if i + 1 < len(feats) and isinstance(feats[i + 1], nn.BatchNorm2d) else None
-        st = Stream(f"features.{i}", [(f"features.{i}", bn)], feats[i].out_channels)
-        g.streams[st.name] = st
-        if j + 1 < len(convs):
-            nxt = f"features.{convs[j + 1]}"
-            g.add_site(Site(nxt, [nxt], st.name, late=block_of[convs[j + 1]] >= n_blocks - 2))
-        else:
-            g.add_site(Site("head.fc", ["head.fc"], st.name, late=False, classifier=True))
+
+    def stream(unit: ConvBN, stage: int, residual: bool = False, name: Optional[str] = None,
+               extra: Optional[ConvBN] = None) -> Stream:
+        producers = ([(extra.conv, extra.bn)] if extra else []) + [(unit.conv, unit.bn)]
+        new = Stream(name or unit.conv, producers, _width(get_module(model, unit.conv), "out"), residual, stage)
+        g.streams[new.name] = new
+        return new
+
+    def site(consumers: list[str], current: Stream, late: bool, classifier: bool = False) -> None:
+        for c in consumers:
+            d = _width(get_module(model, c), "in")
+            if d != current.width:
+                raise ConfigError(f"pcn: {c} reads {d} features, not the {current.width} channels of {current.name} "
+                                  f"(a flatten over space?); this model is not supported")
+        g.add_site(Site(consumers[0], consumers, current.name, late=late, classifier=classifier))
+
+    current = None if st.stem is None else stream(st.stem, 0, residual=st.blocks()[0].residual)
+    for s, stage in enumerate(st.stages):
+        for b, block in enumerate(stage.blocks):
+            readers = [block.body[0].conv] + ([block.shortcut.conv] if block.shortcut else [])
+            if current is not None:    # a residual stream is read, never rotated in itself
+                site(readers, current, s >= first_late and (not current.residual or current.stage >= first_late))
+            for unit, nxt in zip(block.body, block.body[1:]):   # block-internal: conv -> bn -> act -> conv
+                site([nxt.conv], stream(unit, s), s >= first_late)
+            if not block.residual:
+                current = stream(block.body[-1], s)
+            elif block.shortcut is not None:
+                current = stream(block.body[-1], s, residual=True, extra=block.shortcut,
+                                 name=(stage.name if b == 0 else block.name) or block.body[-1].conv)
+            else:
+                current.producers.append((block.body[-1].conv, block.body[-1].bn))
+    site([st.classifier], current, late=False, classifier=True)
     return g
 
 
-def _downsample_parts(ds: nn.Module, prefix: str) -> tuple[str, Optional[str]]:
-    conv = [n for n, m in ds.named_children() if isinstance(m, nn.Conv2d)]
-    bn = [n for n, m in ds.named_children() if isinstance(m, nn.BatchNorm2d)]
-    if len(conv) != 1:
-        raise ConfigError(f"pcn: shortcut {prefix} is not a conv + BN projection; use a suite ResNet")
-    return f"{prefix}.{conv[0]}", (f"{prefix}.{bn[0]}" if bn else None)
-
-
-def _analyse_resnet(model: nn.Module) -> Graph:
-    stages = [f"layer{i}" for i in range(1, 5) if isinstance(getattr(model, f"layer{i}", None), nn.Sequential)]
-    g = Graph({}, {})
-    current = Stream("conv1", [("conv1", "bn1")], model.conv1.out_channels, residual=True, stage=0)
-    g.streams[current.name] = current
-    last = len(stages) - 1
-    for s, sname in enumerate(stages):
-        for b, block in enumerate(getattr(model, sname)):
-            p = f"{sname}.{b}"
-            if isinstance(block, BasicBlock):
-                convs = ["conv1", "conv2"]
-            elif isinstance(block, Bottleneck):
-                convs = ["conv1", "conv2", "conv3"]
-            else:
-                raise ConfigError(f"pcn: block {p} ({type(block).__name__}) is not a timm BasicBlock/Bottleneck")
-            readers = [f"{p}.conv1"]
-            if block.downsample is not None:
-                readers.append(_downsample_parts(block.downsample, f"{p}.downsample")[0])
-            # The block input is the residual stream: rotated for its readers, never in itself.
-            g.add_site(Site(readers[0], readers, current.name, late=current.stage == last))
-            for a, c in zip(convs, convs[1:]):   # block-internal: conv_a -> bn_a -> act -> conv_c
-                inner = Stream(f"{p}.{a}", [(f"{p}.{a}", f"{p}.bn{a[-1]}")], getattr(block, a).out_channels,
-                               stage=s)
-                g.streams[inner.name] = inner
-                g.add_site(Site(f"{p}.{c}", [f"{p}.{c}"], inner.name, late=s == last))
-            out = (f"{p}.{convs[-1]}", f"{p}.bn{convs[-1][-1]}")
-            if block.downsample is not None:
-                current = Stream(sname if b == 0 else p, [_downsample_parts(block.downsample, f"{p}.downsample"), out],
-                                 getattr(block, convs[-1]).out_channels, residual=True, stage=s)
-                g.streams[current.name] = current
-            else:
-                current.producers.append(out)
-    g.add_site(Site("fc", ["fc"], current.name, late=False, classifier=True))
-    return g
+def _width(layer: nn.Module, side: str) -> int:
+    """Input or output channels of a Conv2d or Linear."""
+    if isinstance(layer, nn.Conv2d):
+        return layer.in_channels if side == "in" else layer.out_channels
+    return layer.in_features if side == "in" else layer.out_features
 
 
 def select_sites(graph: Graph, layers: Union[str, list[str]]) -> list[str]:
@@ -606,7 +586,8 @@ def pcn_transform(model: nn.Module, cfg: "PCN.Config", batches: Iterable[torch.T
 
 # --------------------------------------------------------------------------- the method
 def default_transform_epoch(model_name: str) -> int:
-    return TRANSFORM_EPOCH_RESNET if "resnet" in model_name else TRANSFORM_EPOCH_VGG
+    """The model family's "pcn.transform_epoch" (bench.models.model_defaults: VGG 1, ResNets 5)."""
+    return model_defaults(model_name).get("pcn.transform_epoch", TRANSFORM_EPOCH)
 
 
 @register("pcn")

@@ -48,7 +48,7 @@ Choices where the draft is silent or TODO (METHODS.md "choice"):
 - Sign of EV_i (free in PCA): both signs are fitted in the same pass; the smaller residual wins.
 - M: `energy` per layer (smallest M whose eigenvalues reach that fraction of the centred
   variance), or `target_params`: one threshold for all layers bisected so the model has at most
-  the target count (within 2%; the count includes every new module). With several
+  the target count (within `target_tol_frac`, relative; the count includes every new module). With several
   `transform_epochs`, shrink k of K aims at target^(k/K). Eigen-directions below `EIG_FLOOR_FRAC`
   of the largest are never used. A layer stays as it is when M + 1 >= n (no size gain) unless
   `transform_full_rank`; `layers` restricts the shrink to named layers.
@@ -91,11 +91,10 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional
 import torch
 import torch.nn.functional as F
 from timm.layers import SelectAdaptivePool2d
-from timm.models.resnet import BasicBlock, Bottleneck, ResNet
-from timm.models.vgg import VGG
 from torch import nn
 
 from bench.config import ConfigError, opt
+from bench.models import structure_of
 from bench.stats import SumAccumulator, as_samples, capture
 from bench.surgery import fold_bn, get_module, set_module, substitute_inputs
 from bench.targets import Target, TargetError, bisect_fraction
@@ -197,29 +196,16 @@ def chain_sites(items: list[tuple[str, nn.Module]]) -> tuple[list[Site], list[st
 
 
 def find_sites(model: nn.Module) -> tuple[list[Site], list[str]]:
-    """Shrinkable layers in forward order (timm VGG, timm ResNet or a plain nn.Sequential)."""
-    if isinstance(model, VGG):
-        items = [(f"features.{n}", m) for n, m in model.features.named_children()]
-        items += [("pre_logits", model.pre_logits)] + [(f"head.{n}", m) for n, m in model.head.named_children()]
-        return chain_sites(items)
-    if isinstance(model, ResNet):
-        sites = []
-        for stage in ("layer1", "layer2", "layer3", "layer4"):
-            blocks = getattr(model, stage, None)
-            if not isinstance(blocks, nn.Sequential):
-                continue
-            for i, blk in enumerate(blocks):
-                p = f"{stage}.{i}."
-                aa = [p + "aa"] if not isinstance(blk.aa, nn.Identity) else []
-                if isinstance(blk, BasicBlock):
-                    sites.append(Site(p + "conv1", p + "bn1", p + "act1", aa, p + "conv2", p + "bn2", None))
-                elif isinstance(blk, Bottleneck):
-                    sites.append(Site(p + "conv1", p + "bn1", p + "act1", [], p + "conv2", p + "bn2", None))
-                    sites.append(Site(p + "conv2", p + "bn2", p + "act2", aa, p + "conv3", p + "bn3", None))
-        return sites, ["residual stream (stem, block outputs, shortcuts): not shrunk by design"]
-    if isinstance(model, nn.Sequential):
-        return chain_sites(list(model.named_children()))
-    raise ConfigError(f"PCNS supports timm VGG, timm ResNet and nn.Sequential models, not {type(model).__name__}")
+    """Shrinkable layers in forward order, from the model's published structure
+    (bench.models.structure_of; a bare nn.Sequential is a chain of its children): along the
+    module chain of a chain network, else inside each block only (a block's last conv writes
+    the residual stream, whose channels the skip adds: not shrunk)."""
+    st = structure_of(model)
+    if st.chain:
+        return chain_sites([(n, get_module(model, n)) for n in st.chain])
+    sites = [Site(a.conv, a.bn, a.act, [], b.conv, b.bn, None)
+             for block in st.blocks() for a, b in zip(block.body, block.body[1:])]
+    return sites, ["residual stream (stem, block outputs, shortcuts): not shrunk by design"]
 
 
 def check_site(model: nn.Module, s: Site) -> Optional[str]:

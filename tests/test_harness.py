@@ -70,6 +70,18 @@ def test_same_seed_same_weights_and_resume_equals_an_uninterrupted_run(tiny_over
     assert list(ha["test_acc"]) == list(hb["test_acc"]) and list(ha["train_loss"]) == list(hb["train_loss"])
 
 
+def test_a_checkpoint_from_before_models_carried_their_structure_resumes(tiny_overrides):
+    # l1_filter reads the model's structure when it prunes after epoch 1, i.e. after the resume.
+    cfg = load_config("configs/smoke.yaml", tiny_overrides + ["train.epochs=2", "method.name=l1_filter",
+                                                              "method.transform_epoch=1"])
+    assert train(cfg, max_epochs=1, **quiet) is None
+    state = torch.load(run_dir(cfg) / "state.pt", weights_only=False)
+    del state["model"].structure                              # as saved by the code before the structures
+    torch.save(state, run_dir(cfg) / "state.pt")
+    summary = train(cfg, **quiet)
+    assert summary["status"] == "finished" and summary["method_summary"]["events"]
+
+
 def test_a_finished_run_is_skipped(tiny_overrides):
     cfg = load_config("configs/smoke.yaml", tiny_overrides + ["train.epochs=1"])
     first = train(cfg, **quiet)

@@ -5,7 +5,7 @@ The graph is read from the source with `ast`: every `import` and `from ... impor
 statement, at module level or inside a function, is an edge to the module it names
 (`from bench import dist` names bench.dist; `from methods import get_method` names the
 package methods/__init__.py). The plugin packages load their modules with importlib
-(methods/__init__.py, bench/datasets/__init__.py); that is how a new file is found,
+(methods/__init__.py, bench/datasets/__init__.py, bench/metrics/__init__.py); that is how a new file is found,
 not a dependency of one module on another, and it is not an edge.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("bench", "methods")
 # Shared pieces: what they import (transitively) stays among them.
 SHARED = {"bench.config", "bench.registry", "bench.dist", "bench.stats", "bench.surgery", "methods.base",
-          "bench.datasets.base"}
+          "bench.datasets.base", "bench.targets", "bench.metrics.base"}
 
 
 def module_names() -> dict[str, Path]:

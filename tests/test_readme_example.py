@@ -63,3 +63,27 @@ def test_readme_dataset_example_registers_loads_and_trains(tmp_path, tiny_overri
     assert summary["status"] == "finished"
     with pytest.raises(ConfigError, match="unknown config key 'data.stripes_noise'"):
         load_config("configs/smoke.yaml", tiny_overrides + ["data.stripes_noise=0.3"])    # synthetic's options
+
+
+def test_readme_metric_example_is_measured_recorded_and_reported(tmp_path, tiny_overrides, monkeypatch):
+    import json
+
+    import pandas as pd
+
+    from bench.metrics import METRICS
+    from bench.report import write_report
+    monkeypatch.setattr("bench.metrics.base.METRICS", dict(METRICS))      # the registration ends with the test
+    from bench.metrics import base
+    load_example("## Add a metric", tmp_path / "weight_norm.py", base.METRICS, "weight_norm")
+    results = tmp_path / "suite"
+    cfg = load_config("configs/smoke.yaml", tiny_overrides + ["train.epochs=2", f"output_dir={results / 'runs'}"])
+    summary = train(cfg, log=lambda s: None)
+    assert summary["weight_norm"] > 0                                                # summary.json
+    run = next((results / "runs").iterdir())
+    history = pd.read_csv(run / "history.csv")
+    assert history["weight_norm"].notna().all() and len(history) == 2              # one value per epoch
+    assert json.loads((run / "summary.json").read_text())["weight_norm"] == summary["weight_norm"]
+    write_report(results)
+    assert "weight_norm" in pd.read_csv(results / "runs.csv").columns
+    table = (results / "README.md").read_text()
+    assert "| weight norm |" in table and f"{summary['weight_norm']:.1f} (1.00x)" in table   # dense is its own control

@@ -114,3 +114,16 @@ def test_speed_section_flags_timings_taken_on_a_shared_cpu():
         speed_section(aggregate(runs, hists), "vgg11"))
     runs.loc[runs["label"] == "pcn", "speed_cpu_load"] = 4.0
     assert "**Shared CPU**: 1 of 4 rows" in "\n".join(speed_section(aggregate(runs, hists), "vgg11"))
+
+
+def test_a_partial_suite_says_how_many_of_its_runs_have_finished(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    runs, histories = planted()
+    write_runs(tmp_path, runs, histories, recorded={})
+    (tmp_path / "suite.json").write_text(json.dumps({"suite": "t", "cells": len(runs) + 3}))
+    write_report(tmp_path)
+    assert f"**Partial: {len(runs)} of the suite's {len(runs) + 3} runs have finished.**" in (
+        tmp_path / "README.md").read_text()
+    (tmp_path / "suite.json").write_text(json.dumps({"suite": "t", "cells": len(runs)}))
+    write_report(tmp_path)
+    assert "Partial" not in (tmp_path / "README.md").read_text()

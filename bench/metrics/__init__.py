@@ -1,0 +1,21 @@
+"""Metrics: how each figure is measured (`measure.py`), and the declaration of every
+figure a run records (`base.py`; the harness's own in `core.py`).
+
+Every module in this package is imported here, so a new metric is one new file with a
+`register_metric(Metric(..., compute=...))`: the harness measures it, history.csv,
+summary.json and W&B record it and the report aggregates it over seeds.
+"""
+import importlib
+import pkgutil
+
+from bench.metrics.base import EPOCH, FINAL, METRICS, Metric, MetricInput, compute_all, declared, register_metric
+from bench.metrics.measure import (Clock, count_macs, evaluate, layer_macs, measure_speed, param_counts,
+                                   peak_memory_mb, unshare_modules)
+
+for _info in pkgutil.iter_modules(__path__):
+    if not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")
+
+__all__ = ["EPOCH", "FINAL", "METRICS", "Metric", "MetricInput", "compute_all", "declared", "register_metric",
+           "Clock", "count_macs", "evaluate", "layer_macs", "measure_speed", "param_counts", "peak_memory_mb",
+           "unshare_modules"]
