@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("bench", "methods")
 # Shared pieces: what they import (transitively) stays among them.
 SHARED = {"bench.config", "bench.registry", "bench.dist", "bench.stats", "bench.surgery", "methods.base",
-          "bench.datasets.base", "bench.targets", "bench.metrics.base"}
+          "bench.datasets.base", "bench.targets", "bench.metrics.base", "bench.models.base", "bench.models.structure"}
 
 
 def module_names() -> dict[str, Path]:
