@@ -209,6 +209,7 @@ def aggregate(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.Data
     runs = assign_controls(runs)
     runs["target"] = runs["target"].astype(object).where(runs["target"].notna(), None)
     runs["target_key"] = runs["target"].map(lambda t: -1.0 if t is None else float(t))
+    runs = prefer_unshared_timings(runs)
     rel_metrics = [m for m in final_metrics(relative=True) if m in runs]
     reference = runs.groupby(["model", "label", "target_key"])[rel_metrics].mean()
 
@@ -236,6 +237,7 @@ def aggregate(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.Data
     agg["test_acc_std"] = g["test_acc"].std(ddof=1).fillna(0.0)
     agg["seeds"] = g["seed"].nunique()
     agg["reached"] = g["tta_epoch"].apply(lambda s: int(s.notna().sum()))
+    agg["speed_shared_dropped"] = g["speed_shared_dropped"].sum()
     agg = agg.reset_index()
     keys = [ref_key(*k) for k in zip(agg["model"], agg["control"], agg["target_key"])]
     for m in rel_metrics:
@@ -248,6 +250,31 @@ def aggregate(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.Data
     controls = reference_labels(agg)
     agg["_o"] = agg["label"].map(lambda lab: 0 if lab == DENSE_LABEL else 1 if lab in controls else 2)
     return agg.sort_values(["model", "_o", "label", "target_key"], ascending=[True, True, True, False]).drop(columns="_o")
+
+
+def shared_cpu(runs: pd.DataFrame) -> pd.Series:
+    """Runs whose speed was timed on a shared CPU: 1-min load average above the CPU count
+    (by more than half a process, the timing process itself)."""
+    if "speed_cpu_load" not in runs:
+        return pd.Series(False, index=runs.index)
+    return (runs["speed_cpu_load"] > runs["speed_cpus"] + 0.5).fillna(False).astype(bool)
+
+
+def prefer_unshared_timings(runs: pd.DataFrame) -> pd.DataFrame:
+    """Leave a run's speed timings (the metrics declared `timed`) out of its row's means
+    when the row (model, label, target) also has runs timed on an unshared CPU: other
+    processes skew a timing by far more than the spread over seeds, so one loaded seed would
+    decide a mean. A row timed only on a shared CPU keeps its timings (the report flags it).
+    `speed_shared_dropped` marks the runs whose timings were left out."""
+    runs = runs.copy()
+    shared = shared_cpu(runs)
+    timed_ok = runs["speed_cpu_load"].notna() & ~shared if "speed_cpu_load" in runs else shared
+    clean_in_row = timed_ok.groupby([runs["model"], runs["label"], runs["target_key"]]).transform("any")
+    drop = shared & clean_in_row.astype(bool)
+    timed = [m.name for m in declared(FINAL) if m.timed and m.name in runs]
+    runs.loc[drop, timed] = float("nan")
+    runs["speed_shared_dropped"] = drop.astype(int)
+    return runs
 
 
 def add_statistics(agg: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -365,11 +392,14 @@ def _load_note(rows: pd.DataFrame) -> list[str]:
     if "speed_cpu_load" not in rows or rows["speed_cpu_load"].isna().all():
         return []
     load, cpus = rows["speed_cpu_load"].max(), rows["speed_cpus"].max()
+    dropped = int(rows["speed_shared_dropped"].sum()) if "speed_shared_dropped" in rows else 0
+    left_out = (f" The timings of {dropped} run(s) taken on a shared CPU are left out of rows that also have "
+                f"runs timed on an unshared one." if dropped else "")
     if load <= cpus + 0.5:
-        return [f"Timed on an unshared CPU: 1-min load average at most {load:.1f} on {cpus:.0f} CPUs.", ""]
-    shared = int((rows["speed_cpu_load"] > rows["speed_cpus"] + 0.5).sum())
+        return [f"Timed on an unshared CPU: 1-min load average at most {load:.1f} on {cpus:.0f} CPUs.{left_out}", ""]
+    shared = int(shared_cpu(rows).sum())
     return [f"**Shared CPU**: {shared} of {len(rows)} rows were timed with a 1-min load average above the "
-            f"CPU count (up to {load:.1f} on {cpus:.0f} CPUs); their speed figures are skewed.", ""]
+            f"CPU count (up to {load:.1f} on {cpus:.0f} CPUs); their speed figures are skewed.{left_out}", ""]
 
 
 def speed_section(agg: pd.DataFrame, model: str) -> list[str]:

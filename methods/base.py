@@ -123,6 +123,13 @@ class Method:
         """After `epoch` completed epochs (1-based). Return a new model or None."""
         return None
 
+    def deploy(self, model: nn.Module) -> nn.Module:
+        """The trained model as it would be deployed for inference: what the measured batch-1
+        latency and inference throughput time (the training step times `model` itself). The
+        default is the model; a method whose training-only structure folds into plain layers
+        returns a new module that computes the same function (never changing `model`)."""
+        return model
+
     # ---- reporting -------------------------------------------------------------------
     def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
         """Scalars for this epoch's history row and W&B (prefix them with the method name)."""

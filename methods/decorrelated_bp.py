@@ -63,6 +63,7 @@ per step against the mean training-step time; the merge MACs per step.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -150,6 +151,22 @@ def decorrelate_layer(layer: nn.Module) -> nn.Module:
     new.bias = layer.bias
     d = w[0].numel()
     new.register_buffer("decor", torch.eye(d, device=w.device, dtype=w.dtype))
+    new.train(layer.training)
+    return new
+
+
+def merged_layer(layer: nn.Module) -> nn.Module:
+    """The plain Conv2d/Linear that computes what the Decor `layer` computes, its weight
+    W R merged once (the inverse of decorrelate_layer); a new module, `layer` unchanged."""
+    with torch.no_grad():
+        weight = (layer.weight.flatten(1) @ layer.decor).view_as(layer.weight)
+    if isinstance(layer, DecorConv2d):
+        new = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                        layer.dilation, bias=layer.bias is not None, device="meta")
+    else:
+        new = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+    new.weight = nn.Parameter(weight.detach().clone(), requires_grad=layer.weight.requires_grad)
+    new.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())
     new.train(layer.training)
     return new
 
@@ -296,6 +313,16 @@ class DecorrelatedBP(Method):
         self._acc = self._fresh_acc()
         self._last_end = None
         return None
+
+    def deploy(self, model: nn.Module) -> nn.Module:
+        """R is a training-time device: deployed, each layer is the plain layer with W R
+        merged once, so inference does not pay the merge (out * d^2 MACs per layer) on every
+        forward, which at batch 1 costs more than the layer itself."""
+        out = copy.deepcopy(model)
+        for name, layer in list(out.named_modules()):
+            if isinstance(layer, DECOR_TYPES):
+                set_module(out, name, merged_layer(layer))
+        return out
 
     # ---- reporting -----------------------------------------------------------------------
     def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:

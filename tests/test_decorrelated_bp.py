@@ -193,3 +193,22 @@ def test_update_from_bf16_autocast_inputs_is_float32_and_ignores_an_enclosing_au
     with torch.autocast("cpu", dtype=torch.bfloat16):
         method.after_step(model)
     assert all(torch.equal(m.decor, r) for m, r in zip(decor, r_plain))
+
+
+def test_deployed_model_folds_r_into_plain_layers_and_computes_the_same_function():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="vgg11", width=0.25, num_classes=10))
+    method = make_method(model)
+    for layer in model.modules():                      # a non-trivial R in every layer
+        if isinstance(layer, DECOR_TYPES):
+            layer.decor.add_(0.05 * torch.randn_like(layer.decor))
+    model.eval()
+    x = torch.randn(4, 3, 32, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    deployed = method.deploy(model).eval()
+    assert not any(isinstance(m, DECOR_TYPES) for m in deployed.modules())
+    assert all(not hasattr(m, "decor") for m in deployed.modules())
+    torch.testing.assert_close(deployed(x), model(x), rtol=1e-4, atol=1e-5)
+    assert sum(p.numel() for p in deployed.parameters()) == sum(p.numel() for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())    # the trained model untouched
+    assert any(isinstance(m, DECOR_TYPES) for m in model.modules())

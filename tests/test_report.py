@@ -116,6 +116,35 @@ def test_speed_section_flags_timings_taken_on_a_shared_cpu():
     assert "**Shared CPU**: 1 of 4 rows" in "\n".join(speed_section(aggregate(runs, hists), "vgg11"))
 
 
+def test_timings_from_a_shared_cpu_are_left_out_where_a_row_has_unshared_ones():
+    from bench.report import speed_section
+    runs, hists = planted()
+    seeds = []
+    for seed in (0, 1, 2):
+        r = runs.copy()
+        r["seed"], r["run_id"] = seed, r["run_id"].str.replace("-s0", f"-s{seed}")
+        seeds.append(r)
+        hists.update({k.replace("-s0", f"-s{seed}"): v for k, v in list(hists.items()) if "-s0" in k})
+    runs = pd.concat(seeds, ignore_index=True)
+    for m in ("latency_b1_ms", "infer_batch_ms", "train_step_ms"):
+        runs[m + "_median"], runs[m + "_iqr"] = 10.0, 0.5
+    runs["speed_cpus"], runs["speed_cpu_load"] = 2, 1.0
+    # pcn seed 0 was timed under load (100x slower); dense_leaky was timed under load on every seed.
+    loaded = (runs["label"] == "pcn") & (runs["seed"] == 0)
+    runs.loc[loaded, ["latency_b1_ms_median", "speed_cpu_load"]] = [1000.0, 4.0]
+    runs.loc[loaded, "throughput_infer_img_s"] = 4.0
+    runs.loc[runs["label"] == "dense_leaky", ["latency_b1_ms_median", "speed_cpu_load"]] = [20.0, 4.0]
+    agg = aggregate(runs, hists).set_index("label")
+    assert agg.loc["pcn", "latency_b1_ms_median"] == 10.0            # the two unshared seeds only
+    assert agg.loc["pcn", "throughput_infer_img_s"] == 400.0
+    assert agg.loc["pcn", "speed_shared_dropped"] == 1
+    assert agg.loc["dense_leaky", "latency_b1_ms_median"] == 20.0    # nothing unshared: kept, flagged
+    assert agg.loc["pcn", "test_acc"] == FINAL["pcn"]                # accuracy is never dropped
+    text = "\n".join(speed_section(agg.reset_index(), "vgg11"))
+    assert "**Shared CPU**: 1 of 4 rows" in text
+    assert "The timings of 1 run(s) taken on a shared CPU are left out" in text
+
+
 def test_a_partial_suite_says_how_many_of_its_runs_have_finished(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     runs, histories = planted()

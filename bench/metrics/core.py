@@ -28,18 +28,19 @@ for _m in (
     Metric("train_macs", (FINAL,), "training MACs (3x forward MACs per image seen)", "train MACs", fmt_si,
            interval=True, relative=True),
     Metric("throughput_train_img_s", (FINAL,), "measured training images/s of the final model", "train img/s",
-           fmt_rate, interval=True, relative=True),
+           fmt_rate, interval=True, relative=True, timed=True),
     Metric("throughput_infer_img_s", (FINAL,), "measured inference images/s at the evaluation batch",
-           "infer img/s", fmt_rate, interval=True, relative=True),
+           "infer img/s", fmt_rate, interval=True, relative=True, timed=True),
     # Final, reported as means over seeds.
     Metric("transform_s", (FINAL,), "seconds in the method's transforms", fmt=fmt_seconds),
     Metric("dense_params", (FINAL,), "parameters of the model as built", fmt=fmt_count),
     Metric("dense_macs", (FINAL,), "MACs per image of the model as built", fmt=fmt_si),
-    *(Metric(f"{k}_{s}", (FINAL,), f"{what} ({s}) over repeated timings, ms", fmt=lambda v: f"{v:.1f}")
+    *(Metric(f"{k}_{s}", (FINAL,), f"{what} ({s}) over repeated timings, ms", fmt=lambda v: f"{v:.1f}",
+             timed=True)
       for k, what in (("latency_b1_ms", "inference latency at batch 1"),
                       ("infer_batch_ms", "inference time at the evaluation batch"),
                       ("train_step_ms", "training step time")) for s in ("median", "iqr")),
-    Metric("speed_cpu_load", (FINAL,), "1-min load average while the speed was timed"),
+    Metric("speed_cpu_load", (FINAL,), "1-min load average while the speed was timed", timed=True),
     Metric("speed_cpus", (FINAL,), "CPU count of the machine that timed the speed"),
 ):
     register_metric(_m)

@@ -14,7 +14,7 @@ import io
 import os
 import resource
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.utils.benchmark as benchmark
@@ -137,14 +137,17 @@ def _median_iqr(values: list[float]) -> tuple[float, float]:
 
 
 def measure_speed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_eval: torch.Tensor, make_step: Callable,
-                  repeats: int, autocast: Callable = contextlib.nullcontext) -> dict[str, float]:
+                  repeats: int, autocast: Callable = contextlib.nullcontext,
+                  deployed: Optional[nn.Module] = None) -> dict[str, float]:
     """Measured speed of the final model, each as median and interquartile range over
     `repeats` timings after one untimed warm-up: inference latency at batch 1, inference
     throughput at the evaluation batch (`x_eval`), both in eval mode under the training
-    precision's `autocast`, and the training step at the training batch (`x`, `y`) on a
-    copy, so the measured model is not changed."""
+    precision's `autocast` and of `deployed` where given (the method's deployed form of
+    `model`), and the training step of `model` at the training batch (`x`, `y`); all on
+    copies, so the measured model is not changed."""
     repeats = max(2, repeats)
-    m = copy.deepcopy(model)
+    deployed = None if deployed is model else deployed
+    m = copy.deepcopy(model if deployed is None else deployed)
     m.eval()
     out: dict[str, float] = {}
 
@@ -158,6 +161,7 @@ def measure_speed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_eval: to
         fn = infer(batch)
         fn()
         out[f"{key}_median"], out[f"{key}_iqr"] = (1e3 * v for v in _median_iqr(_timings(fn, repeats, number)))
+    m = copy.deepcopy(model) if deployed is not None else m
     m.train()
     step = make_step(m)
     step(x, y)
