@@ -92,6 +92,10 @@ class TrainConfig:
                          choices=("auto", "bf16", "fp32"))
     memory_format: str = opt("auto", "auto: channels_last where bf16 is native, else contiguous",
                              choices=("auto", "channels_last", "contiguous"))
+    auto_resolves_to: str = opt("", "what precision=auto and memory_format=auto resolve to, as PRECISION/FORMAT "
+                                    "(fp32/contiguous, bf16/channels_last, ...); a suite sets it from its finished "
+                                    "runs so that runs finished on another machine keep the suite's precision; "
+                                    "empty: the device decides")
     compile: bool = opt(False, "torch.compile the model (rebuilt after a method changes it)")
     log_every_steps: int = opt(50, "print a progress line every N steps (0: only per epoch)")
     throughput_steps: int = opt(5, "timings (median and IQR over them) of batch-1 latency, inference and training "
@@ -125,9 +129,10 @@ class RunConfig:
 
 
 # Keys that change where or how a run is reported, not what it computes: they are
-# left out of the run's hash so that the same experiment is found again.
+# left out of the run's hash so that the same experiment is found again. The one
+# exception, train.auto_resolves_to, pins what `auto` (hashed as "auto") leaves to the machine.
 NON_SEMANTIC_KEYS = ("output_dir", "label", "control", "resume", "wandb", "train.log_every_steps", "train.throughput_steps",
-                     "save_checkpoint")
+                     "save_checkpoint", "train.auto_resolves_to")
 
 
 # --------------------------------------------------------------------------- coercion

@@ -38,17 +38,31 @@ def resolve_device(name: str) -> torch.device:
 
 
 @functools.lru_cache(maxsize=None)
+def _cpuinfo(path: str = "/proc/cpuinfo") -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip() and fields:
+            break
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
 def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...]:
     """The CPU feature flags that mean native bf16 arithmetic (empty where none or unknown)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return ()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return tuple(f for f in CPU_BF16_FLAGS if f in value.split())
-    return ()
+    fields = _cpuinfo(cpuinfo)
+    flags = (fields.get("flags") or fields.get("Features") or "").split()
+    return tuple(f for f in CPU_BF16_FLAGS if f in flags)
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for env.json: timings from two machines are not comparable."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def native_bf16(device: torch.device) -> tuple[bool, str]:
@@ -62,7 +76,7 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
         return ok, f"{name} {'has' if ok else 'has no'} bf16 units"
     if device.type == "cpu":
         flags = cpu_bf16_flags()
-        cpu = platform.processor() or platform.machine()
+        cpu = cpu_model()
         return bool(flags), (f"this {cpu} CPU has {', '.join(flags)}" if flags
                              else f"this {cpu} CPU has no native bf16 (no {'/'.join(CPU_BF16_FLAGS[:2])} flag)")
     return False, f"bf16 autocast is not supported by this suite on {device.type}"
@@ -89,13 +103,31 @@ def resolve_memory_format(requested: str, device: torch.device) -> str:
     return "channels_last" if native_bf16(device)[0] else "contiguous"
 
 
+def parse_pin(value: str) -> tuple[str, str]:
+    """`train.auto_resolves_to` ("fp32/contiguous") as (precision, memory format)."""
+    precision, _, memory_format = value.partition("/")
+    if precision not in ("bf16", "fp32") or memory_format not in ("channels_last", "contiguous"):
+        raise ConfigError(f"train.auto_resolves_to='{value}': expected PRECISION/FORMAT with PRECISION bf16 or fp32 "
+                          f"and FORMAT channels_last or contiguous, e.g. fp32/contiguous")
+    return precision, memory_format
+
+
 class Runtime:
     """Device, precision and memory format of one run; the only place that branches on them."""
 
     def __init__(self, device: torch.device, cfg: TrainConfig):
         self.device = device
-        self.precision = resolve_precision(cfg.precision, device)
-        self.memory_format = resolve_memory_format(cfg.memory_format, device)
+        precision, memory_format = cfg.precision, cfg.memory_format
+        if cfg.auto_resolves_to and "auto" in (precision, memory_format):
+            pinned = parse_pin(cfg.auto_resolves_to)
+            ok, why = native_bf16(device)
+            if precision == "auto" and pinned[0] == "bf16" and not ok:
+                raise ConfigError(f"train.auto_resolves_to={cfg.auto_resolves_to} (the precision of this suite's "
+                                  f"finished runs) but {why}; finish the suite on a machine with native bf16")
+            precision = pinned[0] if precision == "auto" else precision
+            memory_format = pinned[1] if memory_format == "auto" else memory_format
+        self.precision = resolve_precision(precision, device)
+        self.memory_format = resolve_memory_format(memory_format, device)
         self.channels_last = self.memory_format == "channels_last"
         self.compile = cfg.compile
         self.clock = Clock(device)

@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from bench.config import RunConfig, config_hash, to_dict
+from bench.device import cpu_model
 
 PACKAGES = ("torch", "torchvision", "timm", "torch-pruning", "wandb", "pandas", "numpy")
 
@@ -96,6 +97,7 @@ def environment(device: torch.device) -> dict:
         "git_commit": git_commit(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),

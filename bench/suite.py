@@ -342,6 +342,7 @@ def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, result
     print(f"suite {suite.name}: {len(cells)} runs ({status.count('finished')} finished"
           + (f", {n_diverged} diverged: --retry-failed re-runs them" if n_diverged else "") + f") -> {results}",
           flush=True)
+    pin_auto_precision(cells, status)
     if dry_run:
         return _dry_run(cells)
 
@@ -378,6 +379,35 @@ def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, result
         print(f"{len(failed)} run(s) failed: " + ", ".join(f"{c.label}/{c.model}/{c.target}/s{c.seed}" for c, _ in failed)
               + " (see error.txt in their run directories)", file=sys.stderr)
     return 1 if failed or diverged else 0
+
+
+def pin_auto_precision(cells: list[Cell], status: list[str]) -> None:
+    """A suite keeps one precision. Where its cells leave precision and memory format to
+    the machine (`auto`) and the suite's finished runs agree on what that gave, the cells
+    still to run are pinned to it (train.auto_resolves_to), so that a suite finished on
+    another machine (say one with native bf16) still compares like with like."""
+    def leaves_to_machine(c: Cell) -> bool:
+        return "auto" in (c.cfg.train.precision, c.cfg.train.memory_format) and not c.cfg.train.auto_resolves_to
+    seen: dict[str, int] = {}
+    for c, st in zip(cells, status):
+        if st == "finished" and leaves_to_machine(c):
+            s = RunDir(c.run_dir).read_summary()
+            if "precision" in s:
+                key = f"{s['precision']}/{s.get('memory_format', 'contiguous')}"
+                seen[key] = seen.get(key, 0) + 1
+    if len(seen) > 1:
+        print(f"warning: this suite's finished runs mix precisions ({', '.join(f'{n} in {k}' for k, n in seen.items())}); "
+              f"their timings and accuracies are not like for like", file=sys.stderr, flush=True)
+    if len(seen) != 1:
+        return
+    (pin, n), = seen.items()
+    todo = [c for c, st in zip(cells, status) if st == "todo" and leaves_to_machine(c)]
+    for c in todo:
+        c.raw = merge(c.raw, {"train": {"auto_resolves_to": pin}})
+        c.cfg.train.auto_resolves_to = pin
+    if todo:
+        print(f"precision {pin} for the {len(todo)} run(s) to do, as in this suite's {n} finished run(s) "
+              f"(train.auto_resolves_to={pin}; give it yourself to choose otherwise)", flush=True)
 
 
 def _announce(todo: list[Cell], executor: str) -> list[float]:
