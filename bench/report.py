@@ -165,7 +165,9 @@ def load_runs(results_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]
                for k, v in flatten({k: v for k, v in s.items() if k not in ("env", "config")}).items()}
         row.setdefault("control", s.get("config", {}).get("control") or None)
         row["run_dir"] = str(path.parent)
-        row["device"] = s.get("env", {}).get("device")
+        env = s.get("env", {})
+        row["device"] = env.get("device")
+        row["machine"] = f"{env.get('gpu') or env.get('cpu') or 'CPU not recorded'} ({env.get('platform', '?')})"
         rows.append(row)
         hist = path.parent / "history.csv"
         if hist.is_file():
@@ -209,7 +211,7 @@ def aggregate(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.Data
     runs = assign_controls(runs)
     runs["target"] = runs["target"].astype(object).where(runs["target"].notna(), None)
     runs["target_key"] = runs["target"].map(lambda t: -1.0 if t is None else float(t))
-    runs = prefer_unshared_timings(runs)
+    runs = prefer_comparable_timings(runs)
     rel_metrics = [m for m in final_metrics(relative=True) if m in runs]
     reference = runs.groupby(["model", "label", "target_key"])[rel_metrics].mean()
 
@@ -228,6 +230,7 @@ def aggregate(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.Data
         tta_epoch.append(e)
         tta_s.append(s)
     runs["tta_epoch"], runs["tta_s"] = tta_epoch, tta_s
+    runs.loc[runs["timings_dropped"] == 1, "tta_s"] = float("nan")     # a wall-clock, see prefer_comparable_timings
     metrics = [m for m in final_metrics() if m in runs] + ["tta_s", "tta_epoch"]
     g = runs.groupby(["model", "label", "target_key"], dropna=False)
     agg = g[metrics].mean()
@@ -237,7 +240,9 @@ def aggregate(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.Data
     agg["test_acc_std"] = g["test_acc"].std(ddof=1).fillna(0.0)
     agg["seeds"] = g["seed"].nunique()
     agg["reached"] = g["tta_epoch"].apply(lambda s: int(s.notna().sum()))
-    agg["speed_shared_dropped"] = g["speed_shared_dropped"].sum()
+    agg["timings_dropped"] = g["timings_dropped"].sum()
+    if "machine" in runs:
+        agg["machines"] = g["machine"].nunique()
     agg = agg.reset_index()
     keys = [ref_key(*k) for k in zip(agg["model"], agg["control"], agg["target_key"])]
     for m in rel_metrics:
@@ -260,20 +265,28 @@ def shared_cpu(runs: pd.DataFrame) -> pd.Series:
     return (runs["speed_cpu_load"] > runs["speed_cpus"] + 0.5).fillna(False).astype(bool)
 
 
-def prefer_unshared_timings(runs: pd.DataFrame) -> pd.DataFrame:
-    """Leave a run's speed timings (the metrics declared `timed`) out of its row's means
-    when the row (model, label, target) also has runs timed on an unshared CPU: other
-    processes skew a timing by far more than the spread over seeds, so one loaded seed would
-    decide a mean. A row timed only on a shared CPU keeps its timings (the report flags it).
-    `speed_shared_dropped` marks the runs whose timings were left out."""
+def prefer_comparable_timings(runs: pd.DataFrame) -> pd.DataFrame:
+    """Keep the timings (the metrics declared `timed`, the training wall-clock among them) that
+    compare like with like. Timings compare on one machine only, and other processes skew
+    them by far more than the spread over seeds, so each row (model, label, target) keeps
+    the timings of its runs timed on the *timing machine* (the one that timed the most of
+    the suite's runs on an unshared CPU) without load, where it has any; its other runs'
+    timings are left out (`timings_dropped`). A row without such runs keeps its own
+    (the report flags a shared CPU)."""
     runs = runs.copy()
-    shared = shared_cpu(runs)
-    timed_ok = runs["speed_cpu_load"].notna() & ~shared if "speed_cpu_load" in runs else shared
-    clean_in_row = timed_ok.groupby([runs["model"], runs["label"], runs["target_key"]]).transform("any")
-    drop = shared & clean_in_row.astype(bool)
+    runs["timings_dropped"] = 0
+    if "speed_cpu_load" not in runs:
+        return runs
+    machine = runs["machine"] if "machine" in runs else pd.Series("", index=runs.index)
+    clean = runs["speed_cpu_load"].notna() & ~shared_cpu(runs)
+    if not clean.any():
+        return runs
+    good = clean & (machine == machine[clean].value_counts().idxmax())
+    good_in_row = good.groupby([runs["model"], runs["label"], runs["target_key"]]).transform("any").astype(bool)
+    drop = ~good & good_in_row
     timed = [m.name for m in declared(FINAL) if m.timed and m.name in runs]
     runs.loc[drop, timed] = float("nan")
-    runs["speed_shared_dropped"] = drop.astype(int)
+    runs["timings_dropped"] = drop.astype(int)
     return runs
 
 
@@ -388,13 +401,16 @@ def markdown_table(agg: pd.DataFrame, model: str) -> str:
 
 
 def _load_note(rows: pd.DataFrame) -> list[str]:
-    """A warning when the timings ran on a shared CPU (1-min load average above the CPU count)."""
+    """Where the timings come from: a warning when they ran on a shared CPU (1-min load
+    average above the CPU count), and how many runs' timings were left out."""
     if "speed_cpu_load" not in rows or rows["speed_cpu_load"].isna().all():
         return []
     load, cpus = rows["speed_cpu_load"].max(), rows["speed_cpus"].max()
-    dropped = int(rows["speed_shared_dropped"].sum()) if "speed_shared_dropped" in rows else 0
-    left_out = (f" The timings of {dropped} run(s) taken on a shared CPU are left out of rows that also have "
-                f"runs timed on an unshared one." if dropped else "")
+    dropped = int(rows["timings_dropped"].sum()) if "timings_dropped" in rows else 0
+    several = "machines" in rows and rows["machines"].max() > 1
+    left_out = (f" The timings of {dropped} run(s) taken on a shared CPU{' or another machine' if several else ''} "
+                f"are left out of rows that also have runs timed on an unshared one"
+                f"{' of the timing machine (the one that timed most runs)' if several else ''}." if dropped else "")
     if load <= cpus + 0.5:
         return [f"Timed on an unshared CPU: 1-min load average at most {load:.1f} on {cpus:.0f} CPUs.{left_out}", ""]
     shared = int(shared_cpu(rows).sum())

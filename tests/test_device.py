@@ -61,6 +61,22 @@ def test_bf16_where_the_device_cannot_honour_it_is_an_error(emulated):
         resolve_precision("bf16", CPU)
 
 
+def test_a_pinned_auto_is_kept_and_checked(native, monkeypatch):
+    """train.auto_resolves_to (a suite's pin) decides what `auto` gives; explicit choices win;
+    a bf16 pin where bf16 is only emulated, or a malformed pin, is a config error."""
+    cfg = load_config("configs/smoke.yaml", ["train.auto_resolves_to=fp32/contiguous"]).train
+    assert (Runtime(CPU, cfg).precision, Runtime(CPU, cfg).memory_format) == ("fp32", "contiguous")
+    cfg.memory_format = "channels_last"
+    assert Runtime(CPU, cfg).memory_format == "channels_last"
+    cfg.auto_resolves_to, cfg.precision = "bf16/contiguous", "auto"
+    monkeypatch.setattr(device_mod, "native_bf16", lambda dev: (False, "this CPU has no native bf16"))
+    with pytest.raises(ConfigError, match="auto_resolves_to=bf16/contiguous .* no native bf16; finish the suite"):
+        Runtime(CPU, cfg)
+    cfg.auto_resolves_to = "fp16"
+    with pytest.raises(ConfigError, match="expected PRECISION/FORMAT"):
+        Runtime(CPU, cfg)
+
+
 def test_explicit_choices_are_kept(emulated):
     assert resolve_precision("fp32", CPU) == "fp32"
     assert resolve_memory_format("channels_last", CPU) == "channels_last"

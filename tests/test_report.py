@@ -98,6 +98,25 @@ def test_speed_section_shows_latency_and_measured_speed_up_beside_the_mac_ratio(
     assert pcn == "| pcn | 50% | dense | 8.0 (0.5) | 62.5 (0.5) | 100.0 (0.5) | 2.00x | 1.25x | 1.60x | 2.00x |"
 
 
+def test_timings_come_from_the_machine_that_timed_most_runs():
+    """A suite finished on a second machine: each row keeps the timings (speed and training
+    wall-clock) of its runs on the machine that timed most runs; accuracy keeps every seed."""
+    from bench.report import speed_section
+    runs, hists = three_seeds()
+    runs["machine"] = "A"
+    second = (runs["seed"] == 2) | ((runs["seed"] == 1) & (runs["label"] == "pcn"))   # 5 of 12 runs on B
+    runs.loc[second, "machine"] = "B"
+    runs.loc[second, ["latency_b1_ms_median", "train_wall_s"]] = [5.0, 1.0]
+    runs.loc[second & (runs["label"] == "pcn"), "test_acc"] = 0.83
+    agg = aggregate(runs, hists).set_index("label")
+    assert agg.loc["pcn", "latency_b1_ms_median"] == 10.0 and agg.loc["pcn", "train_wall_s"] == 60.0
+    assert agg.loc["pcn", "timings_dropped"] == 2 and agg.loc["dense", "timings_dropped"] == 1
+    assert agg.loc["pcn", "test_acc"] == pytest.approx((0.81 + 2 * 0.83) / 3)
+    assert agg.loc["pcn", "tta_s"] == 60.0                               # machine A's wall-clock only
+    text = "\n".join(speed_section(agg.reset_index(), "vgg11"))
+    assert "shared CPU or another machine are left out" in text and "of the timing machine" in text
+
+
 def test_no_speed_section_for_runs_without_speed_figures():
     from bench.report import speed_section
     assert speed_section(aggregate(*planted()), "vgg11") == []
@@ -116,8 +135,7 @@ def test_speed_section_flags_timings_taken_on_a_shared_cpu():
     assert "**Shared CPU**: 1 of 4 rows" in "\n".join(speed_section(aggregate(runs, hists), "vgg11"))
 
 
-def test_timings_from_a_shared_cpu_are_left_out_where_a_row_has_unshared_ones():
-    from bench.report import speed_section
+def three_seeds() -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     runs, hists = planted()
     seeds = []
     for seed in (0, 1, 2):
@@ -129,6 +147,12 @@ def test_timings_from_a_shared_cpu_are_left_out_where_a_row_has_unshared_ones():
     for m in ("latency_b1_ms", "infer_batch_ms", "train_step_ms"):
         runs[m + "_median"], runs[m + "_iqr"] = 10.0, 0.5
     runs["speed_cpus"], runs["speed_cpu_load"] = 2, 1.0
+    return runs, hists
+
+
+def test_timings_from_a_shared_cpu_are_left_out_where_a_row_has_unshared_ones():
+    from bench.report import speed_section
+    runs, hists = three_seeds()
     # pcn seed 0 was timed under load (100x slower); dense_leaky was timed under load on every seed.
     loaded = (runs["label"] == "pcn") & (runs["seed"] == 0)
     runs.loc[loaded, ["latency_b1_ms_median", "speed_cpu_load"]] = [1000.0, 4.0]
@@ -137,7 +161,7 @@ def test_timings_from_a_shared_cpu_are_left_out_where_a_row_has_unshared_ones():
     agg = aggregate(runs, hists).set_index("label")
     assert agg.loc["pcn", "latency_b1_ms_median"] == 10.0            # the two unshared seeds only
     assert agg.loc["pcn", "throughput_infer_img_s"] == 400.0
-    assert agg.loc["pcn", "speed_shared_dropped"] == 1
+    assert agg.loc["pcn", "timings_dropped"] == 1
     assert agg.loc["dense_leaky", "latency_b1_ms_median"] == 20.0    # nothing unshared: kept, flagged
     assert agg.loc["pcn", "test_acc"] == FINAL["pcn"]                # accuracy is never dropped
     text = "\n".join(speed_section(agg.reset_index(), "vgg11"))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from bench.config import ConfigError
@@ -118,3 +119,26 @@ def test_highlights_name_the_best_method_per_target_and_skip_the_controls():
         "- Fastest to the dense control's accuracy: **b** at 50%, epoch 4 after 12s of training; "
         "1 of 3 method rows reach it at all.",
     ]
+
+
+def test_a_suite_keeps_the_precision_of_its_finished_runs(tmp_path, capsys):
+    """Finished on a machine whose `auto` would pick another precision, a suite's remaining
+    runs are pinned to what its finished runs used; the pin leaves the run hash alone."""
+    from bench.device import Runtime
+    from bench.runs import RunDir, run_name, write_json
+    from bench.suite import pin_auto_precision
+    cells = expand(*load_suite(str(write_suite(tmp_path, seeds=[0, 1], results_dir=str(tmp_path / "out")))), [])
+    names = [run_name(c.cfg) for c in cells]
+    done = cells[0].run_dir
+    done.mkdir(parents=True)
+    write_json(RunDir(done).summary_path, {"status": "finished", "precision": "bf16", "memory_format": "channels_last"})
+    status = [c.status() for c in cells]
+    assert status == ["finished", "todo", "todo", "todo"]
+    pin_auto_precision(cells, status)
+    assert "precision bf16/channels_last for the 3 run(s) to do" in capsys.readouterr().out
+    assert [c.cfg.train.auto_resolves_to for c in cells] == ["", *["bf16/channels_last"] * 3]
+    assert [run_name(c.cfg) for c in cells] == names
+    assert cells[1].raw["train"]["auto_resolves_to"] == "bf16/channels_last"    # what a worker rebuilds
+    cells[1].cfg.train.auto_resolves_to = "fp32/contiguous"
+    rt = Runtime(torch.device("cpu"), cells[1].cfg.train)
+    assert (rt.precision, rt.memory_format) == ("fp32", "contiguous")

@@ -72,7 +72,7 @@ class Metric:
     wandb_summary: Optional[str] = None     # W&B define_metric summary, e.g. "max,last"
     wandb_step: Optional[str] = None        # W&B define_metric x-axis (another epoch metric)
     compute: Optional[Callable[[MetricInput], float]] = None   # None: the harness records it itself
-    timed: bool = False                     # report: from the speed timings, which a shared CPU skews
+    timed: bool = False                     # report: a timing, which a shared CPU or another machine skews
 
 
 METRICS: dict[str, Metric] = {}

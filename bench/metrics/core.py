@@ -24,7 +24,7 @@ for _m in (
     Metric("macs_nonzero", BOTH, "MACs of the non-zero weights per image (theoretical)", fmt=fmt_si,
            interval=True, relative=True),
     Metric("train_wall_s", (FINAL,), "training wall-clock: steps + transforms, evaluation excluded",
-           "train wall-clock", fmt_seconds, interval=True, relative=True),
+           "train wall-clock", fmt_seconds, interval=True, relative=True, timed=True),
     Metric("train_macs", (FINAL,), "training MACs (3x forward MACs per image seen)", "train MACs", fmt_si,
            interval=True, relative=True),
     Metric("throughput_train_img_s", (FINAL,), "measured training images/s of the final model", "train img/s",
