@@ -47,6 +47,7 @@ from typing import Any
 from bench.config import ConfigError, RunConfig, _suggest, build_dataclass, merge, opt, raw_from_sources, read_yaml
 from bench.configure import build_config
 from bench.datasets import dataset_for
+from bench.metrics.base import fmt_si
 from bench.progress import SuiteProgress, hms
 from bench.report import DENSE_LABEL
 from bench.runs import RunDir, run_name, write_json
@@ -228,13 +229,6 @@ def ensure_data(cells: list[Cell]) -> None:
     (and once, not in each of several worker processes)."""
     for data_cfg in {repr(c.cfg.data): c.cfg.data for c in cells}.values():
         dataset_for(data_cfg).prepare()
-
-
-def _si(v: float) -> str:
-    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
-        if v >= scale:
-            return f"{v / scale:.2f}{unit}"
-    return f"{v:.0f}"
 
 
 def run_cell(raw: dict) -> str:
@@ -433,7 +427,7 @@ def _dry_run(cells: list[Cell]) -> int:
             total_macs, total_s = total_macs + macs, total_s + seconds
         target = "-" if c.target is None else f"{c.target:g}"
         print(f"  {'done' if status == 'finished' else status:8s}  {c.label:16s} {c.model:12s} target {target:5s} "
-              f"seed {c.seed}  {c.cfg.train.epochs} ep  {_si(macs)}MAC  ~{seconds / 60:.1f} min")
-    print(f"estimated cost of the remaining runs: {_si(total_macs)}MAC of training, ~{total_s / 60:.0f} min "
+              f"seed {c.seed}  {c.cfg.train.epochs} ep  {fmt_si(macs)}MAC  ~{seconds / 60:.1f} min")
+    print(f"estimated cost of the remaining runs: {fmt_si(total_macs)}MAC of training, ~{total_s / 60:.0f} min "
           f"here (dense-equivalent upper bound from timed steps; methods' own overheads not included)")
     return 0

@@ -68,11 +68,6 @@ class TargetConfig(MethodConfig):
     def targets_set(self) -> list[str]:
         return [k for k in ("target_params", "target_macs") if getattr(self, k) is not None]
 
-    def target_spec(self) -> Optional[tuple[str, float]]:
-        """("params" | "macs", fraction of dense), or None."""
-        t = self.target()
-        return None if t is None else (t.kind, t.frac)
-
 
 @dataclass
 class Context:

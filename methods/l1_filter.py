@@ -197,7 +197,7 @@ class L1Filter(ScheduledPruning):
         chosen = selected_convs(model, cfg.scope, cfg.prune_layers)
         info: dict[str, Any] = {}
         with eval_mode(model):
-            target = cfg.target_spec()
+            target = cfg.target()
             if target is None:
                 # Fixed ratio of the original width after event k: r k / n; relative to now:
                 r_now = 1 - (1 - cfg.pruning_ratio * k / n) / (1 - cfg.pruning_ratio * (k - 1) / n)
@@ -206,7 +206,7 @@ class L1Filter(ScheduledPruning):
                 pruner.step()
                 info.update({"pruning_ratio_step": r_now, "steps": 1})
             else:
-                kind, frac = target
+                kind, frac = target.kind, target.frac
                 goal = Target(kind, event_fraction(frac, k, n), cfg.target_tol_frac)
                 limit = goal.goal(dense_value(ctx, kind))
                 model, value, steps = self.step_to(model, chosen, goal, limit)

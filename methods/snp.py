@@ -316,10 +316,10 @@ class SNP(ScheduledPruning):
                      ) -> tuple[float, dict[str, Any]]:
         """`1 - tau`: given, or the smallest one whose pruned model meets the target."""
         cfg, ctx = self.cfg, self.ctx
-        target = cfg.target_spec()
+        target = cfg.target()
         if target is None:
             return 1.0 - cfg.tau, {}
-        kind, frac = target
+        kind, frac = target.kind, target.frac
         limit = frac * dense_value(ctx, kind)
         candidates = sorted({0.0} | {float(v) for sp in spectra.values() for v in sp.tails[1:sp.max_drop + 1]})
         cache: dict[int, int] = {}

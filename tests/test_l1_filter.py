@@ -76,7 +76,7 @@ def test_targets_are_met_within_two_percent(name, width, options):
     torch.manual_seed(3)
     model = build_model(ModelConfig(name=name, width=width))
     method = l1(model, **options)
-    kind, target = method.cfg.target_spec()
+    kind, target = method.cfg.target().kind, method.cfg.target().frac
     pruned, info = method.prune(model)
     dense = method.ctx.dense_params if kind == "params" else method.ctx.dense_macs
     now = param_counts(pruned)["params_total"] if kind == "params" else count_macs(pruned, method.ctx.example_inputs)[0]

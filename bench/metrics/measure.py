@@ -146,9 +146,7 @@ def measure_speed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_eval: to
     `model`), and the training step of `model` at the training batch (`x`, `y`); all on
     copies, so the measured model is not changed."""
     repeats = max(2, repeats)
-    deployed = None if deployed is model else deployed
-    m = copy.deepcopy(model if deployed is None else deployed)
-    m.eval()
+    m = copy.deepcopy(model if deployed is None else deployed).eval()
     out: dict[str, float] = {}
 
     def infer(batch: torch.Tensor) -> Callable:
@@ -161,9 +159,7 @@ def measure_speed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_eval: to
         fn = infer(batch)
         fn()
         out[f"{key}_median"], out[f"{key}_iqr"] = (1e3 * v for v in _median_iqr(_timings(fn, repeats, number)))
-    m = copy.deepcopy(model) if deployed is not None else m
-    m.train()
-    step = make_step(m)
+    step = make_step(copy.deepcopy(model).train())
     step(x, y)
     out["train_step_ms_median"], out["train_step_ms_iqr"] = (
         1e3 * v for v in _median_iqr(_timings(lambda: step(x, y), repeats)))
