@@ -243,6 +243,8 @@ def aggregate(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.Data
     agg["timings_dropped"] = g["timings_dropped"].sum()
     if "machine" in runs:
         agg["machines"] = g["machine"].nunique()
+    if "timing_machine" in runs:
+        agg["timing_machine"] = g["timing_machine"].first()
     agg = agg.reset_index()
     keys = [ref_key(*k) for k in zip(agg["model"], agg["control"], agg["target_key"])]
     for m in rel_metrics:
@@ -281,7 +283,9 @@ def prefer_comparable_timings(runs: pd.DataFrame) -> pd.DataFrame:
     clean = runs["speed_cpu_load"].notna() & ~shared_cpu(runs)
     if not clean.any():
         return runs
-    good = clean & (machine == machine[clean].value_counts().idxmax())
+    reference = machine[clean].value_counts().idxmax()
+    runs["timing_machine"] = reference
+    good = clean & (machine == reference)
     good_in_row = good.groupby([runs["model"], runs["label"], runs["target_key"]]).transform("any").astype(bool)
     drop = ~good & good_in_row
     timed = [m.name for m in declared(FINAL) if m.timed and m.name in runs]
@@ -393,7 +397,8 @@ def markdown_table(agg: pd.DataFrame, model: str) -> str:
             delta = _diff(paired)
         else:
             delta = "" if r["test_acc_delta"] != r["test_acc_delta"] else f"{100 * r['test_acc_delta']:+.2f}"
-        tta = "never" if r["reached"] == 0 else f"ep {r['tta_epoch']:.0f}, {fmt_seconds(r['tta_s'])}"
+        tta = "never" if r["reached"] == 0 else f"ep {r['tta_epoch']:.0f}" + (
+            f", {fmt_seconds(r['tta_s'])}" if r["tta_s"] == r["tta_s"] else "")    # seconds: none where left out
         cells = [r["label"], target, acc, r["control"], delta, r.get("vs_control", ""), str(int(r["seeds"])),
                  *(metric_cell(r, m) for m in columns), tta]
         lines.append("| " + " | ".join(cells) + " |")
@@ -410,7 +415,9 @@ def _load_note(rows: pd.DataFrame) -> list[str]:
     several = "machines" in rows and rows["machines"].max() > 1
     left_out = (f" The timings of {dropped} run(s) taken on a shared CPU{' or another machine' if several else ''} "
                 f"are left out of rows that also have runs timed on an unshared one"
-                f"{' of the timing machine (the one that timed most runs)' if several else ''}." if dropped else "")
+                f"{' of the timing machine' if several else ''}." if dropped else "")
+    if several and "timing_machine" in rows:
+        left_out += f" Timing machine (the one that timed most runs without load): {rows['timing_machine'].iloc[0]}."
     if load <= cpus + 0.5:
         return [f"Timed on an unshared CPU: 1-min load average at most {load:.1f} on {cpus:.0f} CPUs.{left_out}", ""]
     shared = int(shared_cpu(rows).sum())
@@ -482,8 +489,9 @@ def highlights(agg: pd.DataFrame, model: str) -> list[str]:
         r = reached.iloc[0]
         target = f" at {r['target']:.0%}" if _has_target(r["target"]) else ""
         vs = "" if len(shared) == 1 else f" (control: {controls[r.name]})"
+        after = f" after {fmt_seconds(r['tta_s'])} of training" if r["tta_s"] == r["tta_s"] else ""
         lines.append(f"- Fastest to {whose} accuracy: **{r['label']}**{target}{vs}, epoch "
-                     f"{r['tta_epoch']:.0f} after {fmt_seconds(r['tta_s'])} of training; "
+                     f"{r['tta_epoch']:.0f}{after}; "
                      f"{len(reached)} of {len(methods)} method rows reach {it} at all.")
     return lines
 
@@ -729,8 +737,13 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None) -> O
     name = suite_name or meta.get("suite") or out.name
     lines = [f"# Results: {name}", ""]
     if meta:
+        machines = runs["machine"].value_counts() if "machine" in runs else pd.Series(dtype=int)
+        several = (f" Its runs ran on {len(machines)} machines: " + "; ".join(f"{n} on {m}" for m, n in machines.items())
+                   + ". Accuracy, parameters and MACs do not depend on the machine; timings are taken from one "
+                     "(see the speed section)." if len(machines) > 1 else "")
         lines += [f"Produced by `{meta.get('command', '')}` on {meta.get('machine', '')} "
-                  f"(devices: {', '.join(sorted(set(map(str, runs['device']))))}), last invoked {meta.get('started', '')} (finished runs are reused, not re-run).", ""]
+                  f"(devices: {', '.join(sorted(set(map(str, runs['device']))))}), last invoked {meta.get('started', '')} "
+                  f"(finished runs are reused, not re-run).{several}", ""]
         planned = meta.get("cells")
         if planned and n_runs < planned:
             lines += [f"**Partial: {n_runs} of the suite's {planned} runs have finished.** Rows, intervals and "
