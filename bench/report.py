@@ -272,9 +272,9 @@ def prefer_comparable_timings(runs: pd.DataFrame) -> pd.DataFrame:
     compare like with like. Timings compare on one machine only, and other processes skew
     them by far more than the spread over seeds, so each row (model, label, target) keeps
     the timings of its runs timed on the *timing machine* (the one that timed the most of
-    the suite's runs on an unshared CPU) without load, where it has any; its other runs'
-    timings are left out (`timings_dropped`). A row without such runs keeps its own
-    (the report flags a shared CPU)."""
+    the suite's runs on an unshared CPU) without load, where it has any; else its runs
+    timed on that machine under load (the report flags a shared CPU); else its own. The
+    other runs' timings are left out (`timings_dropped`)."""
     runs = runs.copy()
     runs["timings_dropped"] = 0
     if "speed_cpu_load" not in runs:
@@ -285,9 +285,13 @@ def prefer_comparable_timings(runs: pd.DataFrame) -> pd.DataFrame:
         return runs
     reference = machine[clean].value_counts().idxmax()
     runs["timing_machine"] = reference
-    good = clean & (machine == reference)
-    good_in_row = good.groupby([runs["model"], runs["label"], runs["target_key"]]).transform("any").astype(bool)
-    drop = ~good & good_in_row
+    on_ref = (machine == reference) & runs["speed_cpu_load"].notna()
+    good = clean & on_ref
+    row = [runs["model"], runs["label"], runs["target_key"]]
+    in_row = lambda m: m.groupby(row).transform("any").astype(bool)   # noqa: E731
+    # Unloaded runs on the timing machine; else that machine's loaded ones (flagged); else the row's own.
+    keep = good.where(in_row(good), on_ref.where(in_row(on_ref), True))
+    drop = ~keep
     timed = [m.name for m in declared(FINAL) if m.timed and m.name in runs]
     runs.loc[drop, timed] = float("nan")
     runs["timings_dropped"] = drop.astype(int)
@@ -413,11 +417,13 @@ def _load_note(rows: pd.DataFrame) -> list[str]:
     load, cpus = rows["speed_cpu_load"].max(), rows["speed_cpus"].max()
     dropped = int(rows["timings_dropped"].sum()) if "timings_dropped" in rows else 0
     several = "machines" in rows and rows["machines"].max() > 1
-    left_out = (f" The timings of {dropped} run(s) taken on a shared CPU{' or another machine' if several else ''} "
-                f"are left out of rows that also have runs timed on an unshared one"
-                f"{' of the timing machine' if several else ''}." if dropped else "")
-    if several and "timing_machine" in rows:
-        left_out += f" Timing machine (the one that timed most runs without load): {rows['timing_machine'].iloc[0]}."
+    if several and dropped:
+        left_out = (f" The timings of {dropped} run(s) are left out: each row's timings come from its runs on the "
+                    f"timing machine (the one that timed most runs without load: {rows['timing_machine'].iloc[0]}), "
+                    f"those without load where it has any.")
+    else:
+        left_out = (f" The timings of {dropped} run(s) taken on a shared CPU are left out of rows that also have "
+                    f"runs timed on an unshared one." if dropped else "")
     if load <= cpus + 0.5:
         return [f"Timed on an unshared CPU: 1-min load average at most {load:.1f} on {cpus:.0f} CPUs.{left_out}", ""]
     shared = int(shared_cpu(rows).sum())

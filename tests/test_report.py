@@ -114,7 +114,7 @@ def test_timings_come_from_the_machine_that_timed_most_runs():
     assert agg.loc["pcn", "test_acc"] == pytest.approx((0.81 + 2 * 0.83) / 3)
     assert agg.loc["pcn", "tta_s"] == 60.0                               # machine A's wall-clock only
     text = "\n".join(speed_section(agg.reset_index(), "vgg11"))
-    assert "shared CPU or another machine are left out" in text and "timed most runs without load): A." in text
+    assert "The timings of 5 run(s) are left out" in text and "timed most runs without load: A)" in text
 
 
 def test_no_speed_section_for_runs_without_speed_figures():
@@ -180,3 +180,17 @@ def test_a_partial_suite_says_how_many_of_its_runs_have_finished(tmp_path, monke
     (tmp_path / "suite.json").write_text(json.dumps({"suite": "t", "cells": len(runs)}))
     write_report(tmp_path)
     assert "Partial" not in (tmp_path / "README.md").read_text()
+
+
+def test_a_row_timed_on_the_timing_machine_only_under_load_keeps_those_timings():
+    """Loaded timings on the timing machine (flagged) beat unloaded ones on another machine:
+    a speed-up is a ratio to the control's timings, which come from the timing machine."""
+    from bench.report import speed_section
+    runs, hists = three_seeds()
+    runs["machine"] = "A"
+    on_b = (runs["label"] == "pcn") & (runs["seed"] > 0)
+    runs.loc[on_b, ["machine", "latency_b1_ms_median"]] = ["B", 5.0]
+    runs.loc[(runs["label"] == "pcn") & (runs["seed"] == 0), ["latency_b1_ms_median", "speed_cpu_load"]] = [30.0, 4.0]
+    agg = aggregate(runs, hists).set_index("label")
+    assert agg.loc["pcn", "latency_b1_ms_median"] == 30.0 and agg.loc["pcn", "timings_dropped"] == 2
+    assert "**Shared CPU**: 1 of 4 rows" in "\n".join(speed_section(agg.reset_index(), "vgg11"))
