@@ -287,8 +287,9 @@ def prefer_comparable_timings(runs: pd.DataFrame) -> pd.DataFrame:
     runs["timing_machine"] = reference
     on_ref = (machine == reference) & runs["speed_cpu_load"].notna()
     good = clean & on_ref
-    row = [runs["model"], runs["label"], runs["target_key"]]
-    in_row = lambda m: m.groupby(row).transform("any").astype(bool)   # noqa: E731
+    def in_row(mask: pd.Series) -> pd.Series:
+        """Whether the run's row (model, label, target) has any run in `mask`."""
+        return mask.groupby([runs["model"], runs["label"], runs["target_key"]]).transform("any").astype(bool)
     # Unloaded runs on the timing machine; else that machine's loaded ones (flagged); else the row's own.
     keep = good.where(in_row(good), on_ref.where(in_row(on_ref), True))
     drop = ~keep

@@ -39,6 +39,7 @@ import platform
 import sys
 import time
 import traceback
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -382,13 +383,9 @@ def pin_auto_precision(cells: list[Cell], status: list[str]) -> None:
     another machine (say one with native bf16) still compares like with like."""
     def leaves_to_machine(c: Cell) -> bool:
         return "auto" in (c.cfg.train.precision, c.cfg.train.memory_format) and not c.cfg.train.auto_resolves_to
-    seen: dict[str, int] = {}
-    for c, st in zip(cells, status):
-        if st == "finished" and leaves_to_machine(c):
-            s = RunDir(c.run_dir).read_summary()
-            if "precision" in s:
-                key = f"{s['precision']}/{s.get('memory_format', 'contiguous')}"
-                seen[key] = seen.get(key, 0) + 1
+    summaries = [RunDir(c.run_dir).read_summary() for c, st in zip(cells, status)
+                 if st == "finished" and leaves_to_machine(c)]
+    seen = Counter(f"{s['precision']}/{s.get('memory_format', 'contiguous')}" for s in summaries if "precision" in s)
     if len(seen) > 1:
         print(f"warning: this suite's finished runs mix precisions ({', '.join(f'{n} in {k}' for k, n in seen.items())}); "
               f"their timings and accuracies are not like for like", file=sys.stderr, flush=True)
