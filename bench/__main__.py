@@ -77,7 +77,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
              "array_parallelism": args.array_parallelism}
     return run_suite(args.config, args.overrides, dry_run=args.dry_run, results_dir=args.results_dir,
                      executor=args.executor, jobs=args.jobs, slurm_overrides=slurm, wait=not args.no_wait,
-                     retry_failed=args.retry_failed)
+                     retry_failed=args.retry_failed, seeds=args.seeds)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--timeout-min", type=int, default=None, help="SLURM time limit per run, minutes")
     s.add_argument("--array-parallelism", type=int, default=None, help="at most this many SLURM jobs at once")
     s.add_argument("--no-wait", action="store_true", help="slurm: submit and return; run `report` later")
+    s.add_argument("--seeds", default=None, type=lambda v: [int(x) for x in v.split(",")], metavar="S[,S...]",
+                   help="run only these of the suite's seeds (e.g. --seeds 0: every row once before any repeat)")
     s.add_argument("--retry-failed", action="store_true",
                    help="also re-run cells that diverged (a plain re-invocation keeps them as diverged)")
     s.set_defaults(fn=cmd_suite)

@@ -2,10 +2,12 @@
 
 Same model (copies of one initialisation), same device-resident data and
 augmentation, same optimizer, in one process. Each round runs the harness, the bare
-loop at the harness's precision and memory format, and the bare loop in plain fp32
-(contiguous), so that drift in machine load hits all three; the ratios of median
-seconds per step are printed: harness/bare (the harness's overhead) and bare
-fp32/bare at the run's precision (what bf16 autocast and channels_last buy).
+loop at the harness's precision and memory format, the bare loop at the same precision
+in the other memory format (contiguous vs channels_last: what decides the `auto`
+format rule), and the bare loop in plain fp32 (contiguous), so that drift in machine
+load hits all of them; the ratios of median seconds per step are printed: harness/bare
+(the harness's overhead), other format/bare, and bare fp32/bare at the run's precision
+(what bf16 autocast and channels_last buy together).
 Usage: `python -m bench.overhead [CONFIG] [key=value ...]` (default: the quick VGG
 recipe on synthetic data of the same shape).
 """
@@ -57,14 +59,18 @@ def measure(config: str, overrides: list[str], rounds: int) -> dict[str, float]:
     model = rt.place(build_model(cfg.model))
     bare_model = copy.deepcopy(model)
     fp32_model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    other_format = "contiguous" if rt.channels_last else "channels_last"
+    other_mf = torch.contiguous_format if rt.channels_last else torch.channels_last
+    other_model = copy.deepcopy(model).to(memory_format=other_mf)
     example = rt.prepare(data.normalize(data.train_x[:1]))
     ctx = build_context(cfg, data, model, rt, example, lambda m: 0.0)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     trainer = Trainer(cfg, data, rt, get_method("dense")(cfg.method, ctx), ctx, model, criterion)
     bare_opt, fp32_opt = make_optimizer(bare_model, cfg.train), make_optimizer(fp32_model, cfg.train)
+    other_opt = make_optimizer(other_model, cfg.train)
     steps = ctx.steps_per_epoch
     total = steps * (rounds + 1)
-    times: dict[str, list[float]] = {"harness": [], "bare": [], "bare_fp32": []}
+    times: dict[str, list[float]] = {"harness": [], "bare": [], "bare_other_format": [], "bare_fp32": []}
     # Only where the run trains in bf16 is there an fp32 loop to compare with; where bf16 is
     # not native the run is fp32 already (and an emulated bf16 loop would take hours).
     compare_fp32 = rt.precision != "fp32" or rt.memory_format != "contiguous"
@@ -79,14 +85,19 @@ def measure(config: str, overrides: list[str], rounds: int) -> dict[str, float]:
         t1 = rt.clock()
         bare_epoch(bare_model, bare_opt, criterion, batches(r), rt.autocast)
         t2 = rt.clock()
+        bare_epoch(other_model, other_opt, criterion, batches(r, prepare=lambda x: x.contiguous(memory_format=other_mf)),
+                   rt.autocast)
+        t2b = rt.clock()
         if compare_fp32:
             bare_epoch(fp32_model, fp32_opt, criterion, batches(r, prepare=lambda x: x))
         t3 = rt.clock()
         if r:
-            for key, s in (("harness", t1 - t0), ("bare", t2 - t1), ("bare_fp32", t3 - t2)):
+            for key, s in (("harness", t1 - t0), ("bare", t2 - t1), ("bare_other_format", t2b - t2),
+                           ("bare_fp32", t3 - t2b)):
                 times[key].append(s / steps)
-    h, b, f = (statistics.median(times[k]) for k in ("harness", "bare", "bare_fp32"))
+    h, b, o, f = (statistics.median(times[k]) for k in ("harness", "bare", "bare_other_format", "bare_fp32"))
     return {"harness_s_per_step": h, "bare_s_per_step": b, "ratio": h / b,
+            "other_format": other_format, "bare_other_format_s_per_step": o, "other_format_ratio": o / b,
             **({"bare_fp32_s_per_step": f, "fp32_ratio": f / b} if compare_fp32 else {}),
             "precision_note": native_bf16(device)[1], **rt.describe(), "steps_per_round": steps, "rounds": rounds,
             "device": str(device), "model": cfg.model.name, "batch_size": cfg.train.batch_size}
@@ -110,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{res['rounds']} rounds x {res['steps_per_round']} steps, alternating:")
     print(f"  harness {res['harness_s_per_step'] * 1e3:.1f} ms/step   bare loop "
           f"{res['bare_s_per_step'] * 1e3:.1f} ms/step   harness/bare {res['ratio']:.3f}")
+    print(f"  bare loop at {res['precision']}, {res['other_format']}: {res['bare_other_format_s_per_step'] * 1e3:.1f} "
+          f"ms/step   {res['other_format']}/{res['memory_format']} {res['other_format_ratio']:.2f}x")
     if "fp32_ratio" in res:
         print(f"  bare loop in fp32, contiguous: {res['bare_fp32_s_per_step'] * 1e3:.1f} ms/step   "
               f"fp32/{res['precision']}+{res['memory_format']} {res['fp32_ratio']:.2f}x")

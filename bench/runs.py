@@ -1,7 +1,12 @@
 """Run directories: naming, atomic writes, resume state and the environment record.
 
 A run lives in `<output_dir>/<method>-<model>-s<seed>-<hash>` where the hash covers
-everything that changes what the run computes (see `config.NON_SEMANTIC_KEYS`).
+everything that changes what the run computes (see `config.NON_SEMANTIC_KEYS`) and the
+fingerprint of its data's content (env.json's `data_fingerprint`), never the data's path.
+A finished run is found by what it computed, not by its folder's name: `run_path` also
+re-reads every finished run's config.yaml with today's option defaults and hashes it
+again, so an option added later with a default that keeps the old behaviour leaves
+finished runs found.
 It holds `config.yaml`, `env.json`, `history.csv` (one row per epoch), `state.pt`
 (everything needed to resume after the last completed epoch, removed when the
 run finishes), `checkpoint.pt` (the final model) and `summary.json`, which is
@@ -13,6 +18,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from contextlib import contextmanager
 from importlib import metadata
@@ -23,14 +29,63 @@ import pandas as pd
 import torch
 import yaml
 
-from bench.config import RunConfig, config_hash, to_dict
+from bench.config import ConfigError, RunConfig, config_hash, to_dict
+from bench.datasets import data_fingerprint
 from bench.device import cpu_model
 
 PACKAGES = ("torch", "torchvision", "timm", "torch-pruning", "wandb", "pandas", "numpy")
 
 
-def run_name(cfg: RunConfig) -> str:
-    return f"{cfg.method.name}-{cfg.model.name}-s{cfg.seed}-{config_hash(cfg)}"
+def run_name(cfg: RunConfig, fingerprint: Optional[str] = None) -> str:
+    """The folder name a new run of `cfg` gets (the data's fingerprint is computed, and
+    cached, when not given)."""
+    fp = fingerprint if fingerprint is not None else data_fingerprint(cfg.data, cfg.model.num_classes)
+    return f"{cfg.method.name}-{cfg.model.name}-s{cfg.seed}-{config_hash(cfg, fp)}"
+
+
+def run_path(cfg: RunConfig) -> Path:
+    """Where the run of `cfg` is: its own folder if it exists, else the folder of a
+    finished run that computed the same thing (same config under today's defaults, same
+    data fingerprint), else the folder a new run gets."""
+    out = Path(cfg.output_dir)
+    name = run_name(cfg)
+    if (out / name).exists():
+        return out / name
+    return finished_index(out).get(name, out / name)
+
+
+_INDEX: dict[str, tuple[frozenset, dict[str, Path]]] = {}
+
+
+def finished_index(out: Path) -> dict[str, Path]:
+    """Run name under today's code -> folder, for the finished runs in `out` whose folder
+    name differs (recomputed when the folder's listing changes). A run whose config no
+    longer loads, or that records no data fingerprint, is left out with a warning."""
+    from bench.configure import build_config   # the method registry: imported on first use
+    try:
+        names = frozenset(p.name for p in out.iterdir() if (p / "summary.json").is_file())
+    except OSError:
+        return {}
+    key = str(out.resolve())
+    if key in _INDEX and _INDEX[key][0] == names:
+        return _INDEX[key][1]
+    index: dict[str, Path] = {}
+    for folder in sorted(names):
+        path = out / folder
+        try:
+            fp = json.loads((path / "env.json").read_text()).get("data_fingerprint")
+            raw = yaml.safe_load((path / "config.yaml").read_text())
+            if not fp:
+                raise ValueError("its env.json records no data_fingerprint")
+            name = run_name(build_config(raw), fp)
+        except Exception as e:  # noqa: BLE001 - any unreadable run is skipped, never fatal
+            print(f"warning: finished run {path} is not matched to today's configs "
+                  f"({type(e).__name__}: {' '.join(str(e).split())[:200]})", file=sys.stderr)
+            continue
+        if name != folder:
+            index[name] = path
+    _INDEX[key] = (names, index)
+    return index
 
 
 _UMASK = os.umask(0)   # read the process umask (there is no getter) and put it back
@@ -107,6 +162,52 @@ def environment(device: torch.device) -> dict:
         env["gpu"] = torch.cuda.get_device_name(device)
         env["gpu_count"] = torch.cuda.device_count()
     return env
+
+
+class RunningElsewhere(ConfigError):
+    """The run's lock is held by another process (another suite on the same folder); a
+    ConfigError so that `python -m bench run` says so in one line and exits non-zero."""
+
+
+@contextmanager
+def run_lock(run: Path) -> Iterator[None]:
+    """Hold an exclusive OS lock on a run while this process trains it, so that a second
+    process working through the same results folder (another terminal, another machine
+    on a shared disk, a SLURM array) skips it instead of training it twice. The lock is an
+    `flock` on `<run>/.lock`: it dies with its process, so a lock file left by a killed
+    run never blocks a resume. Raises RunningElsewhere when held."""
+    if os.environ.get("RANK", "0") != "0":      # the ranks of one DDP run share rank 0's lock
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:                           # no flock (Windows): no cross-process guard
+        yield
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunningElsewhere(f"{run.name} is being trained by another process (lock "
+                                   f"{run / '.lock'}); skipped here") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{platform.node()} pid {os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def locked_elsewhere(run: Path) -> bool:
+    """Whether another process holds `run`'s lock right now (see run_lock); creates nothing."""
+    if not (run / ".lock").is_file():
+        return False
+    try:
+        with run_lock(run):
+            return False
+    except RunningElsewhere:
+        return True
 
 
 class RunDir:

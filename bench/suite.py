@@ -51,7 +51,7 @@ from bench.datasets import dataset_for
 from bench.metrics.base import fmt_si
 from bench.progress import SuiteProgress, hms
 from bench.report import DENSE_LABEL
-from bench.runs import RunDir, run_name, write_json
+from bench.runs import RunDir, RunningElsewhere, locked_elsewhere, run_name, run_path, write_json
 from methods import get_method
 
 
@@ -110,21 +110,26 @@ class Cell:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.cfg.output_dir) / run_name(self.cfg)
+        return run_path(self.cfg)
 
     @property
     def name(self) -> str:
         return f"{self.label} {self.model} target={self.target} seed={self.seed}"
 
     def status(self) -> str:
-        """todo (no summary.json yet), or the summary's status: finished or diverged."""
+        """todo (no summary.json yet), running (another process holds its lock), or the
+        summary's status: finished or diverged."""
         rd = RunDir(self.run_dir)
-        return rd.read_summary().get("status", "finished") if rd.finished() else "todo"
+        if rd.finished():
+            return rd.read_summary().get("status", "finished")
+        return "running" if locked_elsewhere(rd.path) else "todo"
 
     def outcome(self) -> str:
         """What a progress line says about this cell once it has run."""
         rd = RunDir(self.run_dir)
         if not rd.finished():
+            if locked_elsewhere(rd.path):
+                return "running elsewhere (another process holds its lock): skipped here"
             return "FAILED (see error.txt in its run directory)"
         s = rd.read_summary()
         if s.get("status") == "diverged":
@@ -269,6 +274,8 @@ def _run_local(cells: list[Cell], jobs: int, progress: SuiteProgress) -> list[tu
             print(f"[{i + 1}/{len(cells)}] {c.name}", flush=True)
             try:
                 run_cell(c.raw)
+            except RunningElsewhere:
+                pass          # another suite process took it after this one planned it
             except ConfigError:
                 raise
             except Exception:  # noqa: BLE001 - one failed cell must not stop the others
@@ -282,6 +289,8 @@ def _run_local(cells: list[Cell], jobs: int, progress: SuiteProgress) -> list[tu
             i = futures[fut]
             try:
                 fut.result()
+            except RunningElsewhere:
+                pass
             except Exception:  # noqa: BLE001
                 failed.append((cells[i], traceback.format_exc()))
             _report_done(progress, cells, i)
@@ -317,10 +326,16 @@ def _run_submitit(cells: list[Cell], kind: str, slurm: SlurmConfig, folder: Path
 
 def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, results_dir: str | None = None,
               executor: str = "local", jobs: int = 1, slurm_overrides: dict | None = None, wait: bool = True,
-              retry_failed: bool = False) -> int:
+              retry_failed: bool = False, seeds: list[int] | None = None) -> int:
     suite, folder = load_suite(path)
     if results_dir:
         suite.results_dir = results_dir
+    if seeds is not None:        # a part of the grid: e.g. every row at seed 0 of several suites first
+        unknown = sorted(set(seeds) - set(suite.seeds))
+        if unknown:
+            raise ConfigError(f"--seeds {','.join(map(str, unknown))}: not among this suite's seeds "
+                              f"({', '.join(map(str, suite.seeds))})")
+        suite.seeds = [s for s in suite.seeds if s in seeds]
     for key, value in (slurm_overrides or {}).items():
         if value is not None:
             setattr(suite.slurm, key, value)
@@ -333,8 +348,9 @@ def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, result
                 RunDir(c.run_dir).summary_path.replace(c.run_dir / "summary.diverged.json")
         status = ["todo" if st == "diverged" else st for st in status]
     todo = [c for c, st in zip(cells, status) if st == "todo"]
-    n_diverged = status.count("diverged")
+    n_diverged, n_running = status.count("diverged"), status.count("running")
     print(f"suite {suite.name}: {len(cells)} runs ({status.count('finished')} finished"
+          + (f", {n_running} running elsewhere" if n_running else "")
           + (f", {n_diverged} diverged: --retry-failed re-runs them" if n_diverged else "") + f") -> {results}",
           flush=True)
     pin_auto_precision(cells, status)

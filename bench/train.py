@@ -26,13 +26,14 @@ from torch import nn
 from bench import dist
 from bench.config import RunConfig, to_dict
 from bench.data import DeviceData, load_data
+from bench.datasets import data_fingerprint
 from bench.device import Runtime, resolve_device
 from bench.metrics import (EPOCH, FINAL, MetricInput, compute_all, count_macs, evaluate, measure_speed, param_counts,
                            peak_memory_mb)
 from bench.models import build_model
 from bench.optim import lr_at, make_optimizer
 from bench.progress import EpochBar, bars_enabled
-from bench.runs import RunDir, environment, run_name
+from bench.runs import RunDir, environment, run_lock, run_path
 from bench.wandb_log import WandbLogger
 from methods import Context, Method, get_method
 
@@ -295,13 +296,19 @@ def train(cfg: RunConfig, max_epochs: Optional[int] = None, log: Callable[[str],
 
     `max_epochs` stops after that many epochs in this call, leaving a resumable run
     (used by tests to simulate an interruption); the return value is then None."""
-    run_id = run_name(cfg)
-    rd = RunDir(Path(cfg.output_dir) / run_id)
-    if rd.finished():
-        done = rd.read_summary()
-        log(f"{run_id}: already {done.get('status', 'finished')}, skipping ({rd.summary_path})")
-        return done
+    rd = RunDir(run_path(cfg))
+    run_id = rd.path.name
+    if not rd.finished():
+        with run_lock(rd.path):      # RunningElsewhere if another process trains it
+            if not rd.finished():    # (or finished it since the check above)
+                return _train(cfg, rd, run_id, max_epochs, log)
+    done = rd.read_summary()
+    log(f"{run_id}: already {done.get('status', 'finished')}, skipping ({rd.summary_path})")
+    return done
 
+
+def _train(cfg: RunConfig, rd: RunDir, run_id: str, max_epochs: Optional[int], log: Callable[[str], None]
+           ) -> Optional[dict]:
     device = dist.init_from_env(cfg.device) or resolve_device(cfg.device)
     main = dist.is_main()                     # only rank 0 writes files and logs to W&B
     rt = Runtime(device, cfg.train)
@@ -309,7 +316,8 @@ def train(cfg: RunConfig, max_epochs: Optional[int] = None, log: Callable[[str],
     data = load_data(cfg.data, device, cfg.model.num_classes)
     model = rt.place(build_model(cfg.model))
     example = rt.prepare(data.normalize(data.train_x[:1]))
-    env = {**environment(device), **rt.describe(), "world_size": dist.world_size()}
+    env = {**environment(device), **rt.describe(), "world_size": dist.world_size(),
+           "data_fingerprint": data_fingerprint(cfg.data, cfg.model.num_classes)}
     if main:
         rd.prepare(cfg, env)
 

@@ -156,7 +156,9 @@ def _choose(candidates: torch.Tensor, n: int, generator: torch.Generator) -> tor
 def prune_mask(w: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
     """Active weights with |w| < threshold, except that a layer is never emptied: if
     all its active weights are below it, the largest-magnitude one stays."""
-    pruned = mask & (w.abs() < threshold)
+    # Contiguous, so that flat (logical-order) indices address it whatever the layout of
+    # `w` and `mask` (channels_last buffers after a resume).
+    pruned = (mask & (w.abs() < threshold)).contiguous()
     if bool(pruned.any()) and torch.equal(pruned, mask):
         keep = torch.where(mask, w.abs(), torch.full_like(w, -1.0)).flatten().argmax()
         pruned.view(-1)[keep] = False
@@ -179,7 +181,7 @@ def reallocate(weights: list[torch.Tensor], masks: list[torch.Tensor], threshold
     survivors = [int(m.sum()) for m in masks]
     capacity = [m.numel() - s - pn for m, s, pn in zip(masks, survivors, pruned_n)]
     grow, left = allocate_regrowth(k, survivors, capacity, generator)
-    grown = [torch.zeros_like(m) for m in masks]
+    grown = [torch.zeros(m.shape, dtype=m.dtype, device=m.device) for m in masks]   # contiguous: see prune_mask
     for g, m, p, n in zip(grown, masks, pruned, grow):
         if n:
             g.view(-1)[_choose(~m & ~p, n, generator)] = True

@@ -54,10 +54,12 @@ def test_missing_config_file_is_a_config_error():
 
 def test_hash_ignores_where_a_run_is_written_but_not_what_it_computes():
     a = load_config("configs/smoke.yaml")
-    assert config_hash(a) == config_hash(load_config("configs/smoke.yaml", ["output_dir=elsewhere",
-                                                                            "wandb.mode=offline"]))
-    assert config_hash(a) != config_hash(load_config("configs/smoke.yaml", ["seed=1"]))
-    assert config_hash(a) != config_hash(load_config("configs/smoke.yaml", ["train.lr=0.1"]))
+    h = lambda cfg, fp="f" * 16: config_hash(cfg, fp)
+    assert h(a) == h(load_config("configs/smoke.yaml", ["output_dir=elsewhere", "wandb.mode=offline",
+                                                        "data.root=/somewhere/else"]))
+    assert h(a) != h(load_config("configs/smoke.yaml", ["seed=1"]))
+    assert h(a) != h(load_config("configs/smoke.yaml", ["train.lr=0.1"]))
+    assert h(a) != h(a, "0" * 16)            # other data: another run
 
 
 def test_parse_override_reads_yaml_scalars():

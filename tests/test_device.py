@@ -53,7 +53,13 @@ def test_auto_falls_back_to_fp32_with_a_notice_where_emulated(emulated):
     said = []
     assert resolve_precision("auto", CPU, notice=said.append) == "fp32"
     assert len(said) == 1 and "fp32" in said[0] and "no native bf16" in said[0]
-    assert resolve_memory_format("auto", CPU) == "contiguous"
+    assert resolve_memory_format("auto", CPU) == "channels_last"      # faster in fp32 too
+
+
+def test_auto_memory_format_is_channels_last_on_cpu_and_cuda_only(emulated):
+    assert [resolve_memory_format("auto", torch.device(d)) for d in ("cpu", "cuda", "cuda:1", "mps", "meta")] == \
+        ["channels_last", "channels_last", "channels_last", "contiguous", "contiguous"]
+    assert resolve_memory_format("contiguous", torch.device("cuda")) == "contiguous"   # an explicit choice wins
 
 
 def test_bf16_where_the_device_cannot_honour_it_is_an_error(emulated):

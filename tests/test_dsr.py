@@ -128,6 +128,27 @@ def test_reallocation_keeps_count_and_regrows_at_zero():
             w.add_(torch.randn(w.shape, generator=g) * m)                      # "train" the active ones
 
 
+def test_reallocation_in_channels_last_equals_contiguous():
+    """After a resume the masks are channels_last buffers (the model is placed in that
+    format): reallocation must work on them and choose the same (logical) positions."""
+    def state(channels_last: bool):
+        g = torch.Generator().manual_seed(3)
+        weights = [torch.randn(6, 4, 3, 3, generator=g), torch.randn(5, 6, 3, 3, generator=g)]
+        masks = [torch.rand(w.shape, generator=g) < 0.4 for w in weights]
+        weights = [w * m for w, m in zip(weights, masks)]
+        weights[1][masks[1]] = 1e-3          # a whole layer under the threshold: the keep-the-largest path
+        if channels_last:
+            weights = [w.contiguous(memory_format=torch.channels_last) for w in weights]
+            masks = [m.contiguous(memory_format=torch.channels_last) for m in masks]
+        out = reallocate(weights, masks, 0.5, g)
+        return weights, masks, out
+    w_c, m_c, out_c = state(False)
+    w_l, m_l, out_l = state(True)
+    assert all(torch.equal(a, b) for a, b in zip(m_c, m_l))
+    assert all(torch.equal(a, b) for a, b in zip(w_c, w_l))
+    assert out_c["grown_per_layer"] == out_l["grown_per_layer"]
+
+
 def test_allocation_is_proportional_and_respects_capacity():
     g = torch.Generator().manual_seed(0)
     grow, left = allocate_regrowth(100, [300, 100, 0], [1000, 1000, 1000], g)

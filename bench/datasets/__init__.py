@@ -6,10 +6,10 @@ with an `@register_dataset("name")` class: nothing else to edit.
 import importlib
 import pkgutil
 
-from bench.datasets.base import REGISTRY, Dataset, dataset_for, get_dataset, register_dataset
+from bench.datasets.base import REGISTRY, Dataset, data_fingerprint, dataset_for, get_dataset, register_dataset
 
 for _info in pkgutil.iter_modules(__path__):
     if not _info.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["REGISTRY", "Dataset", "dataset_for", "get_dataset", "register_dataset"]
+__all__ = ["REGISTRY", "Dataset", "data_fingerprint", "dataset_for", "get_dataset", "register_dataset"]

@@ -23,6 +23,8 @@ asks for it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import socket
 import sys
@@ -73,6 +75,13 @@ class Dataset:
         `classes()` returned)."""
         raise NotImplementedError
 
+    def fingerprint(self, num_classes: int = 0) -> str:
+        """What a run's identity holds instead of the data's path: a content hash of the
+        arrays as `read()` gives them (see `array_fingerprint`). The same data at any path
+        is the same run; other data (another copy, another encoding) is another run.
+        Datasets read from files cache it (`TorchvisionArchive`)."""
+        return array_fingerprint(self.read(self.classes(num_classes)))
+
 
 REGISTRY: dict[str, type[Dataset]] = {}
 
@@ -95,6 +104,21 @@ def dataset_for(cfg: DataConfig) -> Dataset:
     return cls(cfg)
 
 
+def array_fingerprint(arrays: Arrays) -> str:
+    """sha256 over each array's dtype, shape and bytes, in order, as 16 hex digits."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()[:16]
+
+
+def fingerprint_cache_dir() -> Path:
+    """Where fingerprints of read-only data folders are cached ($XDG_CACHE_HOME or ~/.cache)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "compress-bench"
+
+
 # --------------------------------------------------------------------------- files fetched by torchvision
 def given_root(cfg: DataConfig) -> str:
     """The root the user named (config, else $BENCH_DATA_ROOT); empty when none was."""
@@ -115,6 +139,33 @@ class TorchvisionArchive(Dataset):
 
     def prepare(self) -> None:
         self.ensure_folder()
+
+    def fingerprint(self, num_classes: int = 0) -> str:
+        """The content hash of the arrays, cached under `fingerprint_cache_dir()` (keyed by
+        the folder's absolute path; never written into the data folder, which may be shared
+        or read-only) and trusted while every file keeps its size and modification time."""
+        folder = self.ensure_folder()
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        stamp = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
+        key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+        place = fingerprint_cache_dir() / f"fingerprint-{self.name}-{key}.json"
+        try:
+            cached = json.loads(place.read_text())
+            if cached.get("files") == stamp and isinstance(cached.get("fingerprint"), str):
+                return cached["fingerprint"]
+        except (OSError, ValueError, AttributeError):
+            pass
+        value = super().fingerprint(num_classes)
+        tmp = place.with_name(f".{place.name}.{os.getpid()}.tmp")
+        try:
+            place.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"folder": str(folder.resolve()), "files": stamp, "fingerprint": value}, indent=1))
+            os.replace(tmp, place)
+        except OSError:
+            pass                     # no cache: computed again next time
+        finally:
+            tmp.unlink(missing_ok=True)
+        return value
 
     def ensure_folder(self) -> Path:
         """The folder holding the files, downloaded first if no root was given (or
@@ -150,3 +201,15 @@ class TorchvisionArchive(Dataset):
                 f"or put {tv.filename} or {self.folder}/ into '{root}'") from None
         finally:
             socket.setdefaulttimeout(previous)
+
+
+_FINGERPRINTS: dict[str, str] = {}
+
+
+def data_fingerprint(cfg: DataConfig, num_classes: int = 0) -> str:
+    """The fingerprint of the data `cfg` names (memoised for this process): part of every
+    run's identity in place of `data.root`."""
+    key = f"{repr(cfg)}|{resolve_root(cfg).resolve()}|{num_classes}"
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = dataset_for(cfg).fingerprint(num_classes)
+    return _FINGERPRINTS[key]
