@@ -120,8 +120,11 @@ def load_setting(path: str | Path) -> Setting:
             cfg = yaml.safe_load((run / "config.yaml").read_text())
         cfg = cfg or {}
         target = s.get("target")
+        epochs = s.get("epochs") or cfg.get("train", {}).get("epochs")
+        if epochs is None:
+            raise CompareError(f"{summary_file}: no epochs in the summary or its config")
         rows.append({"model": _model_name(cfg.get("model") or {"name": s.get("model")}),
-                     "budget": int(s.get("epochs") or cfg.get("train", {}).get("epochs")),
+                     "budget": int(epochs),
                      "target": math.nan if target is None else float(target),
                      "label": s.get("label") or cfg.get("label") or s.get("method"),
                      "seed": int(s.get("seed", cfg.get("seed", 0))), "acc": float(acc)})
@@ -340,13 +343,12 @@ class Comparison:
 
 def compare(suite_dirs: Iterable[str | Path], alpha: float = ALPHA, references: bool = False) -> Comparison:
     """Everything the section shows, from the suite folders (at least two settings)."""
-    dirs = list(dict.fromkeys(Path(d).resolve() for d in suite_dirs))
+    dirs = {}                       # resolved path -> the path as given, first spelling kept
+    for d in suite_dirs:
+        dirs.setdefault(Path(d).resolve(), Path(d))
     if len(dirs) < 2:
-        raise CompareError("needs at least two suite folders (settings) to compare; got "
-                           f"{len(dirs)}")
-    settings = [load_setting(d) for d in dirs]
-    for s, d in zip(settings, suite_dirs):
-        s.path = Path(d)
+        raise CompareError(f"needs at least two suite folders (settings) to compare; got {len(dirs)}")
+    settings = [load_setting(d) for d in dirs.values()]
     _unique_names(settings)
     means = cell_means(settings, references=references)
     target_means = means[means["cell"].map(lambda c: c.target is not None)]
@@ -432,7 +434,8 @@ def section(c: Comparison, figure: Optional[str] = "cd.png") -> list[str]:
         lines += ["Tau-b between the rankings of two cells of different settings at the same target, over the rows "
                   "both have (1: same order, -1: reversed, 0: unrelated; ties count as neither concordant nor "
                   "discordant). p: two-sided test of tau = 0. Rows that ran in one cell only are named and left out.",
-                  "", "| cell A | cell B | tau | p | shared rows | only in A | only in B |", "|---|---|---|---|---|---|---|"]
+                  "", "| cell A | cell B | tau | p | shared rows | only in A | only in B |",
+                  "|---|---|---|---|---|---|---|"]
         for t in c.taus:
             lines.append(f"| {t.a.title} | {t.b.title} | {_fmt(t.tau)} | {_pval(t.pvalue)} | {len(t.shared)} | "
                          f"{', '.join(t.only_a) or '-'} | {', '.join(t.only_b) or '-'} |")

@@ -43,7 +43,7 @@ ORDER = {"a": 0.80, "b": 0.78, "c": 0.76, "d": 0.74, "e": 0.72}
 # --------------------------------------------------------------------------- Kendall's tau
 def test_tau_is_one_for_identical_rankings_and_minus_one_for_reversed(tmp_path):
     base = plant(tmp_path / "s1", ORDER)
-    same = plant(tmp_path / "s2", {lab: acc - 0.05 for lab, acc in ORDER.items()}, epochs=16)   # other values, same order
+    same = plant(tmp_path / "s2", {lab: acc - 0.05 for lab, acc in ORDER.items()}, epochs=16)   # same order
     rev = plant(tmp_path / "s3", {lab: 1.5 - acc for lab, acc in ORDER.items()}, epochs=16)
     (pair,) = cmp.compare([base, same]).taus
     assert pair.tau == pytest.approx(1.0) and len(pair.shared) == 5
@@ -170,6 +170,13 @@ def test_duplicate_seed_counts_once_with_the_mean(tmp_path):
     m = cmp.compare([s1, s2]).means
     row = m[(m["label"] == "a") & (m["cell"].map(lambda x: x.setting) == "s1")].iloc[0]
     assert row["seeds"] == 1 and row["acc"] == pytest.approx(0.75)
+
+
+def test_a_folder_given_twice_is_one_setting(tmp_path):
+    s1 = plant(tmp_path / "s1", ORDER)
+    s2 = plant(tmp_path / "s2", ORDER, epochs=16)
+    c = cmp.compare([s1, s1, s2])
+    assert [(s.name, s.path) for s in c.settings] == [("s1", s1), ("s2", s2)]
 
 
 # --------------------------------------------------------------------------- the command
