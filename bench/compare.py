@@ -13,8 +13,8 @@ writes a markdown section and a critical-difference diagram (`--out`, default
   setting, model and budget, as the ceiling the compressed rows are measured against.
 - **Kendall's tau** (Kendall 1938) between the rankings of two cells of *different*
   settings at the *same* target, over the rows both cells have (rows in one cell only
-  are named and left out). It is tau-b, which corrects for tied means; with fewer than
-  two shared rows, or a cell whose shared rows all tie, tau is undefined.
+  are named and left out). It is tau-b (Kendall 1945), which corrects for tied means;
+  with fewer than two shared rows, or a cell whose shared rows all tie, tau is undefined.
 - **Average ranks with the Friedman test and the Nemenyi post-hoc test** over the target
   cells (Demsar 2006): blocks = cells, treatments = rows. The Friedman test needs a
   complete table, so rows and cells with missing entries are dropped one at a time (the
@@ -40,8 +40,9 @@ and scikit-posthocs (`posthoc_nemenyi_friedman`, `critical_difference_diagram`).
 
 References: J. Demsar, "Statistical comparisons of classifiers over multiple data sets",
 JMLR 7:1-30, 2006. M. G. Kendall, "A new measure of rank correlation", Biometrika
-30(1/2):81-93, 1938. R. L. Iman and J. M. Davenport, "Approximations of the critical region
-of the Friedman statistic", Communications in Statistics A 9(6):571-595, 1980.
+30(1/2):81-93, 1938; "The treatment of ties in ranking problems", Biometrika
+33(3):239-251, 1945. R. L. Iman and J. M. Davenport, "Approximations of the critical
+region of the Friedman statistic", Communications in Statistics A 9(6):571-595, 1980.
 """
 from __future__ import annotations
 
