@@ -1,4 +1,4 @@
-"""Command line: `python -m bench {run,suite,report,methods,models,datasets} ...`."""
+"""Command line: `python -m bench {run,suite,report,compare,methods,models,datasets} ...`."""
 from __future__ import annotations
 
 import argparse
@@ -86,6 +86,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bench.compare import main as compare
+    return compare(args.suite_dirs, out=args.out, alpha=args.alpha, references=args.references)
+
+
 def cmd_wandb_report(args: argparse.Namespace) -> int:
     from bench.wandb_report import save_report
     print(f"saved W&B report: {save_report(args.results_dir, args.entity, args.project)}")
@@ -123,6 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="tables and plots from the runs under a suite's results directory")
     rep.add_argument("results_dir")
     rep.set_defaults(fn=cmd_report)
+    c = sub.add_parser("compare", help="rank methods across suites: ranks per cell, Kendall's tau, "
+                                        "Friedman + Nemenyi average ranks and a CD diagram")
+    c.add_argument("suite_dirs", nargs="+", metavar="SUITE_DIR", help="two or more suite results folders")
+    c.add_argument("--out", default="out/compare", help="folder for compare.md and cd.png (default: out/compare)")
+    c.add_argument("--alpha", type=float, default=0.05, help="significance level of the tests (default: 0.05)")
+    c.add_argument("--references", action="store_true",
+                   help="also rank the full-size rows (no target: dense, ...) inside every target cell")
+    c.set_defaults(fn=cmd_compare)
     w = sub.add_parser("wandb-report", help="save a W&B report comparing a suite's runs (needs the network)")
     w.add_argument("results_dir", help="the suite's results folder, e.g. results/cifar10-quick")
     w.add_argument("--entity", required=True, help="W&B entity (user or team) that owns the project")

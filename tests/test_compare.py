@@ -1,0 +1,202 @@
+"""The cross-setting comparison (bench.compare) on planted rankings: Kendall's tau, the
+Friedman statistic and the Nemenyi critical difference against hand computations, and
+partial suites (rows missing in a setting, fewer seeds, unfinished and diverged runs)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import compare as cmp
+from bench.__main__ import main as cli
+
+
+def write_run(suite: Path, label: str, target: float | None, seed: int, acc: float, epochs: int = 4,
+              model: str = "vgg11", width: float = 0.5, status: str = "finished", tag: str = "") -> Path:
+    """A run folder as the harness leaves it: config.yaml and, once finished, summary.json."""
+    run = suite / "runs" / f"{label}-{model}-{target}-s{seed}{tag}"
+    run.mkdir(parents=True)
+    cfg = {"seed": seed, "label": label, "model": {"name": model, "width": width}, "train": {"epochs": epochs}}
+    (run / "config.yaml").write_text(json.dumps(cfg))          # JSON is YAML
+    if status != "running":
+        summary = {"run_id": run.name, "label": label, "target": target, "seed": seed, "epochs": epochs,
+                   "model": model, "status": status, "config": cfg,
+                   "test_acc": None if status == "diverged" else acc}
+        (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def plant(suite: Path, accs: dict[str, float], target: float | None = 0.25, seeds=(0, 1, 2), **kw) -> Path:
+    """One cell: each label at `target` with the same accuracy at every seed."""
+    for label, acc in accs.items():
+        for seed in seeds:
+            write_run(suite, label, target, seed, acc, **kw)
+    return suite
+
+
+ORDER = {"a": 0.80, "b": 0.78, "c": 0.76, "d": 0.74, "e": 0.72}
+
+
+# --------------------------------------------------------------------------- Kendall's tau
+def test_tau_is_one_for_identical_rankings_and_minus_one_for_reversed(tmp_path):
+    base = plant(tmp_path / "s1", ORDER)
+    same = plant(tmp_path / "s2", {lab: acc - 0.05 for lab, acc in ORDER.items()}, epochs=16)   # same order
+    rev = plant(tmp_path / "s3", {lab: 1.5 - acc for lab, acc in ORDER.items()}, epochs=16)
+    (pair,) = cmp.compare([base, same]).taus
+    assert pair.tau == pytest.approx(1.0) and len(pair.shared) == 5
+    (pair,) = cmp.compare([base, rev]).taus
+    assert pair.tau == pytest.approx(-1.0)
+
+
+def test_kendall_tau_b_with_a_tie_matches_a_hand_count():
+    # pairs: 6; concordant 5, discordant 0; one pair tied in y only:
+    # tau_b = (5 - 0) / sqrt((6 - 0) * (6 - 1)) = 5 / sqrt(30)
+    x = pd.Series({"a": 1, "b": 2, "c": 3, "d": 4})
+    y = pd.Series({"a": 1, "b": 2, "c": 2, "d": 3, "z": 9})     # z is not shared
+    tau, p, shared = cmp.kendall(x, y)
+    assert shared == ["a", "b", "c", "d"]
+    assert tau == pytest.approx(5 / math.sqrt(30))
+    assert math.isnan(cmp.kendall(x, pd.Series({"a": 1}))[0])   # fewer than two shared rows
+
+
+def test_tau_pairs_only_across_settings_at_the_same_target(tmp_path):
+    s1 = plant(tmp_path / "s1", ORDER, target=0.5)
+    plant(s1, ORDER, target=0.25)
+    s2 = plant(tmp_path / "s2", ORDER, target=0.25, epochs=16)
+    pairs = cmp.compare([s1, s2]).taus
+    assert [(p.a.target, p.b.target, p.a.setting != p.b.setting) for p in pairs] == [(0.25, 0.25, True)]
+
+
+# --------------------------------------------------------------------------- Friedman + Nemenyi
+def test_critical_difference_matches_demsars_table():
+    # q_0.05 from Demsar (2006), Table 5(a): k=3: 2.343, k=4: 2.569, k=10: 3.164
+    for k, n, q in [(3, 10, 2.343), (4, 5, 2.569), (10, 5, 3.164)]:
+        assert cmp.critical_difference(k, n) == pytest.approx(q * math.sqrt(k * (k + 1) / (6 * n)), abs=1e-3)
+    # alpha = 0.10, k = 4: 2.291 (Table 5(a), second row)
+    assert cmp.critical_difference(4, 6, alpha=0.10) == pytest.approx(2.291 * math.sqrt(20 / 36), abs=1e-3)
+
+
+def test_friedman_statistic_matches_a_hand_computation():
+    # Ranks (1 = best) per cell:   A  B  C
+    #   c1: A > B > C              1  2  3
+    #   c2: A > C > B              1  3  2
+    #   c3: B > A > C              2  1  3
+    #   c4: A > B > C              1  2  3
+    # mean ranks 1.25, 2.00, 2.75; chi2_F = 12N/(k(k+1)) * (sum R^2 - k(k+1)^2/4)
+    #   = 12*4/12 * (1.5625 + 4 + 7.5625 - 12) = 4.5;  p = exp(-4.5/2) (chi-square, 2 df)
+    # Iman-Davenport F = (N-1) chi2 / (N(k-1) - chi2) = 3 * 4.5 / (8 - 4.5)
+    table = pd.DataFrame({"A": [0.9, 0.9, 0.8, 0.9], "B": [0.8, 0.7, 0.9, 0.8], "C": [0.7, 0.8, 0.7, 0.7]},
+                         index=["c1", "c2", "c3", "c4"])
+    f = cmp.friedman_nemenyi(table)
+    assert f.chi2 == pytest.approx(4.5)
+    assert f.pvalue == pytest.approx(math.exp(-2.25))
+    assert f.iman_davenport == pytest.approx(13.5 / 3.5)
+    assert f.mean_ranks.to_dict() == pytest.approx({"A": 1.25, "B": 2.0, "C": 2.75})
+    assert list(f.mean_ranks.index) == ["A", "B", "C"]                # best first
+    assert f.cd == pytest.approx(2.343 * math.sqrt(3 * 4 / (6 * 4)), abs=1e-3)
+
+
+def test_nemenyi_separates_exactly_the_pairs_further_apart_than_the_cd():
+    # Ten cells, always A > B > C: mean ranks 1, 2, 3; CD(k=3, N=10) = 2.343 * sqrt(12/60) = 1.048:
+    # A-C (2 ranks) is significant, A-B and B-C (1 rank) are not.
+    table = pd.DataFrame({"A": [0.9] * 10, "B": [0.8] * 10, "C": [0.7] * 10})
+    f = cmp.friedman_nemenyi(table)
+    assert f.cd == pytest.approx(1.048, abs=1e-3)
+    assert f.nemenyi.loc["A", "C"] < 0.05
+    assert f.nemenyi.loc["A", "B"] > 0.05 and f.nemenyi.loc["B", "C"] > 0.05
+
+
+def test_friedman_over_planted_cells_uses_rank_one_for_the_best(tmp_path):
+    s1 = plant(tmp_path / "s1", ORDER, target=0.5)
+    plant(s1, ORDER, target=0.25)
+    s2 = plant(tmp_path / "s2", ORDER, target=0.25, epochs=16)
+    c = cmp.compare([s1, s2])
+    assert c.friedman.n == 3 and c.friedman.k == 5
+    assert c.friedman.mean_ranks.to_dict() == {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0, "e": 5.0}
+    assert c.friedman.cd == pytest.approx(2.728 * math.sqrt(5 * 6 / 18), abs=1e-3)   # Demsar: q(k=5) = 2.728
+
+
+# --------------------------------------------------------------------------- partial suites
+def test_complete_block_drops_the_row_or_cell_with_most_missing():
+    nan = float("nan")
+    t = pd.DataFrame({"a": [1, 1, 1, 1], "b": [2, 2, 2, nan], "c": [3, 3, 3, nan], "d": [4, 4, nan, nan]},
+                     index=["c1", "c2", "c3", "c4"])
+    # c4 misses 3 of 4 rows (75%) -> dropped first; then d misses 1 of 3 cells -> dropped.
+    full, rows, cells = cmp.complete_block(t)
+    assert cells == ["c4"] and rows == ["d"]
+    assert list(full.columns) == ["a", "b", "c"] and list(full.index) == ["c1", "c2", "c3"]
+    # A tie (row c misses 1 of 3 cells, cell c3 misses 1 of 3 rows): the row goes, the cells stay.
+    t = pd.DataFrame({"a": [1, 1, 1], "b": [2, 2, 2], "c": [3, 3, nan]}, index=["c1", "c2", "c3"])
+    full, rows, cells = cmp.complete_block(t)
+    assert rows == ["c"] and cells == [] and full.shape == (3, 2)
+
+
+def test_partial_suite_rows_seeds_and_unfinished_runs_are_reported(tmp_path):
+    s1 = plant(tmp_path / "s1", ORDER)
+    s2 = plant(tmp_path / "s2", {k: v for k, v in ORDER.items() if k != "e"}, seeds=(0,), epochs=16)
+    write_run(s2, "a", 0.25, 1, 0.81, epochs=16)                      # a has two seeds here, the rest one
+    write_run(s2, "e", 0.25, 0, 0.0, epochs=16, status="running")     # not finished: counted, not ranked
+    write_run(s2, "d", 0.25, 1, 0.0, epochs=16, status="diverged")    # named, not ranked
+    plant(s2, {"dense": 0.82}, target=None, seeds=(0,), epochs=16)    # full size: its own cell
+    c = cmp.compare([s1, s2])
+    (pair,) = [p for p in c.taus if p.a.target == 0.25]
+    assert pair.only_a == ["e"] and pair.only_b == [] and len(pair.shared) == 4 and pair.tau == pytest.approx(1)
+    assert c.settings[1].unfinished == 1 and len(c.settings[1].diverged) == 1
+    means = c.means.set_index(["label", c.means["cell"].map(lambda x: x.setting)])
+    assert means.loc[("a", "s2"), "seeds"] == 2 and means.loc[("a", "s2"), "acc"] == pytest.approx(0.805)
+    assert c.friedman.dropped_labels == ["e"] and c.friedman.k == 4 and c.friedman.n == 2
+    text = "\n".join(cmp.section(c))
+    assert "1 unfinished" in text and "1 diverged" in text
+    assert "Rows left out (missing in some cell): e." in text
+    assert "2 (78.00, 1*)" in text                                    # b at s2: one seed, a has two
+    assert "s2: vgg11 w0.5, 16 ep, full size" in text                 # dense ranked among full-size rows only
+
+
+def test_references_rank_full_size_rows_inside_each_target_cell(tmp_path):
+    s1 = plant(plant(tmp_path / "s1", ORDER), {"dense": 0.9}, target=None)
+    s2 = plant(plant(tmp_path / "s2", ORDER, epochs=16), {"dense": 0.9}, target=None, epochs=16)
+    assert "dense" not in cmp.compare([s1, s2]).friedman.mean_ranks
+    ranks = cmp.compare([s1, s2], references=True).friedman.mean_ranks
+    assert ranks.index[0] == "dense" and ranks["dense"] == 1.0
+
+
+def test_duplicate_seed_counts_once_with_the_mean(tmp_path):
+    s1 = plant(tmp_path / "s1", ORDER, seeds=(0,))
+    write_run(s1, "a", 0.25, 0, 0.70, tag="-again")
+    s2 = plant(tmp_path / "s2", ORDER, seeds=(0,), epochs=16)
+    m = cmp.compare([s1, s2]).means
+    row = m[(m["label"] == "a") & (m["cell"].map(lambda x: x.setting) == "s1")].iloc[0]
+    assert row["seeds"] == 1 and row["acc"] == pytest.approx(0.75)
+
+
+def test_a_folder_given_twice_is_one_setting(tmp_path):
+    s1 = plant(tmp_path / "s1", ORDER)
+    s2 = plant(tmp_path / "s2", ORDER, epochs=16)
+    c = cmp.compare([s1, s1, s2])
+    assert [(s.name, s.path) for s in c.settings] == [("s1", s1), ("s2", s2)]
+
+
+# --------------------------------------------------------------------------- the command
+def test_command_writes_the_section_and_diagram_under_out(tmp_path, capsys):
+    s1 = plant(tmp_path / "s1", ORDER)
+    s2 = plant(tmp_path / "s2", ORDER, epochs=16)
+    assert cli(["compare", str(s1), str(s2), "--out", str(tmp_path / "cmp")]) == 0
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "## What moves between settings" in md and "![critical-difference diagram](cd.png)" in md
+    assert (tmp_path / "cmp" / "cd.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("case", ["one setting", "no finished runs", "same folder twice", "not a folder"])
+def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, capsys, case):
+    good = plant(tmp_path / "good", ORDER)
+    empty = tmp_path / "empty"
+    write_run(empty, "a", 0.25, 0, 0.0, status="running")
+    args = {"one setting": [good], "no finished runs": [good, empty], "same folder twice": [good, good],
+            "not a folder": [good, tmp_path / "missing"]}[case]
+    assert cli(["compare", *map(str, args), "--out", str(tmp_path / "cmp")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("compare: ") and len(err.splitlines()) == 1
+    assert not (tmp_path / "cmp").exists()
