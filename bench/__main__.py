@@ -81,8 +81,9 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench.report import destination, locate, write_report
-    results = locate(args.results_dir)
+    from bench.report import destination, locate
+    results = locate(args.results_dir)             # before pandas and torch load: a wrong folder fails at once
+    from bench.report import write_report
     out = destination(results)
     if out != results:
         print(f"report: {results} is not a suite's folder (no suite.json): the report goes to {out}", flush=True)

@@ -277,7 +277,8 @@ def aggregate(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.Data
             histories[r["run_id"]], ref)
         tta_epoch.append(e)
         tta_s.append(s)
-    runs["tta_epoch"], runs["tta_s"] = tta_epoch, tta_s
+    runs["tta_epoch"] = pd.Series(tta_epoch, index=runs.index, dtype=float)
+    runs["tta_s"] = pd.Series(tta_s, index=runs.index, dtype=float)
     runs.loc[runs["timings_dropped"] == 1, "tta_s"] = NAN     # a wall-clock, see prefer_comparable_timings
     metrics = [m for m in final_metrics() if m in runs] + ["tta_s", "tta_epoch"]
     g = runs.groupby(ROW, dropna=False)

@@ -67,6 +67,12 @@ def plot(agg: pd.DataFrame, runs: pd.DataFrame, histories: dict[str, pd.DataFram
     return paths
 
 
+def mean_curve(curves: list[pd.DataFrame]) -> pd.DataFrame:
+    """Epoch by epoch, the mean over a row's runs of the cumulative training wall-clock and
+    of the test accuracy (the epochs a run lacks are left out of that epoch's mean)."""
+    return pd.concat([h[["epoch", "train_wall_s_cum", "test_acc"]] for h in curves]).groupby("epoch").mean()
+
+
 def plot_over_time(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path: Path) -> Path:
     """Test accuracy against cumulative training wall-clock: per row (model, label, target,
     data) the mean over its seeds epoch by epoch (accuracy and wall-clock both meaned),
@@ -92,7 +98,7 @@ def plot_over_time(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path:
                 continue
             for h in curves:
                 ax.plot(h["train_wall_s_cum"], 100 * h["test_acc"], color=colour, alpha=0.2, linewidth=0.8)
-            both = pd.concat([h[["epoch", "train_wall_s_cum", "test_acc"]] for h in curves]).groupby("epoch").mean()
+            both = mean_curve(curves)
             target = f" @{target_key:.0%}" if target_key >= 0 else ""
             tag = f" [{data}]" if several_data else ""
             ax.plot(both["train_wall_s_cum"], 100 * both["test_acc"], color=colour, marker=marker, linewidth=1.8,

@@ -314,6 +314,8 @@ def ranking_lines(agg: pd.DataFrame, runs: pd.DataFrame, model: str) -> list[str
     fams = _family_of(agg, runs, model)
     lines = []
     for (model_, key, data), fam in sorted(fams.items(), key=lambda kv: (-kv[0][1], kv[0][2])):
+        if len(fam.members) < 2:
+            continue
         own = set(rows[(rows["target_key"] == key) & (rows["data"] == data)]["label"])
         where = f"at {key:.0%} of the parameters" if key >= 0 else "without a target"
         if several_data(rows):
