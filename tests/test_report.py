@@ -429,3 +429,24 @@ def test_accuracy_over_time_has_one_style_per_row_and_the_mean_over_seeds():
               pd.DataFrame({"epoch": [1, 2], "train_wall_s_cum": [14.0, 30.0], "test_acc": [0.6, 0.8]})]
     mean = mean_curve(curves)
     assert mean["train_wall_s_cum"].tolist() == [12.0, 25.0] and mean["test_acc"].tolist() == pytest.approx([0.55, 0.75])
+
+
+def test_a_suite_declares_its_comparators_beside_control_without_changing_run_hashes(tmp_path):
+    import yaml
+
+    from bench.config import ConfigError, config_hash
+    from bench.suite import expand, load_suite
+    repo = Path(__file__).resolve().parents[1]
+    suite = {"name": "t", "base": str(repo / "configs/smoke.yaml"),
+             "models": {"vgg11": {"model": {"name": "vgg11", "width": 0.125}}},
+             "methods": {"dense": {}, "baseline": {"name": "dense", "run": {"model": {"width": 0.0625}}}},
+             "comparators": ["baseline"]}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    cells = expand(*load_suite(str(path)), [])
+    assert [c.cfg.comparators for c in cells] == [["baseline"], ["baseline"]]
+    path.write_text(yaml.safe_dump({k: v for k, v in suite.items() if k != "comparators"}))
+    assert [config_hash(c.cfg) for c in expand(*load_suite(str(path)), [])] == [config_hash(c.cfg) for c in cells]
+    path.write_text(yaml.safe_dump(dict(suite, comparators=["basline"])))
+    with pytest.raises(ConfigError, match=r"suite.comparators\[0\]: 'basline' is not a method label.*'baseline'"):
+        load_suite(str(path))
