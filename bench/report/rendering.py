@@ -257,19 +257,27 @@ def fastest_highlight(rows: pd.DataFrame) -> list[str]:
     whose = f"the {min(shared)} control's" if len(shared) == 1 else "its control's"
     full = methods[(methods["reached"] >= methods["seeds"]) & (methods["seeds"] > 0)]
     some = methods[(methods["reached"] > 0) & (methods["reached"] < methods["seeds"])]
-    partial = [f"{r['label']} {_target(r)} in {int(r['reached'])} of {int(r['seeds'])} seeds" for _, r in some.iterrows()]
-    partly = f" ({', '.join(partial)} reach it in some seeds only)" if partial else ""
+    partial = [f"{r['label']}{' ' + _target(r) if _has_target(r['target']) else ''} ({int(r['reached'])} of "
+               f"{int(r['seeds'])})" for _, r in some.iterrows()]
+    partly = f"; in some seeds only: {', '.join(partial)}" if partial else ""
     if full.empty:
         return [f"- No method row reaches {whose} final accuracy in every seed within the budget{partly}."]
 
-    def name(r: pd.Series) -> str:
+    def who(r: pd.Series) -> str:
         target = f" at {r['target']:.0%}" if _has_target(r["target"]) else ""
         vs = "" if len(shared) == 1 else f" (control: {r['control']})"
+        return f"**{r['label']}**{target}{vs}"
+
+    def when(r: pd.Series) -> str:
         after = f" after {fmt_seconds(r['tta_s'])} of training" if r["tta_s"] == r["tta_s"] else ""
-        return f"**{r['label']}**{target}{vs}, epoch {r['tta_epoch']:.0f}{after}"
+        return f"epoch {r['tta_epoch']:.0f}{after}"
+
+    def name(r: pd.Series) -> str:
+        return f"{who(r)}, {when(r)}"
     if len(full) == 1:
-        return [f"- Only {name(full.iloc[0])}, reaches {whose} final accuracy in every seed "
-                f"(of {len(methods)} method rows){partly}."]
+        r = full.iloc[0]
+        return [f"- Only {who(r)} reaches {whose} final accuracy in every seed ({when(r)}), "
+                f"of {len(methods)} method rows{partly}."]
     keyed = {f"{r['label']}@{r['target_key']}@{r['data']}": r for _, r in full.iterrows()}
     fam = fit_family({k: r["tta_s_seeds"] if isinstance(r.get("tta_s_seeds"), dict) else {}
                       for k, r in keyed.items()})
