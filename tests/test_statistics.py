@@ -169,6 +169,20 @@ def test_holm_makes_a_nominally_significant_difference_not_distinguishable_and_b
     assert bh.compare("B", "A").p_adj == pytest.approx(0.0375) and bh.compare("B", "A").verdict == "better"
     assert holm.compare("C", "A").verdict == "better"              # 2d: resolved either way
     assert holm.letters == {"C": "a", "B": "ab", "A": "b"}
+    # Each row's own residuals are its planted noise (two of +-0.002): its own SD is the pooled one.
+    assert holm.sigma == pytest.approx(SCALE) and holm.row_sd == pytest.approx({k: SCALE for k in "ABC"})
+
+
+def test_each_rows_own_residual_spread_shows_where_one_pooled_sigma_fits_poorly():
+    fam = fit_family(NON_MONOTONE)
+    # by hand: double-centred residuals, k / (k - 1) * sum e^2 / (n - 1) per row
+    labels = list(NON_MONOTONE)
+    y = np.array([[NON_MONOTONE[k][s] for s in range(3)] for k in labels])
+    e = y - y.mean(axis=1, keepdims=True) - y.mean(axis=0, keepdims=True) + y.mean()
+    expected = {k: math.sqrt(5 / 4 * (e[i] ** 2).sum() / 2) for i, k in enumerate(labels)}
+    assert fam.row_sd == pytest.approx(expected)
+    assert np.mean([v ** 2 for v in fam.row_sd.values()]) == pytest.approx(fam.sigma ** 2)
+    assert max(fam.row_sd, key=fam.row_sd.get) == "loose"
 
 
 def test_the_report_verdict_against_the_control_is_the_corrected_one():

@@ -340,8 +340,21 @@ def ranking_lines(agg: pd.DataFrame, runs: pd.DataFrame, model: str) -> list[str
         lines.append(f"- Ranking {where} (rows sharing a letter are not resolved): {listed}{also}. "
                      f"Resolvable difference: {100 * always:.2f} points between rows of {n} seeds "
                      f"({correction_name(fam.method)} over the {fam.n_pairs} pairs of this family; pooled σ = "
-                     f"{100 * fam.sigma:.2f} points on {fam.df:.0f} df); below {100 * never:.2f} points never.")
+                     f"{100 * fam.sigma:.2f} points on {fam.df:.0f} df); below {100 * never:.2f} points never."
+                     + _spread(fam))
     return lines
+
+
+def _spread(fam: Family) -> str:
+    """The range of the rows' own residual spreads, so a reader sees how far the one pooled
+    sigma is from each row's (docs/statistics.md: what pooling assumes)."""
+    sd = {k: v for k, v in fam.row_sd.items() if v == v}
+    if len(sd) < 2:
+        return ""
+    lo, hi = min(sd, key=sd.get), max(sd, key=sd.get)
+    return (f" Rows' own residual SD: {100 * sd[lo]:.2f} ({lo}) to {100 * sd[hi]:.2f} ({hi}) points"
+            + (": one pooled σ fits some rows poorly, so read verdicts near the resolvable difference with care."
+               if sd[hi] > 3 * sd[lo] else "."))
 
 
 def comparators_section(agg: pd.DataFrame, model: str) -> list[str]:

@@ -134,6 +134,7 @@ class Family:
     alpha: float = ALPHA
     pairs: dict[tuple[str, str], Comparison] = field(default_factory=dict)
     letters: dict[str, str] = field(default_factory=dict)
+    row_sd: dict[str, float] = field(default_factory=dict)
 
     @property
     def tested(self) -> bool:
@@ -195,6 +196,7 @@ def fit_family(values: Mapping[str, Mapping[int, float]], method: str = CORRECTI
     if not fit.scale > 0:            # a perfect fit (planted, or identical runs): nothing to test on
         return fam
     fam.sigma, fam.df = float(math.sqrt(fit.scale)), float(fit.df_resid)
+    fam.row_sd = row_spread(frame.assign(resid=fit.resid), codes, seeds)
     table = fit.t_test_pairwise("C(row)", method=method, alpha=alpha).result_frame
     back = {c: k for k, c in codes.items()}
     for name, r in table.iterrows():
@@ -204,6 +206,19 @@ def fit_family(values: Mapping[str, Mapping[int, float]], method: str = CORRECTI
                                        float(r[f"pvalue-{method}"]), alpha)
     fam.letters = compact_letters(fam)
     return fam
+
+
+def row_spread(frame: pd.DataFrame, codes: dict[str, str], seeds: int) -> dict[str, float]:
+    """Each row's own residual standard deviation, a check of the pooled model's one-sigma
+    assumption: sqrt(k / (k - 1) * sum_s e_{r,s}^2 / (n_r - 1)) over the row's n_r seeds (k
+    rows; unbiased for sigma^2 in a balanced table, where E sum_s e_{r,s}^2 =
+    sigma^2 (n - 1)(k - 1) / k). NaN for a row of one seed."""
+    k = len(codes)
+    out = {}
+    for name, code in codes.items():
+        e = frame.loc[frame["row"] == code, "resid"].to_numpy()
+        out[name] = float(math.sqrt(k / (k - 1) * (e ** 2).sum() / (len(e) - 1))) if len(e) > 1 and seeds > 1 else NAN
+    return out
 
 
 def compact_letters(fam: Family) -> dict[str, str]:
