@@ -428,6 +428,8 @@ def test_accuracy_over_time_has_one_style_per_row_and_the_mean_over_seeds():
               pd.DataFrame({"epoch": [1, 2], "train_wall_s_cum": [14.0, 30.0], "test_acc": [0.6, 0.8]})]
     mean = mean_curve(curves)
     assert mean["train_wall_s_cum"].tolist() == [12.0, 25.0] and mean["test_acc"].tolist() == pytest.approx([0.55, 0.75])
+    mean = mean_curve(curves, timed=curves[:1])          # wall-clock from the runs whose timings are kept
+    assert mean["train_wall_s_cum"].tolist() == [10.0, 20.0] and mean["test_acc"].tolist() == pytest.approx([0.55, 0.75])
 
 
 def test_a_suite_declares_its_comparators_beside_control_without_changing_run_hashes(tmp_path):

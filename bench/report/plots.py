@@ -4,11 +4,12 @@ over training time (one colour and marker per row, the mean over seeds, each see
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 
-from bench.report.aggregation import ROW, _has_target, _with_keys
+from bench.report.aggregation import ROW, _has_target, _with_keys, assign_controls, prefer_comparable_timings
 from bench.report.statistics import pareto_front
 
 MARKERS = "osD^vP*X<>hp"
@@ -67,23 +68,29 @@ def plot(agg: pd.DataFrame, runs: pd.DataFrame, histories: dict[str, pd.DataFram
     return paths
 
 
-def mean_curve(curves: list[pd.DataFrame]) -> pd.DataFrame:
-    """Epoch by epoch, the mean over a row's runs of the cumulative training wall-clock and
-    of the test accuracy (the epochs a run lacks are left out of that epoch's mean)."""
-    return pd.concat([h[["epoch", "train_wall_s_cum", "test_acc"]] for h in curves]).groupby("epoch").mean()
+def mean_curve(curves: list[pd.DataFrame], timed: Optional[list[pd.DataFrame]] = None) -> pd.DataFrame:
+    """Epoch by epoch, the mean over a row's runs of the test accuracy, and the mean of the
+    cumulative training wall-clock over `timed` (the runs whose timings the report keeps,
+    so that the curve ends where the table's wall-clock is; default: all of them). The
+    epochs a run lacks are left out of that epoch's mean."""
+    acc = pd.concat([h[["epoch", "test_acc"]] for h in curves]).groupby("epoch").mean()
+    wall = pd.concat([h[["epoch", "train_wall_s_cum"]] for h in (timed or curves)]).groupby("epoch").mean()
+    return wall.join(acc, how="inner")[["train_wall_s_cum", "test_acc"]]
 
 
 def plot_over_time(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path: Path) -> Path:
     """Test accuracy against cumulative training wall-clock: per row (model, label, target,
-    data) the mean over its seeds epoch by epoch (accuracy and wall-clock both meaned),
-    one colour and marker per row; every seed's own curve faint in the row's colour."""
+    data) the mean over its seeds epoch by epoch (wall-clock over the runs whose timings the
+    report keeps, see prefer_comparable_timings), one colour and marker per row (black
+    stars: a row that is its own control, such as dense); every seed's accuracy faint in
+    the row's colour, at the row's mean wall-clock."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = _with_keys(runs)
+    runs = prefer_comparable_timings(_with_keys(assign_controls(runs)))
     models = list(dict.fromkeys(runs["model"]))
-    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(10 * len(models), 5.5), squeeze=False)
     for ax, model in zip(axes[0], models):
         sub = runs[runs["model"] == model].sort_values(["target_key", "label"], ascending=[False, True])
         keys = list(dict.fromkeys(tuple(r[k] for k in ROW) for _, r in sub.iterrows()))
@@ -92,22 +99,27 @@ def plot_over_time(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path:
         for key in keys:
             _, label, target_key, data = key
             colour, marker = styles[key]
-            curves = [histories[r["run_id"]] for _, r in sub.iterrows()
-                      if tuple(r[k] for k in ROW) == key and r["run_id"] in histories]
-            if not curves:
+            mine = [r for _, r in sub.iterrows() if tuple(r[k] for k in ROW) == key and r["run_id"] in histories]
+            if not mine:
                 continue
+            if all(r["control"] == label for r in mine):     # the reference every row is measured against
+                colour, marker = "black", "*"
+            curves = [histories[r["run_id"]] for r in mine]
+            timed = [histories[r["run_id"]] for r in mine if not r["timings_dropped"]]
+            mean = mean_curve(curves, timed)
             for h in curves:
-                ax.plot(h["train_wall_s_cum"], 100 * h["test_acc"], color=colour, alpha=0.2, linewidth=0.8)
-            both = mean_curve(curves)
+                own = h.set_index("epoch")["test_acc"].reindex(mean.index)
+                ax.plot(mean["train_wall_s_cum"], 100 * own, color=colour, alpha=0.25, linewidth=0.8)
             target = f" @{target_key:.0%}" if target_key >= 0 else ""
             tag = f" [{data}]" if several_data else ""
-            ax.plot(both["train_wall_s_cum"], 100 * both["test_acc"], color=colour, marker=marker, linewidth=1.8,
+            ax.plot(mean["train_wall_s_cum"], 100 * mean["test_acc"], color=colour, marker=marker, linewidth=1.8,
                     label=f"{label}{target}{tag} (n={len(curves)})")
-        ax.set_xlabel("training wall-clock (s), mean over seeds")
+        ax.set_xlabel("training wall-clock (s): mean over the runs the table's timings come from")
         ax.set_ylabel("top-1 test accuracy (%)")
         ax.set_title(f"{model}: accuracy over training", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2, title="mean over n seeds; faint: each seed", title_fontsize=7)
+        ax.legend(fontsize=7, ncol=1, title="mean over n seeds; faint: each seed", title_fontsize=7,
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
