@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from bench.config import DEFAULT_CONTROL
 from bench.report.aggregation import (REACH_TOL, aggregate, all_histories, assign_controls, load_runs,
                                       split_diverged, suite_plan)
 from bench.report.plots import plot
@@ -55,14 +56,15 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None,
     if planned and n_runs < planned:
         lines += [f"**Partial: {n_runs} of the suite's {planned} runs have finished.** Rows, intervals and "
                   f"rankings below cover only those; running the same suite command again resumes it.", ""]
+    tol = f"{REACH_TOL:.0e}".replace("e-0", "e-")           # 1e-9
     comps = list(dict.fromkeys(c for cs in agg["comparators"].dropna() for c in str(cs).split(",") if c))
     lines += ["Each figure is measured by the harness, the same way for every method. Ratios in parentheses are "
-              "the row's figure ÷ its *control's* (another row of the suite, `dense` unless the suite names one) "
+              f"the row's figure ÷ its *control's* (another row of the suite, `{DEFAULT_CONTROL}` unless the suite names one) "
               "of the same model, in every table. "
               + (f"Every row is also compared with the suite's comparators ({', '.join(f'`{c}`' for c in comps)}) "
                  f"at its target. " if comps else "")
               + f"*to control acc*: the first epoch at which a run reached its control's mean final accuracy "
-              f"(within {REACH_TOL:.0e}, a floating-point tolerance on accuracy as a fraction), with its training "
+              f"(within {tol}, a floating-point tolerance on accuracy as a fraction), with its training "
               f"wall-clock until then. MACs and params of sparse (DSR) models count non-zero weights in the "
               f"*non-zero* columns only; their MACs are theoretical (dense kernels still run).", "",
               statistics_note(), "", *data_line(agg)]
