@@ -139,7 +139,9 @@ def statistics_note(method: str = CORRECTION) -> str:
     return (
         "Statistics over seeds (n in the table): top-1 is the mean ± the half-width of its 95% t interval "
         "(no interval for n = 1); other figures the mean ± that half-width, timings the mean [min-max] over the "
-        "runs timed (*n timed*). Rows are compared per model and target (with the controls and comparators "
+        "runs timed (*n timed*), and a timing's ratio divides means over the seeds both the row and its control "
+        "have timings for (no ratio where there is none). Letters and verdicts are within the row's target "
+        "(rows without a target form their own group). Rows are compared per model and target (with the controls and comparators "
         f"they are compared with) in one linear model `acc ~ row + seed` with one pooled residual variance; "
         f"every pair of rows is tested on it and the p-values of all pairs at that target are corrected together "
         f"with {name}'s procedure (the family: one model x target; α = {ALPHA:.2f}). *Letters*: rows that share a "
