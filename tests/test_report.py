@@ -417,6 +417,8 @@ def test_report_takes_the_runs_folder_and_writes_ad_hoc_reports_out_of_results(t
     readme = tmp_path / "repo" / "out" / "report-results" / "README.md"
     assert readme.is_file() and not (tmp_path / "results" / "README.md").exists()
     assert "reach" not in readme.read_text().split("## vgg11")[1].split("|")[0]
+    (row,) = [line for line in readme.read_text().splitlines() if line.startswith("| pcn |")]
+    assert "| control not run |" in row and row.endswith("| - |")          # no control: no time to reach it
     assert "is not a suite's folder (no suite.json): the report goes to" in capsys.readouterr().out
 
 

@@ -304,6 +304,7 @@ def aggregate(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.Data
         agg["timing_machine"] = g["timing_machine"].first()
     agg = agg.reset_index()
     keys = [reference_key(ref_keys, *k) for k in zip(agg["model"], agg["control"], agg["target_key"], agg["data"])]
+    agg["control_ran"] = [k is not None for k in keys]
     per_seed = {m: seed_values(runs, m) for m in rel_metrics if m in timed}
     for m in rel_metrics:
         if m in timed:       # a ratio of two timings over the same seeds: both timed, on the timing machine

@@ -117,7 +117,9 @@ def markdown_table(agg: pd.DataFrame, model: str) -> str:
         acc = _ci(fmt_points(r["test_acc"]), r.get("test_acc_ci", NAN), fmt_points)
         own = r["label"] == r["control"]
         delta = "" if own else _delta(r.get("test_acc_diff", NAN)) or _delta(r.get("test_acc_delta", NAN))
-        if r["seeds"] == 0 or r["reached"] == 0:
+        if not r.get("control_ran", True):
+            tta = "-"                                      # no control to reach
+        elif r["seeds"] == 0 or r["reached"] == 0:
             tta = "never"
         else:
             tta = f"ep {r['tta_epoch']:.0f}" + (f", {fmt_seconds(r['tta_s'])}" if r["tta_s"] == r["tta_s"] else "")
@@ -148,7 +150,7 @@ def statistics_note(method: str = CORRECTION) -> str:
         f"letter are not resolved from each other; `a` marks the group of the best row. *vs control* and the "
         f"comparators' verdicts read the same corrected p-values: *better* / *worse* where the pair is resolved, "
         f"else *not distinguishable*. Δ is the estimated difference (with the same seeds, the mean of the per-seed "
-        f"differences). Each ranking line states the smallest difference three seeds resolve at that target. "
+        f"differences). Each ranking line states the smallest difference the suite's seeds resolve at that target. "
         f"See docs/statistics.md.")
 
 
