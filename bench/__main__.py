@@ -81,8 +81,13 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import destination, locate
+    results = locate(args.results_dir)             # before pandas and torch load: a wrong folder fails at once
     from bench.report import write_report
-    write_report(args.results_dir)
+    out = destination(results)
+    if out != results:
+        print(f"report: {results} is not a suite's folder (no suite.json): the report goes to {out}", flush=True)
+    write_report(results, out_dir=out)
     return 0
 
 
@@ -126,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also re-run cells that diverged (a plain re-invocation keeps them as diverged)")
     s.set_defaults(fn=cmd_suite)
     rep = sub.add_parser("report", help="tables and plots from the runs under a suite's results directory")
-    rep.add_argument("results_dir")
+    rep.add_argument("results_dir", help="a suite's results folder (results/<suite>) or the runs/ folder in it; "
+                                         "runs outside a suite (no suite.json) get their report under out/")
     rep.set_defaults(fn=cmd_report)
     c = sub.add_parser("compare", help="rank methods across suites: ranks per cell, Kendall's tau, "
                                         "Friedman + Nemenyi average ranks and a CD diagram")

@@ -113,6 +113,10 @@ class WandbConfig:
     tags: list[str] = opt([], "W&B tags")
 
 
+# The control of a run that names none (RunConfig.control, a suite's `control:`).
+DEFAULT_CONTROL = "dense"
+
+
 @dataclass
 class RunConfig:
     seed: int = opt(0, "seed for model init, data order, augmentation and the method's randomness")
@@ -120,6 +124,8 @@ class RunConfig:
     output_dir: str = opt("results/runs", "where run directories are written")
     label: str = opt("", "name shown in reports and W&B (default: the method name); suites set it")
     control: str = opt("", "label of the run the report compares this one with (default: dense); suites set it")
+    comparators: list[str] = opt([], "labels the report also compares this run with at its target (e.g. a small "
+                                     "dense model, random pruning); suites set it")
     resume: bool = opt(True, "resume an interrupted run from its last completed epoch")
     save_checkpoint: bool = opt(True, "write the final model to checkpoint.pt")
     data: DataConfig = field(default_factory=DataConfig)
@@ -134,7 +140,7 @@ class RunConfig:
 # exception, train.auto_resolves_to, pins what `auto` (hashed as "auto") leaves to the machine.
 # Where the data lies (data.root, data.download) is left out too: the run's hash holds
 # a fingerprint of the data's content instead (see config_hash).
-NON_SEMANTIC_KEYS = ("output_dir", "label", "control", "resume", "wandb", "train.log_every_steps", "train.throughput_steps",
+NON_SEMANTIC_KEYS = ("output_dir", "label", "control", "comparators", "resume", "wandb", "train.log_every_steps", "train.throughput_steps",
                      "save_checkpoint", "train.auto_resolves_to", "data.root", "data.download")
 
 

@@ -16,11 +16,15 @@ A suite file (configs/suites/*.yaml) is validated like a run config:
     targets: [0.5, 0.25]             # method.target_params, for methods that take one
     seeds: [0]
     control: dense                   # the methods' default control (the default: dense)
+    comparators: [dense_small, random_filter]   # every row is also compared with these at its target
 
 Each method row of the report is compared with its control, another label of the
-suite: `control:` of its entry, else the suite's `control`, else `dense`. The
-mapping goes to results/<name>/suite.json and into each run's config (`control`,
-left out of the run's hash), so the report can be rebuilt from the runs alone.
+suite: `control:` of its entry, else the suite's `control`, else `dense`. Every
+row is also compared with the suite's `comparators` (labels of the suite that run at
+the same targets, such as a small dense model trained from scratch and random
+pruning). Both go to results/<name>/suite.json and into each run's config
+(`control`, `comparators`, left out of the run's hash), so the report can be rebuilt
+from the runs alone.
 
 Every cell is expanded and validated before anything runs (a typo fails at
 once), the data is fetched if it has to be, and the suite prints its cell count
@@ -45,12 +49,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import ConfigError, RunConfig, _suggest, build_dataclass, merge, opt, raw_from_sources, read_yaml
+from bench.config import (DEFAULT_CONTROL, ConfigError, RunConfig, _suggest, build_dataclass, merge, opt,
+                          raw_from_sources, read_yaml)
 from bench.configure import build_config
 from bench.datasets import dataset_for
 from bench.metrics.base import fmt_si
 from bench.progress import SuiteProgress, hms
-from bench.report import DENSE_LABEL
 from bench.runs import RunDir, RunningElsewhere, locked_elsewhere, run_name, run_path, write_json
 from methods import get_method
 
@@ -76,7 +80,9 @@ class SuiteConfig:
     targets: list[float] = opt([], "parameter targets (fractions of dense) for methods with target_params")
     seeds: list[int] = opt([0], "seeds; every cell runs once per seed")
     control: str = opt("", f"label of the method the others are compared with in the report, unless their entry "
-                           f"names its own (`control:`); default: {DENSE_LABEL}")
+                           f"names its own (`control:`); default: {DEFAULT_CONTROL}")
+    comparators: list[str] = opt([], "labels of this suite every row is also compared with in the report, at its "
+                                     "target (e.g. the small dense model and random pruning)")
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def validate(self) -> None:
@@ -87,6 +93,7 @@ class SuiteConfig:
         declared = {"suite.control": self.control} if self.control else {}
         declared.update({f"suite.methods.{label}.control": (entry or {})["control"]
                          for label, entry in self.methods.items() if "control" in (entry or {})})
+        declared.update({f"suite.comparators[{i}]": c for i, c in enumerate(self.comparators)})
         for key, control in declared.items():
             if not isinstance(control, str) or control not in self.methods:
                 raise ConfigError(f"{key}: '{control}' is not a method label of this suite"
@@ -94,7 +101,7 @@ class SuiteConfig:
 
     def controls(self) -> dict[str, str]:
         """Method label -> the label of its control: what the report compares its row with."""
-        return {label: (entry or {}).get("control") or self.control or DENSE_LABEL
+        return {label: (entry or {}).get("control") or self.control or DEFAULT_CONTROL
                 for label, entry in self.methods.items()}
 
 
@@ -174,7 +181,7 @@ def expand(suite: SuiteConfig, folder: Path, cli_overrides: list[str]) -> list[C
                     raw = merge(raw, run_raw)
                     raw = merge(raw, {"method": method_raw, "seed": seed, "label": label,
                                       "output_dir": f"{results}/runs", "wandb": {"group": suite.name},
-                                      "control": controls[label]})
+                                      "control": controls[label], "comparators": list(suite.comparators)})
                     raw = merge(raw, raw_from_sources([], cli_overrides))
                     try:
                         cfg = build_config(raw)
@@ -363,7 +370,8 @@ def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, result
     write_json(results / "suite.json", {
         "suite": suite.name, "file": str(path), "command": "python -m bench " + " ".join(sys.argv[1:]),
         "overrides": cli_overrides, "machine": platform.platform(), "executor": executor,
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "cells": len(cells), "controls": suite.controls()})
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "cells": len(cells), "controls": suite.controls(),
+        "comparators": list(suite.comparators)})
     progress = SuiteProgress(estimates)
     if not todo:
         failed = []

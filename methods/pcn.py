@@ -98,7 +98,7 @@ from torch import nn
 from bench.config import ConfigError, opt
 from bench.metrics import param_counts
 from bench.models import ConvBN, model_defaults, structure_of
-from bench.stats import PCA, CovarianceAccumulator, collect_covariances
+from bench.activations import PCA, CovarianceAccumulator, collect_covariances
 from bench.surgery import get_module, set_module, substitute_inputs
 from bench.targets import TOL_FRAC, TargetError, bisect_fraction
 from methods.base import Method, TargetConfig, register

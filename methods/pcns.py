@@ -95,7 +95,7 @@ from torch import nn
 
 from bench.config import ConfigError, opt
 from bench.models import structure_of
-from bench.stats import SumAccumulator, as_samples, capture
+from bench.activations import SumAccumulator, as_samples, capture
 from bench.surgery import fold_bn, get_module, set_module, substitute_inputs
 from bench.targets import Target, TargetError, bisect_fraction
 from methods.base import Method, TargetConfig, register

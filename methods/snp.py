@@ -65,7 +65,7 @@ import torch
 from torch import nn
 
 from bench.config import ConfigError, opt
-from bench.stats import collect_covariances
+from bench.activations import collect_covariances
 from bench.surgery import get_module, substitute_inputs
 from bench.targets import TargetError, first_at_most
 from methods._pruning import (PruningConfig, ScheduledPruning, build_graph, channel_table, channels, classifier_of,

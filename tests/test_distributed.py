@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 
 import bench.train as train_mod
 from bench.configure import load_config
-from bench.stats import CovarianceAccumulator
+from bench.activations import CovarianceAccumulator
 from bench.suite import run_suite
 from methods import REGISTRY
 from methods.decorrelated_bp import decor_step

@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("bench", "methods")
 # Shared pieces: what they import (transitively) stays among them.
-SHARED = {"bench.config", "bench.registry", "bench.dist", "bench.stats", "bench.surgery", "methods.base",
+SHARED = {"bench.config", "bench.registry", "bench.dist", "bench.activations", "bench.surgery", "methods.base",
           "bench.datasets.base", "bench.targets", "bench.metrics.base", "bench.models.base", "bench.models.structure"}
 
 

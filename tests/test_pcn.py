@@ -19,7 +19,7 @@ from bench.metrics import param_counts
 from bench.models import build_model
 from bench.optim import make_optimizer
 from bench.runs import run_name
-from bench.stats import PCA, CovarianceAccumulator, collect_covariances
+from bench.activations import PCA, CovarianceAccumulator, collect_covariances
 from bench.surgery import get_module, substitute_inputs
 from bench.train import train
 from methods.pcn import (PCN, PCNConv, PCNLinear, Plan, SiteCost, analyse, build_pcn, calibrate, channel_scores,

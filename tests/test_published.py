@@ -56,7 +56,7 @@ def test_the_section_gives_each_source_its_own_baseline_delta_and_ours_against_o
     section = "\n".join(published_section(agg, "resnet56", ENTRIES))
     row = next(line for line in section.splitlines() if line.startswith("| l1_filter 50%"))
     assert "| TP group-L1 | 93.53 → 92.93 | -0.60 | 47.2% / 48.0% (macs) | 200 + 100 ep | torch-pruning |" in row
-    assert "| -0.60 ± 0.00 |" in row                      # ours: paired over 3 seeds, a constant 0.6 points
+    assert "| -0.60 (dense) |" in row                     # ours: against the row's control, a constant 0.6 points
     assert "No matching row" in section and "pruned-B" in section.split("No matching row")[1]
     assert published_section(agg, "vgg11", ENTRIES) == []                     # no entry for this model
 

@@ -105,22 +105,6 @@ def test_a_method_can_carry_its_own_targets(tmp_path):
         expand(*load_suite(str(write_suite(tmp_path, methods={"dense": {"targets": [0.5]}}))), [])
 
 
-def test_highlights_name_the_best_method_per_target_and_skip_the_controls():
-    from bench.report import highlights
-    agg = pd.DataFrame([
-        {"model": "m", "label": "dense", "target": None, "test_acc": 0.80, "reached": 1, "tta_s": 10.0, "tta_epoch": 4},
-        {"model": "m", "label": "a", "target": 0.5, "test_acc": 0.78, "reached": 0, "tta_s": None, "tta_epoch": None},
-        {"model": "m", "label": "b", "target": 0.5, "test_acc": 0.79, "reached": 1, "tta_s": 12.0, "tta_epoch": 4},
-        {"model": "m", "label": "b", "target": 0.1, "test_acc": 0.70, "reached": 0, "tta_s": None, "tta_epoch": None},
-    ])
-    assert highlights(agg, "m") == [
-        "- At 50% of the parameters, **b** keeps the most accuracy: 79.00% (a 78.00).",
-        "- At 10% of the parameters, only **b** was run: 70.00%.",
-        "- Fastest to the dense control's accuracy: **b** at 50%, epoch 4 after 12s of training; "
-        "1 of 3 method rows reach it at all.",
-    ]
-
-
 def test_a_suite_keeps_the_precision_of_its_finished_runs(tmp_path, capsys):
     """Finished on a machine whose `auto` would pick another precision, a suite's remaining
     runs are pinned to what its finished runs used; the pin leaves the run hash alone."""

@@ -1,0 +1,80 @@
+"""Writing the report files of a results folder (see bench.report)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+
+from bench.config import DEFAULT_CONTROL
+from bench.report.aggregation import (REACH_TOL, aggregate, all_histories, assign_controls, load_runs,
+                                      split_diverged, suite_plan)
+from bench.report.plots import plot
+from bench.report.published import load_published, published_section
+from bench.report.rendering import (comparators_section, data_line, highlights, markdown_table, ranking_lines,
+                                    speed_section, statistics_note)
+from bench.report.wandb_summary import log_to_wandb
+from bench.runs import write_text
+
+
+def write_report(results_dir: str | Path, suite_name: Optional[str] = None,
+                 out_dir: Optional[str | Path] = None) -> Optional[Path]:
+    """Read the runs under `results_dir` and write the report files into `out_dir`
+    (default: `results_dir`); returns the README's path (None without finished runs)."""
+    src = Path(results_dir)
+    out = Path(out_dir) if out_dir is not None else src
+    runs, histories = load_runs(src)
+    wandb_cfg = histories.pop("__wandb__", {})
+    if runs.empty:
+        print(f"report: no finished runs under {src}/runs")
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    meta: dict[str, Any] = suite_plan(src)
+    runs = assign_controls(runs, meta.get("controls"), meta.get("comparators"))
+    write_text(out / "runs.csv", runs.to_csv(index=False))
+    n_runs = len(runs)                      # finished and diverged
+    name = suite_name or meta.get("suite") or src.name
+    runs, diverged = split_diverged(runs)
+    if runs.empty:
+        write_text(out / "README.md", "\n".join([f"# Results: {name}", "", *diverged]))
+        print(f"report: every run under {src}/runs diverged -> {out / 'README.md'}")
+        return out / "README.md"
+    write_text(out / "histories.csv", all_histories(runs, histories).to_csv(index=False))
+    agg = aggregate(runs, histories)
+    write_text(out / "table.csv", agg.drop(columns=["tta_s_seeds"], errors="ignore").to_csv(index=False))
+    plots = plot(agg, runs, histories, out)
+    lines = [f"# Results: {name}", ""]
+    if "command" in meta:
+        machines = runs["machine"].value_counts() if "machine" in runs else pd.Series(dtype=int)
+        several = (f" Its runs ran on {len(machines)} machines: " + "; ".join(f"{n} on {m}" for m, n in machines.items())
+                   + ". Accuracy, parameters and MACs do not depend on the machine; timings are taken from one "
+                     "(see the speed section)." if len(machines) > 1 else "")
+        lines += [f"Produced by `{meta.get('command', '')}` on {meta.get('machine', '')} "
+                  f"(devices: {', '.join(sorted(set(map(str, runs['device']))))}), last invoked {meta.get('started', '')} "
+                  f"(finished runs are reused, not re-run).{several}", ""]
+    planned = meta.get("cells")
+    if planned and n_runs < planned:
+        lines += [f"**Partial: {n_runs} of the suite's {planned} runs have finished.** Rows, intervals and "
+                  f"rankings below cover only those; running the same suite command again resumes it.", ""]
+    tol = f"{REACH_TOL:.0e}".replace("e-0", "e-")           # 1e-9
+    comps = list(dict.fromkeys(c for cs in agg["comparators"].dropna() for c in str(cs).split(",") if c))
+    lines += ["Each figure is measured by the harness, the same way for every method. Ratios in parentheses are "
+              f"the row's figure ÷ its *control's* (another row of the suite, `{DEFAULT_CONTROL}` unless the suite names one) "
+              "of the same model, in every table. "
+              + (f"Every row is also compared with the suite's comparators ({', '.join(f'`{c}`' for c in comps)}) "
+                 f"at its target. " if comps else "")
+              + f"*to control acc*: the first epoch at which a run reached its control's mean final accuracy "
+              f"(within {tol}, a floating-point tolerance on accuracy as a fraction), with its training "
+              f"wall-clock until then. MACs and params of sparse (DSR) models count non-zero weights in the "
+              f"*non-zero* columns only; their MACs are theoretical (dense kernels still run).", "",
+              statistics_note(), "", *data_line(agg)]
+    published = load_published()
+    for model in dict.fromkeys(agg["model"]):
+        lines += [f"## {model}", "", *highlights(agg, model, runs), *ranking_lines(agg, runs, model), "",
+                  markdown_table(agg, model), *speed_section(agg, model), *comparators_section(agg, model),
+                  *published_section(agg, model, published)]
+    lines += diverged + ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    write_text(out / "README.md", "\n".join(lines))
+    log_to_wandb(name, runs, plots, out, wandb_cfg)
+    print(f"report: {len(runs)} runs -> {out / 'README.md'}")
+    return out / "README.md"
