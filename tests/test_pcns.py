@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.runs import load_checkpoint
 from bench import dist
 from bench.config import ConfigError, ModelConfig
 from bench.configure import load_config
@@ -443,6 +444,6 @@ def test_end_to_end_target_params_two_shrinks(tiny_overrides):
     for s in ms["shrinks"]:
         assert {"n_before", "n_after", "variance_kept", "ls_residual", "next_err_cal", "next_err_heldout"} \
             <= set(s["layers"][0]) and s["timing_s"]["total_s"] > 0
-    model = torch.load(Path(cfg.output_dir) / summary["run_id"] / "checkpoint.pt", weights_only=False)
+    model = load_checkpoint(Path(cfg.output_dir) / summary["run_id"] / "checkpoint.pt")
     with torch.no_grad():
         assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
