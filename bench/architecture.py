@@ -281,3 +281,132 @@ def rebuild(rec: dict[str, Any], model_cfg: Optional[ModelConfig] = None) -> nn.
 def same_architecture(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Do two records describe the same architecture (the model configuration included)?"""
     return a.get("model") == b.get("model") and a.get("modules") == b.get("modules")
+
+
+# --------------------------------------------------------------------------- runs that predate the record
+class NotDerivable(ArchitectureError):
+    """A summary that records too little to rebuild its run's deployed architecture."""
+
+
+def deployed_record(summary: dict[str, Any]) -> dict[str, Any]:
+    """The deployed architecture of a finished run: the summary's `architecture`, or, for a
+    run written before summaries recorded it, derived from what its summary does record:
+
+    - dense, decorrelated_bp: the model as configured (decorrelated BP deploys its layers
+      with R merged: plain layers of the built shapes);
+    - dense_small: the model at the width the method chose (`method_summary.width`);
+    - l1_filter, snp (channel table `channels`: layer -> [before, after]) and pcns (each
+      shrink's `n_after` per layer, the last shrink's count winning): every layer narrowed
+      to its kept count, coupled layers with it (torch-pruning, as the methods do it); a
+      PCNS shrink across a max pool (`p_into` "<pool>.mix (new)") first puts its 1x1 mix
+      in front of the pool, as PCNS does;
+    - pcn (`layers`: the layer, the producer it reads, kept channels, dims after): the
+      producers narrowed, each transformed layer swapped for its PCN layer (padding, frozen
+      projection d -> k, the layer reading k);
+    - dsr: the model as configured with a bool mask buffer on every sparse layer.
+
+    Which channels were kept is not recorded, nor needed: the architecture depends on the
+    counts only. Raises NotDerivable for a summary that records none of these."""
+    if isinstance(summary.get("architecture"), dict):
+        return summary["architecture"]
+    cfg = summary.get("config") or {}
+    method, ms = summary.get("method"), summary.get("method_summary") or {}
+    try:
+        model_cfg = ModelConfig(**cfg["model"])
+    except (KeyError, TypeError) as e:
+        raise NotDerivable(f"{summary.get('run_id')}: the summary holds no model configuration ({e})") from None
+    from bench.models import build_model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if method in ("dense", "decorrelated_bp"):
+            model = build_model(model_cfg)
+        elif method == "dense_small" and "width" in ms:
+            model = build_model(dataclasses.replace(model_cfg, width=float(ms["width"])))
+        elif method in ("l1_filter", "snp") and isinstance(ms.get("channels"), dict):
+            model = _narrowed(model_cfg, cfg, {k: int(v[1]) for k, v in ms["channels"].items()})
+        elif method == "pcns" and isinstance(ms.get("shrinks"), list):
+            model = _pcns(model_cfg, cfg, ms["shrinks"])
+        elif method == "pcn" and isinstance(ms.get("layers"), list):
+            model = _pcn(model_cfg, cfg, ms["layers"])
+        elif method == "dsr" and isinstance(ms.get("active_init"), dict):
+            from methods.dsr import MASK
+            model = build_model(model_cfg)
+            for name in ms["active_init"]:
+                layer = model.get_submodule(name)
+                layer.register_buffer(MASK, torch.ones_like(layer.weight, dtype=torch.bool))
+        else:
+            raise NotDerivable(f"{summary.get('run_id')}: method {method!r} with this summary records no "
+                               f"architecture to rebuild")
+    return record(model, model_cfg)
+
+
+def _example(cfg: dict[str, Any]) -> torch.Tensor:
+    size = int((cfg.get("data") or {}).get("image_size", 32))
+    return torch.zeros(1, 3, size, size)
+
+
+def _narrowed(model_cfg: ModelConfig, cfg: dict[str, Any], widths: dict[str, int]) -> nn.Module:
+    """The built model with each named layer's outputs cut to `widths[name]` (trailing
+    channels removed; coupled norms and consumers follow)."""
+    from bench.models import build_model
+    from methods._pruning import build_graph, prune_out_channels
+    model = build_model(model_cfg)
+    graph = build_graph(model, _example(cfg))
+    for name, keep in widths.items():
+        layer = model.get_submodule(name)
+        out = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+        if not 0 < keep <= out:
+            raise NotDerivable(f"{name}: {keep} channels kept of {out}")
+        prune_out_channels(graph, layer, range(keep, out))
+    return model
+
+
+def _narrow(model: nn.Module, cfg: dict[str, Any], name: str, keep: int) -> None:
+    from methods._pruning import build_graph, prune_out_channels
+    layer = model.get_submodule(name)
+    out = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+    if not 0 < keep <= out:
+        raise NotDerivable(f"{name}: {keep} channels kept of {out}")
+    prune_out_channels(build_graph(model, _example(cfg)), layer, range(keep, out))
+
+
+def _pcns(model_cfg: ModelConfig, cfg: dict[str, Any], shrinks: list[dict[str, Any]]) -> nn.Module:
+    """PCNS's model from its shrink rows, replayed in order: a new mix in front of a pool
+    where a row says so (a bias-free 1x1 conv on the producer's channels), then the
+    producer narrowed to `n_after` (the mix or consumer reading it follows)."""
+    from bench.models import build_model
+    from methods.pcns import MixPool
+    model = build_model(model_cfg)
+    for shrink in shrinks:
+        for row in shrink["layers"]:
+            into = str(row.get("p_into", ""))
+            if into.endswith(" (new)"):
+                pool = into.removesuffix(" (new)").removesuffix(".mix")
+                n = int(row["n_before"])
+                _set(model, pool, MixPool(nn.Conv2d(n, n, 1, bias=False), model.get_submodule(pool)))
+            _narrow(model, cfg, row["layer"], int(row["n_after"]))
+    return model
+
+
+def _pcn(model_cfg: ModelConfig, cfg: dict[str, Any], layers: list[dict[str, Any]]) -> nn.Module:
+    """PCN's deployed model from its per-layer rows: producers narrowed to the channels kept,
+    then every consumer swapped for its PCN layer reading k = `in_dims_after` components
+    (consumers of one tensor share one projection, as PCN builds them)."""
+    from methods.pcn import PCNConv, PCNLinear
+    model = _narrowed(model_cfg, cfg, {row["reads"]: int(row["in_channels_kept"]) for row in layers
+                                       if row.get("reads") and row["in_channels_kept"] < row["in_dims_before"]})
+    for row in layers:
+        k, proj = int(row["in_dims_after"]), None
+        for name in row.get("consumers") or [row["layer"]]:
+            layer = model.get_submodule(name)
+            if isinstance(layer, nn.Linear):
+                proj = proj or nn.Linear(layer.in_features, k).requires_grad_(False)
+                new: nn.Module = PCNLinear(proj, nn.Linear(k, layer.out_features))
+            else:
+                ph, pw = layer.padding
+                pad = nn.ZeroPad2d((pw, pw, ph, ph)) if (ph or pw) else nn.Identity()
+                proj = proj or nn.Conv2d(layer.in_channels, k, 1).requires_grad_(False)
+                new = PCNConv(pad, proj, nn.Conv2d(k, layer.out_channels, layer.kernel_size, layer.stride, 0,
+                                                   layer.dilation))
+            _set(model, name, new)
+    return model

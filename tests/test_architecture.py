@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import bench.train as train_mod
-from bench.architecture import ArchitectureError, record, rebuild, same_architecture
+from bench.architecture import ArchitectureError, NotDerivable, deployed_record, record, rebuild, same_architecture
 from bench.config import ModelConfig
 from bench.configure import load_config
 from bench.models import build_model
@@ -68,6 +68,9 @@ def test_every_method_trained_and_deployed_model_rebuilds_from_its_record(name, 
     # The summary's record is the deployed model's (decorrelated BP's merged layers: same counts).
     deployed = rebuild(summary["architecture"])
     assert sum(p.numel() for p in deployed.parameters()) == summary["params_total"]
+    # A summary without the record (a run that predates it) derives the same architecture.
+    derived = deployed_record({k: v for k, v in json_round_trip(summary).items() if k != "architecture"})
+    assert same_architecture(json_round_trip(derived), summary["architecture"])
     base = json_round_trip(record(build_model(cfg.model), cfg.model))
     assert same_architecture(rec, base) == (name == "dense")
 
@@ -116,3 +119,24 @@ def test_a_narrowed_and_swapped_model_rebuilds(tmp_path):
     model.features[4][1].register_buffer("dsr_mask", torch.ones(16, 5, 3, 3, dtype=torch.bool))
     model.pre_logits = model.features[2]                    # one module under two paths
     assert_same_model(model, rebuild(json_round_trip(record(model, cfg))))
+
+
+COMMITTED = Path(__file__).resolve().parents[1] / "results" / "cifar10-quick" / "runs"
+
+
+@pytest.mark.skipif(not COMMITTED.is_dir(), reason="no committed quick-suite runs")
+def test_every_committed_run_rebuilds_with_its_recorded_parameter_and_mac_counts():
+    from bench.metrics import count_macs
+    summaries = [json.loads(p.read_text()) for p in sorted(COMMITTED.glob("*/summary.json"))]
+    assert len(summaries) >= 57
+    for s in summaries:
+        model = rebuild(json_round_trip(deployed_record(s)))
+        macs, _ = count_macs(model, torch.zeros(1, 3, 32, 32))
+        assert (sum(p.numel() for p in model.parameters()), macs) == (s["params_total"], s["macs"]), s["run_id"]
+
+
+def test_a_summary_that_records_no_architecture_is_named_not_derivable():
+    summary = {"run_id": "x", "method": "someone_elses", "method_summary": {},
+               "config": {"model": {"name": "vgg11", "width": 0.125}}}
+    with pytest.raises(NotDerivable, match="x: method 'someone_elses'"):
+        deployed_record(summary)
