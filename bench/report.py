@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from bench import timing
 from bench.config import flatten, read_yaml
 from bench.metrics import FINAL, declared
 from bench.metrics.base import fmt_points, fmt_seconds
@@ -766,6 +767,7 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None) -> O
         lines += [f"## {model}", "", *highlights(agg, model), *ranking_lines(agg, runs, model), "",
                   markdown_table(agg, model), *speed_section(agg, model), *controls_section(agg, model),
                   *published_section(agg, model, published)]
+    lines += timing.report_lines(out)       # the speed table of `bench retime`, where retime.json exists
     lines += diverged + ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     write_text(out / "README.md", "\n".join(lines))
     log_to_wandb(name, runs, plots, out, wandb_cfg)

@@ -118,3 +118,18 @@ def test_a_row_that_cannot_be_rebuilt_is_named_and_the_rest_timed(planted):
     doc = json.loads(retime(planted, rounds=1, warmup=0, latency_reps=1, device="cpu", log=lambda s: None).read_text())
     assert [s["label"] for s in doc["not_timed"]] == ["mystery"] and len(doc["rows"]) == 2
     assert "not timed: vgg11 mystery 0.5" in "\n".join(speed_lines(doc))
+
+
+def test_the_report_renders_the_speed_table_where_retime_json_exists(tiny_overrides, tmp_path):
+    from bench.configure import load_config
+    from bench.report import write_report
+    from bench.train import train
+    out = tmp_path / "suite"
+    for extra in (["method.name=dense"], ["method.name=dense_small", "method.target_params=0.5"]):
+        train(load_config("configs/smoke.yaml", tiny_overrides + extra + ["train.epochs=1", f"output_dir={out}/runs"]),
+              log=lambda s: None)
+    assert "Speed, timed in one sitting" not in write_report(out).read_text()
+    retime(out, rounds=1, warmup=0, latency_reps=1, device="cpu", log=lambda s: None)
+    text = write_report(out).read_text()
+    assert "## Speed, timed in one sitting" in text and "x faster than the row's control" in text
+    assert "| dense_small | 0.5 |" in text
