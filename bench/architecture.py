@@ -210,6 +210,8 @@ def _matches(m: Optional[nn.Module], entry: dict) -> bool:
 def _build(modules: dict[str, dict], path: str) -> nn.Module:
     """A new module for `path` from its record (children first, for container classes)."""
     entry = modules[path]
+    if "same_as" in entry:
+        return nn.Identity()          # a placeholder: rebuild puts the shared module here last
     kind = constructible().get(entry["class"])
     if kind is None:
         raise ArchitectureError(f"architecture record: '{path}' is a {entry['class']}, which the model as built "

@@ -118,6 +118,7 @@ def test_a_narrowed_and_swapped_model_rebuilds(tmp_path):
     model.features[4][1].weight.requires_grad_(False)
     model.features[4][1].register_buffer("dsr_mask", torch.ones(16, 5, 3, 3, dtype=torch.bool))
     model.pre_logits = model.features[2]                    # one module under two paths
+    model.features[8] = nn.Sequential(model.features[6], model.features[8])   # ... one inside a new container
     assert_same_model(model, rebuild(json_round_trip(record(model, cfg))))
 
 
