@@ -31,6 +31,7 @@ the second path says `same_as` the first.
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 import torch
@@ -193,7 +194,8 @@ def _set(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
-def _args(kind: Kind, entry: dict) -> dict[str, Any]:
+def _args(entry: dict) -> dict[str, Any]:
+    """The recorded constructor arguments, JSON's lists back as the tuples torch keeps."""
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in entry.get("args", {}).items()}
 
 
@@ -219,11 +221,10 @@ def _build(modules: dict[str, dict], path: str) -> nn.Module:
     if kind.children:
         kids = {c: _build(modules, f"{path}.{c}") for c in entry.get("children", [])}
         if kind.cls is nn.Sequential:
-            from collections import OrderedDict
             return nn.Sequential(OrderedDict(kids))
         return kind.cls(**kids)
     try:
-        return kind.cls(**_args(kind, entry))
+        return kind.cls(**_args(entry))
     except (TypeError, ValueError) as e:
         raise ArchitectureError(f"architecture record: cannot build '{path}' ({entry['class']}): {e}") from None
 

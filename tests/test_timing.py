@@ -3,8 +3,6 @@ speed-ups divide two medians of that sitting. Timing values are never asserted."
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,6 @@ from bench.config import ModelConfig
 from bench.models import build_model
 from bench.timing import MEASURES, median_iqr, retime, speed_lines, speedup
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def plant(root: Path, run_id: str, label: str, width: float, seed: int = 0, target=None,
