@@ -88,8 +88,12 @@ def _setting(s: dict) -> dict[str, Any]:
                                              "label_smoothing") if k in train}}
 
 
-def plan(summaries: list[dict]) -> tuple[list[dict], dict[str, dict], list[dict]]:
-    """(rows, architectures to time by id, rows that cannot be rebuilt with the reason)."""
+def plan(summaries: list[dict], controls: Optional[dict[str, str]] = None
+         ) -> tuple[list[dict], dict[str, dict], list[dict]]:
+    """(rows, architectures to time by id, rows that cannot be rebuilt with the reason). A
+    row's control is the one its runs recorded, else the suite plan's (`controls`, from
+    suite.json) for its label, else dense, as the report assigns them."""
+    controls = controls or {}
     from bench.metrics import count_macs
     groups: dict[tuple, list[dict]] = {}
     for s in summaries:
@@ -116,7 +120,8 @@ def plan(summaries: list[dict]) -> tuple[list[dict], dict[str, dict], list[dict]
             archs[by_key[key]] = {"id": by_key[key], "model": model, "record": rep["record"], "setting": setting,
                                   "macs": rep["macs"], "params": rep["params"]}
         cfg = rep["summary"].get("config") or {}
-        rows.append({"model": model, "label": label, "target": target, "control": cfg.get("control", "dense"),
+        control = cfg.get("control") or controls.get(label) or "dense"
+        rows.append({"model": model, "label": label, "target": target, "control": control,
                      "arch": by_key[key], "representative": rep["run_id"], "representative_seed": rep["seed"],
                      "seeds": [{"run_id": r["run_id"], "seed": r["seed"], "macs": r["macs"], "params": r["params"]}
                                for r in seeds]})
@@ -214,7 +219,9 @@ def retime(results_dir: str | Path, rounds: int = ROUNDS, warmup: int = WARMUP_R
     if not summaries:
         raise ConfigError(f"no finished runs under '{out}/runs'")
     dev = resolve_device(device)
-    rows, archs, skipped = plan(summaries)
+    suite = out / "suite.json"
+    controls = (json.loads(suite.read_text()).get("controls") or {}) if suite.is_file() else {}
+    rows, archs, skipped = plan(summaries, controls)
     for s in skipped:
         log(f"retime: {s['model']} {s['label']} {s['target']}: not timed ({s['reason']})")
     if not archs:
@@ -267,12 +274,23 @@ def median_iqr(values: list[float]) -> tuple[float, float, float]:
     return float(np.median(a)), float(np.percentile(a, 25)), float(np.percentile(a, 75))
 
 
+def control_row(retime_doc: dict, row: dict) -> Optional[dict]:
+    """The row's control: the control label's row at the same target where the control ran
+    there (e.g. static DSR for DSR), else its target-less row (dense)."""
+    same = [c for c in retime_doc["rows"] if c["model"] == row["model"] and c["label"] == row["control"]]
+    return next((c for c in same if c["target"] == row["target"]), None) or next(
+        (c for c in same if c["target"] is None), None)
+
+
+def _ms(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
 def speedup(retime_doc: dict, row: dict, measure: str) -> Optional[float]:
     """The row's speed-up over its control for `measure`: the control's median time divided
     by the row's, both medians of this sitting's samples (x faster than the control)."""
     archs = {a["id"]: a for a in retime_doc["architectures"]}
-    control = next((c for c in retime_doc["rows"] if c["model"] == row["model"] and c["label"] == row["control"]
-                    and c["target"] is None), None)
+    control = control_row(retime_doc, row)
     if control is None:
         return None
     mine, ref = archs[row["arch"]]["samples"][measure], archs[control["arch"]]["samples"][measure]
@@ -307,19 +325,20 @@ def speed_lines(retime_doc: dict) -> list[str]:
               "the control's median divided by the row's median, both from this sitting (> 1: faster).", ""]
     for model in dict.fromkeys(r["model"] for r in retime_doc["rows"]):
         rows = [r for r in retime_doc["rows"] if r["model"] == model]
-        head = ["label", "target", "timed seed", "params", "MACs"]
+        head = ["label", "target", "control", "timed seed", "params", "MACs"]
         for m in MEASURES:
             head += [f"{MEASURE_TITLES[m]} ms", "x faster"]
         lines += [f"### {model}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in rows:
             a = archs[r["arch"]]
-            cells = [r["label"], "-" if r["target"] is None else f"{r['target']:g}", str(r["representative_seed"]),
+            cells = [r["label"], "-" if r["target"] is None else f"{r['target']:g}", r["control"],
+                     str(r["representative_seed"]),
                      f"{a['params']:,}", f"{a['macs']:,}"]
             for m in MEASURES:
                 v = a["samples"][m]
                 if v:
                     med, q1, q3 = median_iqr(v)
-                    cells.append(f"{med:.3g} ({q1:.3g}-{q3:.3g})")
+                    cells.append(f"{_ms(med)} ({_ms(q1)}-{_ms(q3)})")
                 else:
                     cells.append("-")
                 x = speedup(retime_doc, r, m)
