@@ -32,6 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+import numpy as np
 import pandas as pd
 import torch
 import yaml
@@ -278,6 +279,21 @@ STATE_FORMAT = 2
 CHECKPOINT_FORMAT = 2
 # Resume-state entries that are RNG states: CPU ByteTensors whatever the run's device.
 RNG_KEYS = ("method_generator", "torch_rng", "cuda_rng")
+
+
+def plain_data(obj: Any) -> Any:
+    """`obj` with numpy scalars and arrays (which `weights_only=True` refuses to load) as
+    Python numbers and lists; dicts, lists, tuples and tensors kept. A metric or method state
+    that happens to hold a numpy float then still resumes instead of being refused."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, dict):
+        return type(obj)((k, plain_data(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain_data(v) for v in obj)
+    return obj
 
 
 def _first_line(e: BaseException) -> str:

@@ -33,7 +33,7 @@ from bench.metrics import (EPOCH, FINAL, MetricInput, compute_all, count_macs, e
 from bench.models import build_model
 from bench.optim import lr_at, make_optimizer
 from bench.progress import EpochBar, bars_enabled
-from bench.runs import STATE_FORMAT, RunDir, checkpoint_dict, environment, run_lock, run_path
+from bench.runs import STATE_FORMAT, RunDir, checkpoint_dict, environment, plain_data, run_lock, run_path
 from bench.wandb_log import WandbLogger
 from methods import Context, Method, get_method
 
@@ -476,11 +476,11 @@ def snapshot(t: Trainer) -> dict:
     return {
         "format": STATE_FORMAT, "epoch": t.ctx.epoch, "step": t.ctx.step,
         "architecture": architecture.record(t.model, t.cfg.model), "model_state": t.model.state_dict(),
-        "optimizer": t.optimizer.state_dict(), "method": t.method.state_dict(),
+        "optimizer": t.optimizer.state_dict(), "method": plain_data(t.method.state_dict()),
         "method_generator": t.ctx.generator.get_state(), "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "history": t.history, "times": t.times, "train_macs": t.train_macs,
-        "train_macs_nonzero": t.train_macs_nonzero, "transforms": t.transforms,
+        "history": plain_data(t.history), "times": plain_data(t.times), "train_macs": plain_data(t.train_macs),
+        "train_macs_nonzero": plain_data(t.train_macs_nonzero), "transforms": plain_data(t.transforms),
     }
 
 

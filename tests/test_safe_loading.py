@@ -161,3 +161,13 @@ def test_no_loader_in_the_harness_unpickles_code():
         text = path.read_text()
         assert "weights_only=False" not in text, path
         assert "pickle.load(" not in text, path
+
+
+def test_numpy_values_in_a_resume_state_become_plain_numbers_that_load(tmp_path):
+    from bench.runs import plain_data
+    state = {"history": [{"acc": np.float64(0.5), "n": np.int64(3)}], "spread": (np.float32(1.5), np.zeros(2)),
+             "t": torch.ones(2)}
+    torch.save(plain_data(state), tmp_path / "s.pt")
+    back = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert back["history"] == [{"acc": 0.5, "n": 3}] and back["spread"] == (1.5, [0.0, 0.0])
+    assert type(back["history"][0]["acc"]) is float and torch.equal(back["t"], torch.ones(2))
