@@ -1,4 +1,4 @@
-"""Command line: `python -m bench {run,suite,report,compare,methods,models,datasets} ...`."""
+"""Command line: `python -m bench {run,suite,report,retime,compare,methods,models,datasets} ...`."""
 from __future__ import annotations
 
 import argparse
@@ -96,6 +96,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return compare(args.suite_dirs, out=args.out, alpha=args.alpha, references=args.references)
 
 
+def cmd_retime(args: argparse.Namespace) -> int:
+    from bench import timing
+    timing.retime(args.results_dir, device=args.device,
+                  rounds=timing.ROUNDS if args.rounds is None else args.rounds,
+                  warmup=timing.WARMUP_ROUNDS if args.warmup is None else args.warmup,
+                  latency_reps=timing.LATENCY_REPS if args.latency_reps is None else args.latency_reps)
+    return 0
+
+
 def cmd_wandb_report(args: argparse.Namespace) -> int:
     from bench.wandb_report import save_report
     print(f"saved W&B report: {save_report(args.results_dir, args.entity, args.project)}")
@@ -142,6 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--references", action="store_true",
                    help="also rank the full-size rows (no target: dense, ...) inside every target cell")
     c.set_defaults(fn=cmd_compare)
+    t = sub.add_parser("retime", help="time every row's deployed architecture in one sitting -> RESULTS_DIR/retime.json "
+                                      "(the report's speed table); run it on a quiet machine")
+    t.add_argument("results_dir", help="the suite's results folder, e.g. results/cifar10-quick")
+    t.add_argument("--rounds", type=int, default=None, help="timed rounds, each timing every architecture once (7)")
+    t.add_argument("--warmup", type=int, default=None, help="warm-up rounds first, dropped (1)")
+    t.add_argument("--latency-reps", type=int, default=None, help="batch-1 forwards per latency sample (20)")
+    t.add_argument("--device", default="auto", help="auto (CUDA where available), cpu, cuda, cuda:N")
+    t.set_defaults(fn=cmd_retime)
     w = sub.add_parser("wandb-report", help="save a W&B report comparing a suite's runs (needs the network)")
     w.add_argument("results_dir", help="the suite's results folder, e.g. results/cifar10-quick")
     w.add_argument("--entity", required=True, help="W&B entity (user or team) that owns the project")

@@ -15,7 +15,6 @@ statistics outside autocast in float32/float64 (each method's docstring says whe
 from __future__ import annotations
 
 import functools
-import platform
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -62,9 +61,12 @@ def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...]:
     return tuple(f for f in CPU_BF16_FLAGS if f in flags)
 
 
-def cpu_model() -> str:
-    """The CPU's model name, for env.json: timings from two machines are not comparable."""
-    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name, for env.json and retime.json: timings from two machines are not
+    comparable. "unknown" where /proc/cpuinfo names none (never the architecture or the
+    kernel build, which do not tell two machines apart)."""
+    fields = _cpuinfo(cpuinfo)
+    return fields.get("model name") or fields.get("Model") or "unknown"
 
 
 def native_bf16(device: torch.device) -> tuple[bool, str]:

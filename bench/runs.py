@@ -11,6 +11,13 @@ It holds `config.yaml`, `env.json`, `history.csv` (one row per epoch), `state.pt
 (everything needed to resume after the last completed epoch, removed when the
 run finishes), `checkpoint.pt` (the final model) and `summary.json`, which is
 written last and marks the run as finished.
+
+`state.pt` and `checkpoint.pt` hold tensors and plain data only: the model's
+architecture as a record (bench.architecture), its state dict, the optimizer's and
+the method's state, RNG states as tensors. They are read with
+`torch.load(weights_only=True)`, which builds nothing but those, so a results folder
+shared by someone else cannot run their code here; the model is rebuilt from the
+record and its weights loaded into it.
 """
 from __future__ import annotations
 
@@ -23,12 +30,14 @@ import tempfile
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
+import numpy as np
 import pandas as pd
 import torch
 import yaml
 
+from bench.architecture import ArchitectureError, rebuild
 from bench.config import ConfigError, RunConfig, config_hash, to_dict
 from bench.datasets import data_fingerprint
 from bench.device import cpu_model
@@ -237,20 +246,91 @@ class RunDir:
     def save_state(self, state: dict) -> None:
         torch_save(state, self.state_path)
 
-    def load_state(self, device: torch.device) -> Optional[dict]:
+    def load_state(self, device: torch.device | str = "cpu", log: Callable[[str], None] = print) -> Optional[dict]:
+        """The resume state, or None where there is none or it is refused (an old-format or
+        unreadable file: one line says so and the run starts again from epoch 0). Read with
+        `weights_only=True` (never unpickles code); the model's and optimizer's tensors go to
+        `device`, the RNG states stay on the CPU, where `set_rng_state` needs them."""
         if not self.state_path.is_file():
             return None
-        # The model is pickled whole (methods change its architecture); these are our own files.
-        return torch.load(self.state_path, map_location=device, weights_only=False)
+        try:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        except Exception as e:   # noqa: BLE001 - any unreadable file is refused alike
+            log(f"{self.state_path}: refused ({_first_line(e)}); starting again from epoch 0")
+            return None
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            log(f"{self.state_path}: refused (not a format-{STATE_FORMAT} resume state: written by an older "
+                f"version); starting again from epoch 0")
+            return None
+        return {k: (v if k in RNG_KEYS else _to_device(v, device)) for k, v in state.items()}
 
-    def finish(self, summary: dict, model: Optional[torch.nn.Module]) -> None:
-        if model is not None:
-            torch_save(model, self.checkpoint_path)
+    def finish(self, summary: dict, checkpoint: Optional[dict]) -> None:
+        """Write the final checkpoint (`checkpoint_dict`, or None for none), then summary.json
+        (the finished marker), then remove the resume state."""
+        if checkpoint is not None:
+            torch_save(checkpoint, self.checkpoint_path)
         write_json(self.summary_path, summary)
         if self.state_path.exists():
             self.state_path.unlink()
 
 
+# Versions of state.pt and checkpoint.pt (1: the model pickled whole, no longer read).
+STATE_FORMAT = 2
+CHECKPOINT_FORMAT = 2
+# Resume-state entries that are RNG states: CPU ByteTensors whatever the run's device.
+RNG_KEYS = ("method_generator", "torch_rng", "cuda_rng")
+
+
+def plain_data(obj: Any) -> Any:
+    """`obj` with numpy scalars and arrays (which `weights_only=True` refuses to load) as
+    Python numbers and lists; dicts, lists, tuples and tensors kept. A metric or method state
+    that happens to hold a numpy float then still resumes instead of being refused."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, dict):
+        return type(obj)((k, plain_data(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain_data(v) for v in obj)
+    return obj
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _to_device(obj: Any, device: torch.device | str) -> Any:
+    """`obj` with every tensor in it (dicts, lists, tuples) moved to `device`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return type(obj)((k, _to_device(v, device)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
+def checkpoint_dict(model: torch.nn.Module, architecture: dict) -> dict:
+    """What checkpoint.pt holds: the architecture record and the state dict (CPU tensors)."""
+    return {"format": CHECKPOINT_FORMAT, "architecture": architecture,
+            "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load a run's final model (`checkpoint.pt`), architecture included."""
-    return torch.load(path, map_location=device, weights_only=False)
+    """A run's final model from its `checkpoint.pt`: rebuilt from the architecture record,
+    its weights loaded (read with `weights_only=True`). A file of another format, or one
+    that is not a checkpoint, is refused with a one-line ConfigError."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # noqa: BLE001 - any unreadable file is refused alike
+        raise ConfigError(f"{path}: refused, not a readable checkpoint ({_first_line(e)})") from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path}: refused, not a format-{CHECKPOINT_FORMAT} checkpoint (written by an older version?)")
+    try:
+        model = rebuild(ck["architecture"])
+        model.load_state_dict(ck["model_state"])
+    except (ArchitectureError, KeyError, RuntimeError) as e:
+        raise ConfigError(f"{path}: refused, the architecture and weights do not fit ({_first_line(e)})") from None
+    return model.to(device)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import dist
+from bench import architecture, dist
 from bench.config import RunConfig, to_dict
 from bench.data import DeviceData, load_data
 from bench.datasets import data_fingerprint
@@ -33,7 +33,7 @@ from bench.metrics import (EPOCH, FINAL, MetricInput, compute_all, count_macs, e
 from bench.models import build_model
 from bench.optim import lr_at, make_optimizer
 from bench.progress import EpochBar, bars_enabled
-from bench.runs import RunDir, environment, run_lock, run_path
+from bench.runs import STATE_FORMAT, RunDir, checkpoint_dict, environment, plain_data, run_lock, run_path
 from bench.wandb_log import WandbLogger
 from methods import Context, Method, get_method
 
@@ -284,7 +284,7 @@ def build_context(cfg: RunConfig, data: DeviceData, model: nn.Module, rt: Runtim
         dense_params=param_counts(model)["params_total"], dense_macs=dense_macs,
         generator=torch.Generator().manual_seed(cfg.seed + 1),
         # Under torchrun each rank sees its shard of every calibration batch; statistics
-        # are sums, all-reduced by bench.stats, so every rank gets the full-set result.
+        # are sums, all-reduced by bench.activations, so every rank gets the full-set result.
         calibration=lambda n_images, batch_size=500, heldout=False: (
             rt.prepare(dist.shard(x)) for x in data.calibration_batches(n_images, batch_size, heldout, cfg.seed)),
         evaluate=evaluate_fn,
@@ -327,7 +327,7 @@ def _train(cfg: RunConfig, rd: RunDir, run_id: str, max_epochs: Optional[int], l
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     trainer = Trainer(cfg, data, rt, method, ctx, model, criterion)
 
-    state = rd.load_state(device) if cfg.resume else None
+    state = rd.load_state(device, log) if cfg.resume else None
     start_epoch = 0
     if state is not None:
         start_epoch = restore(trainer, state)
@@ -385,7 +385,8 @@ def _train(cfg: RunConfig, rd: RunDir, run_id: str, max_epochs: Optional[int], l
 
     summary = {"status": "finished", **final_summary(trainer, cfg, run_id, env, example)}
     if main:
-        rd.finish(summary, trainer.model if cfg.save_checkpoint else None)
+        rd.finish(summary, checkpoint_dict(trainer.model, architecture.record(trainer.model, cfg.model))
+                  if cfg.save_checkpoint else None)
     logger.finish(summary)
     dist.barrier()
     log(f"{run_id}: test acc {summary['test_acc']:.4f}, {summary['params_total']:,} params, "
@@ -427,8 +428,9 @@ def final_summary(trainer: Trainer, cfg: RunConfig, run_id: str, env: dict, exam
         return make_step(trainer.rt.runner(m, parallel=False), make_optimizer(m, cfg.train), trainer.criterion,
                          trainer.rt)
 
+    deployed = trainer.method.deploy(model)
     speed = measure_speed(model, x, y, x_eval, probe_step, cfg.train.throughput_steps, trainer.rt.autocast,
-                          deployed=trainer.method.deploy(model))
+                          deployed=deployed)
     # One checksum per rank: equal values show the ranks ended with identical weights and buffers.
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
     epoch_s = [r["epoch_s"] for r in trainer.history]
@@ -456,6 +458,9 @@ def final_summary(trainer: Trainer, cfg: RunConfig, run_id: str, env: dict, exam
         **speed, **peak_memory_mb(trainer.rt.device),
         **compute_all(FINAL, MetricInput(model, example, cfg.train.epochs, trainer.history)),
         "method_summary": trainer.method.summary(model),
+        # What bench.architecture.rebuild needs to build the deployed model again (no weights),
+        # so that `bench retime` can time every row's architecture in one sitting.
+        "architecture": architecture.record(deployed, cfg.model),
         **trainer.rt.describe(),
         "world_size": dist.world_size(), "rank_weight_checksums": dist.all_gather_object(checksum),
         "rank_buffer_checksums": dist.all_gather_object(buffer_digest(model)),
@@ -465,29 +470,38 @@ def final_summary(trainer: Trainer, cfg: RunConfig, run_id: str, env: dict, exam
 
 # --------------------------------------------------------------------------- resume
 def snapshot(t: Trainer) -> dict:
+    """The resume state (state.pt): tensors and plain data only, so it loads with
+    `weights_only=True`: the model as its architecture record and state dict, RNG states
+    as CPU ByteTensors."""
     return {
-        "epoch": t.ctx.epoch, "step": t.ctx.step, "model": t.model,
-        "optimizer": t.optimizer.state_dict(), "method": t.method.state_dict(),
+        "format": STATE_FORMAT, "epoch": t.ctx.epoch, "step": t.ctx.step,
+        "architecture": architecture.record(t.model, t.cfg.model), "model_state": t.model.state_dict(),
+        "optimizer": t.optimizer.state_dict(), "method": plain_data(t.method.state_dict()),
         "method_generator": t.ctx.generator.get_state(), "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "history": t.history, "times": t.times, "train_macs": t.train_macs,
-        "train_macs_nonzero": t.train_macs_nonzero, "transforms": t.transforms,
+        "history": plain_data(t.history), "times": plain_data(t.times), "train_macs": plain_data(t.train_macs),
+        "train_macs_nonzero": plain_data(t.train_macs_nonzero), "transforms": plain_data(t.transforms),
     }
 
 
+def cpu_bytes(state: torch.Tensor) -> torch.Tensor:
+    """An RNG state as `set_state` takes it: a CPU ByteTensor, wherever it was loaded."""
+    return state.to(device="cpu", dtype=torch.uint8)
+
+
 def restore(t: Trainer, state: dict) -> int:
-    model = state["model"]
-    if getattr(model, "structure", None) is None and getattr(t.model, "structure", None) is not None:
-        # A checkpoint from before models carried their structure: the built model's is the one it
-        # would carry (the structure names modules; methods' changes never update it).
-        model.structure = t.model.structure
+    """Resume `t` from `state` (RunDir.load_state): the model rebuilt from its record, its
+    weights loaded, then the optimizer, method and RNG states; returns the completed epochs."""
+    model = architecture.rebuild(state["architecture"], t.cfg.model)
+    model.load_state_dict(state["model_state"])
+    model.train(t.model.training)
     t.set_model(model)
     t.optimizer.load_state_dict(state["optimizer"])
     t.method.load_state_dict(state["method"])
-    t.ctx.generator.set_state(state["method_generator"])
-    torch.set_rng_state(state["torch_rng"])
+    t.ctx.generator.set_state(cpu_bytes(state["method_generator"]))
+    torch.set_rng_state(cpu_bytes(state["torch_rng"]))
     if state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+        torch.cuda.set_rng_state_all([cpu_bytes(s) for s in state["cuda_rng"]])
     t.ctx.epoch, t.ctx.step = state["epoch"], state["step"]
     t.history, t.times, t.transforms = state["history"], state["times"], state["transforms"]
     t.train_macs, t.train_macs_nonzero = state["train_macs"], state["train_macs_nonzero"]

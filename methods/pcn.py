@@ -8,10 +8,10 @@ Train the full network for `transform_epoch` epochs, then in one step (`pcn_tran
 1. Calibration: one eval-mode pass over `calibration_images` unaugmented training images,
    accumulating the channel mean `mu` and covariance `S = Xc Xc^T / (s-1)` of exactly the tensor
    each transformed layer reads (a forward PRE-hook on the consumer: after BN, ReLU and pooling).
-   `bench.stats.collect_covariances`, never all activations at once. Where and in which dtype:
+   `bench.activations.collect_covariances`, never all activations at once. Where and in which dtype:
    the calibration forward runs in float32 with autocast disabled (bf16/fp16 batches are cast up,
    channels_last ones are fine), and the sums are accumulated in float64 (`calibrate`).
-2. Eigendecomposition `S = V diag(lambda) V^T` (`bench.stats.PCA`), top-k eigenvectors `V_k`.
+2. Eigendecomposition `S = V diag(lambda) V^T` (`bench.activations.PCA`), top-k eigenvectors `V_k`.
 3. Output side (channel selection, code: `tf_kill_outputs` / `tf_get_indices_from_muVs`): the
    producer's output channels are scored by their loadings on the kept components,
    `score_c = sum_{j<k} |V[c, j]|`, or with `score: weighted`, `sum_{j<k} |V[c, j]| lambda_j`

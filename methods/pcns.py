@@ -26,7 +26,7 @@ needs no approximation: P has no shift, so the consumer's padding zeros of the n
 padding zeros of the old ones.
 
 Statistics: the Gram X X^T (n x n) and the normal equations A^T A, A^T T, ||T||^2 are float64
-sums in bench.stats.SumAccumulator (all-reduced under torchrun on the data's device), im2col rows
+sums in bench.activations.SumAccumulator (all-reduced under torchrun on the data's device), im2col rows
 in float64 chunks of `CHUNK_BYTES`; every calibration forward runs outside autocast in the model's
 own dtype (float32), on batches that may be channels_last.
 

@@ -3,7 +3,7 @@ arXiv 2405.17506 (seed: the first abstract of seeds/snp-and-decorrelated-bp-abst
 no public code). METHODS.md sec. 4; numbers below are that section's steps.
 
 For every prunable layer, on a calibration set (one eval-mode pass of the unpruned
-network, float64 statistics from bench.stats):
+network, float64 statistics from bench.activations):
 1. `X`: the activations the *consumer* layer reads (after BN, ReLU and any pooling;
    for VGG's last conv, the globally pooled vector the classifier reads): mean `mu`,
    covariance `C` (unbiased).

@@ -10,7 +10,7 @@ import torch
 
 import bench.device as device_mod
 from bench.configure import load_config
-from bench.runs import run_name
+from bench.runs import load_checkpoint, run_name
 from bench.train import train
 from methods import REGISTRY
 from tests.test_macs import assert_counts_like_torch
@@ -29,7 +29,7 @@ BUILTIN = sorted(REGISTRY)
 
 def weights(cfg) -> dict[str, torch.Tensor]:
     path = Path(cfg.output_dir) / run_name(cfg) / "checkpoint.pt"
-    return torch.load(path, weights_only=False).state_dict()
+    return load_checkpoint(path).state_dict()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -46,9 +46,11 @@ def test_method_trains_and_resumes_exactly(name, precision, tiny_overrides, tmp_
     assert sa["method"] == name and 0.0 <= sa["test_acc"] <= 1.0 and sa["precision"] == precision
     assert sa["params_total"] > 0 and sa["macs"] > 0
     assert train(b, max_epochs=2, log=lambda s: None) is None
-    sb = train(b, log=lambda s: None)
+    lines: list[str] = []
+    sb = train(b, log=lines.append)
+    assert any("resuming after epoch 2" in line for line in lines), lines   # resumed, not restarted
     if precision == "fp32":
-        assert_counts_like_torch(torch.load(Path(a.output_dir) / run_name(a) / "checkpoint.pt", weights_only=False))
+        assert_counts_like_torch(load_checkpoint(Path(a.output_dir) / run_name(a) / "checkpoint.pt"))
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
     for k in wa:

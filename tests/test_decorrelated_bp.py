@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.runs import load_checkpoint
 from bench.config import ModelConfig
 from bench.configure import load_config
 from bench.models import build_model
@@ -163,7 +164,7 @@ def test_end_to_end_loss_falls_and_checkpoint_loads(tiny_overrides, tmp_path):
     hist = pd.read_csv(run_dir / "history.csv")
     assert hist["train_loss"].iloc[1] < hist["train_loss"].iloc[0]
     assert "decorrelated_bp/loss/features.0" in hist.columns
-    model = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    model = load_checkpoint(run_dir / "checkpoint.pt")
     assert not any(m._forward_pre_hooks for m in model.modules())
     assert sum(isinstance(m, DECOR_TYPES) for m in model.modules()) == len(ms["layers"])
     model.eval()

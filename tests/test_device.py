@@ -12,7 +12,7 @@ import torch
 import bench.device as device_mod
 from bench.config import ConfigError
 from bench.configure import load_config
-from bench.device import Runtime, cpu_bf16_flags, resolve_memory_format, resolve_precision
+from bench.device import Runtime, cpu_bf16_flags, cpu_model, resolve_memory_format, resolve_precision
 from bench.runs import run_name
 from bench.train import train
 
@@ -42,6 +42,17 @@ def test_bf16_flags_are_read_from_cpuinfo(tmp_path, text, flags):
 
 def test_missing_cpuinfo_means_no_native_bf16(tmp_path):
     assert cpu_bf16_flags(str(tmp_path / "absent")) == ()
+
+
+@pytest.mark.parametrize("text, model", [
+    ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu\n", "Intel(R) Xeon(R) Platinum 8480+"),
+    ("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd\n", "unknown"),    # Arm without a model line
+    (None, "unknown"),                                                               # no /proc/cpuinfo
+])
+def test_the_cpu_model_is_its_name_or_unknown(tmp_path, text, model):
+    if text is not None:
+        (tmp_path / "cpuinfo").write_text(text)
+    assert cpu_model(str(tmp_path / "cpuinfo")) == model
 
 
 def test_auto_takes_bf16_and_channels_last_where_native(native):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench.runs import load_checkpoint
 from bench.config import ConfigError, ModelConfig
 from bench.configure import load_config
 from bench.models import build_model
@@ -239,7 +240,7 @@ def test_end_to_end_constant_count_and_checkpoint(tiny_overrides, tmp_path):
     assert summary["params_nonzero"] <= ms["params_active"]
     assert summary["params_total"] == summary["dense_params"]
     run_dir = next((tmp_path / "runs").iterdir())
-    model = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    model = load_checkpoint(run_dir / "checkpoint.pt")
     assert active_total(model) == ms["active_sparse_final"]
     model.eval()
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from bench.configure import load_config
+from bench.models import build_model
 from bench.optim import lr_at
-from bench.runs import run_name
+from bench.runs import load_checkpoint, run_name
 from bench.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def test_a_short_run_on_synthetic_data_learns_and_writes_its_files(tiny_override
     # dense net is non-zero by then (timm initialises biases at zero, so a count taken before
     # the first epoch would be lower).
     assert (hist["params_nonzero"] == summary["params_nonzero"]).all()
-    model = torch.load(d / "checkpoint.pt", weights_only=False)
+    model = load_checkpoint(d / "checkpoint.pt")
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
@@ -62,24 +63,28 @@ def test_same_seed_same_weights_and_resume_equals_an_uninterrupted_run(tiny_over
     assert train(b, max_epochs=1, **quiet) is None          # "interrupted" after one epoch
     assert (run_dir(b) / "state.pt").is_file() and not (run_dir(b) / "summary.json").exists()
     train(b, **quiet)                                        # picks up at epoch 2
-    wa = torch.load(run_dir(a) / "checkpoint.pt", weights_only=False).state_dict()
-    wb = torch.load(run_dir(b) / "checkpoint.pt", weights_only=False).state_dict()
+    wa = load_checkpoint(run_dir(a) / "checkpoint.pt").state_dict()
+    wb = load_checkpoint(run_dir(b) / "checkpoint.pt").state_dict()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
     ha, hb = pd.read_csv(run_dir(a) / "history.csv"), pd.read_csv(run_dir(b) / "history.csv")
     assert list(ha["test_acc"]) == list(hb["test_acc"]) and list(ha["train_loss"]) == list(hb["train_loss"])
 
 
-def test_a_checkpoint_from_before_models_carried_their_structure_resumes(tiny_overrides):
-    # l1_filter reads the model's structure when it prunes after epoch 1, i.e. after the resume.
-    cfg = load_config("configs/smoke.yaml", tiny_overrides + ["train.epochs=2", "method.name=l1_filter",
-                                                              "method.transform_epoch=1"])
+def test_an_old_format_resume_state_is_refused_in_one_line_and_the_run_starts_again(tiny_overrides):
+    # Before resume states held plain data, state.pt pickled the model whole: such a file is
+    # never unpickled (weights_only=True refuses it); the run starts from epoch 0 instead.
+    cfg = load_config("configs/smoke.yaml", tiny_overrides + ["train.epochs=2"])
     assert train(cfg, max_epochs=1, **quiet) is None
-    state = torch.load(run_dir(cfg) / "state.pt", weights_only=False)
-    del state["model"].structure                              # as saved by the code before the structures
+    state = torch.load(run_dir(cfg) / "state.pt", weights_only=True)
+    state["model"] = build_model(cfg.model)                    # as the old format saved it
     torch.save(state, run_dir(cfg) / "state.pt")
-    summary = train(cfg, **quiet)
-    assert summary["status"] == "finished" and summary["method_summary"]["events"]
+    lines: list[str] = []
+    summary = train(cfg, log=lines.append)
+    refused = [line for line in lines if "refused" in line]
+    assert len(refused) == 1 and "\n" not in refused[0] and "starting again from epoch 0" in refused[0]
+    assert not any("resuming" in line for line in lines)
+    assert summary["status"] == "finished" and len(pd.read_csv(run_dir(cfg) / "history.csv")) == 2
 
 
 def test_a_finished_run_is_skipped(tiny_overrides):

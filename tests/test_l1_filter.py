@@ -15,7 +15,7 @@ from bench.config import ConfigError, ModelConfig, build_dataclass, read_yaml
 from bench.configure import load_config
 from bench.metrics import count_macs, param_counts
 from bench.models import build_model
-from bench.runs import run_name
+from bench.runs import load_checkpoint, run_name
 from bench.train import train
 from methods import get_method
 
@@ -134,7 +134,7 @@ def test_two_pruning_events_fine_tune_and_checkpoint_through_the_harness(tiny_ov
     assert first["params_before"] == summary["dense_params"] > first["params_after"] == second["params_before"]
     assert second["params_after"] == summary["params_total"] and second["macs_after"] == summary["macs"]
     assert [t["when"] for t in summary["transforms"]] == ["epoch_end_1", "epoch_end_2"]
-    model = torch.load(Path(cfg.output_dir) / run_name(cfg) / "checkpoint.pt", weights_only=False)
+    model = load_checkpoint(Path(cfg.output_dir) / run_name(cfg) / "checkpoint.pt")
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert param_counts(model)["params_total"] == summary["params_total"]
 

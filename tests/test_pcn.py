@@ -18,7 +18,7 @@ from bench.configure import build_config, load_config
 from bench.metrics import param_counts
 from bench.models import build_model
 from bench.optim import make_optimizer
-from bench.runs import run_name
+from bench.runs import load_checkpoint, run_name
 from bench.activations import PCA, CovarianceAccumulator, collect_covariances
 from bench.surgery import get_module, substitute_inputs
 from bench.train import train
@@ -416,7 +416,7 @@ def test_end_to_end_through_the_harness_with_resume_and_checkpoint(tiny_override
     run_dir = Path(cfg_run.output_dir) / run_name(cfg_run)
     hist = pd.read_csv(run_dir / "history.csv")
     assert list(hist["pcn/transformed"]) == [1, 1] and "acc_after_transform" in hist
-    model = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    model = load_checkpoint(run_dir / "checkpoint.pt")
     assert any(isinstance(m, PCNConv) for m in model.modules())
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)

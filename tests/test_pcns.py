@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.runs import load_checkpoint
 from bench import dist
 from bench.config import ConfigError, ModelConfig
 from bench.configure import load_config
@@ -396,7 +397,7 @@ def test_statistics_ignore_autocast_and_channels_last(refit):
 @pytest.mark.parametrize("refit", [False, True])
 def test_sums_are_all_reduced_by_the_shared_accumulator_on_the_data_device(monkeypatch, device, refit):
     """Under torchrun every Gram and normal-equation sum, counts included, is all-reduced by
-    bench.stats.SumAccumulator on the device of the data (NCCL rejects CPU tensors). Simulated with
+    bench.activations.SumAccumulator on the device of the data (NCCL rejects CPU tensors). Simulated with
     one rank: the all-reduce is the identity, so the result is the single-process one."""
     torch.manual_seed(10)
     model = small_convnet(nn.LeakyReLU(0.1)).to(device)
@@ -443,6 +444,6 @@ def test_end_to_end_target_params_two_shrinks(tiny_overrides):
     for s in ms["shrinks"]:
         assert {"n_before", "n_after", "variance_kept", "ls_residual", "next_err_cal", "next_err_heldout"} \
             <= set(s["layers"][0]) and s["timing_s"]["total_s"] > 0
-    model = torch.load(Path(cfg.output_dir) / summary["run_id"] / "checkpoint.pt", weights_only=False)
+    model = load_checkpoint(Path(cfg.output_dir) / summary["run_id"] / "checkpoint.pt")
     with torch.no_grad():
         assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)

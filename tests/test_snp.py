@@ -15,7 +15,7 @@ from bench.config import ConfigError, ModelConfig, build_dataclass
 from bench.configure import load_config
 from bench.metrics import count_macs, param_counts
 from bench.models import build_model
-from bench.runs import run_name
+from bench.runs import load_checkpoint, run_name
 from bench.train import train
 from methods import get_method
 from methods._pruning import build_graph
@@ -223,6 +223,6 @@ def test_prunes_compensates_fine_tunes_and_checkpoints_through_the_harness(tiny_
     assert {"calibration_s", "decomposition_s", "search_s", "surgery_s", "seconds", "tau"} <= event.keys()
     (transform,) = summary["transforms"]
     assert transform["when"] == "epoch_end_1" and 0.0 <= transform["acc_after"] <= 1.0
-    model = torch.load(Path(cfg.output_dir) / run_name(cfg) / "checkpoint.pt", weights_only=False)
+    model = load_checkpoint(Path(cfg.output_dir) / run_name(cfg) / "checkpoint.pt")
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert param_counts(model)["params_total"] == summary["params_total"]

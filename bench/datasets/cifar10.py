@@ -5,12 +5,43 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import ClassVar
+from typing import IO, Any, ClassVar
 
 import numpy as np
 
 from bench.config import ConfigError
 from bench.datasets.base import Arrays, TorchvisionArchive, register_dataset
+
+
+# What a CIFAR batch pickle may name: numpy's array reconstruction (`_reconstruct` up to
+# protocol 4, `_frombuffer` at protocol 5; numpy 1 and 2 spell the module differently),
+# numpy scalars, and the bytes helper of protocol-2 pickles written by Python 3. Lists,
+# dicts, strings, bytes and numbers need no name at all.
+ALLOWED_GLOBALS = frozenset({
+    *((f"numpy.{core}.multiarray", fn) for core in ("core", "_core") for fn in ("_reconstruct", "scalar")),
+    *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and plain data only: any other class or function a file names
+    (a planted `__reduce__` would name `os.system` or `open`) stops the load before it runs."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never holds")
+
+
+def load_batch(f: IO[bytes], path: Path | str) -> Any:
+    """One CIFAR batch pickle through `BatchUnpickler`; a refused or broken file is a one-line
+    ConfigError (nothing it names has run)."""
+    try:
+        return BatchUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise ConfigError(f"refusing '{path}': {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
+                          f"a CIFAR batch holds numpy arrays, lists, dicts, strings and numbers only") from None
 
 
 @register_dataset("cifar10")
@@ -47,7 +78,7 @@ class Cifar10(TorchvisionArchive):
                 raise ConfigError(f"{self.title} file '{path}' is missing; the folder must hold "
                                   f"{', '.join(self.train_files + [self.test_file])}")
             with open(path, "rb") as f:
-                d = pickle.load(f, encoding="latin1")
+                d = load_batch(f, path)
             xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, *self.image_shape))
             ys.append(np.asarray(d[self.label_key], dtype=np.int64))
         return np.concatenate(xs), np.concatenate(ys)

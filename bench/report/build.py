@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from bench import timing
 from bench.config import DEFAULT_CONTROL
 from bench.report.aggregation import (REACH_TOL, aggregate, all_histories, assign_controls, load_runs,
                                       split_diverged, suite_plan)
@@ -73,6 +74,7 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None,
         lines += [f"## {model}", "", *highlights(agg, model, runs), *ranking_lines(agg, runs, model), "",
                   markdown_table(agg, model), *speed_section(agg, model), *comparators_section(agg, model),
                   *published_section(agg, model, published)]
+    lines += timing.report_lines(src)       # the speed table of `bench retime`, where retime.json exists
     lines += diverged + ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     write_text(out / "README.md", "\n".join(lines))
     log_to_wandb(name, runs, plots, out, wandb_cfg)

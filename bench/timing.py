@@ -1,0 +1,362 @@
+"""`python -m bench retime RESULTS_DIR`: every row's deployed architecture timed in one sitting.
+
+A run times its own model when it finishes (summary.json), on whatever machine ran it
+and under whatever else that machine was doing; two rows of one suite may have been timed
+on two machines, hours apart. Speed-ups between such figures mix the models with the
+machines. Here every row's deployed architecture is rebuilt without its weights
+(bench.architecture) and all of them are timed in one process, on one machine, in one
+sitting, interleaved: each round times every architecture once, in a rotated order, so a
+slow minute of the machine touches every architecture alike rather than one. The first
+round(s) are warm-up and dropped; every timed block is bracketed by a device
+synchronisation (CUDA runs asynchronously: without one, a clock reads launch time); the
+load average is recorded before, after and at every round; the CPU model, device, threads
+and versions are recorded with it. See docs/timing.md.
+
+A row is (model, label, target); its seeds may end with slightly different architectures
+(PCN, SNP and PCNS choose widths from data). The row is represented by the seed whose
+deployed architecture has the median MACs (the lower median for an even count; ties by
+seed), so the timed model is one the row actually produced. Rows (or seeds) with identical
+architectures and settings share one timed architecture.
+
+Three things are timed per architecture, in the precision and memory format its runs
+trained in: batch-1 latency (eval-mode forward of one image, the mean of
+`latency_reps` calls per sample), eval-batch inference (one forward of the runs'
+`train.eval_batch_size` images) and one training step (forward, backward and optimizer
+step on `train.batch_size` images, the runs' optimizer settings). Inputs are random:
+the time does not depend on their values.
+
+`RESULTS_DIR/retime.json` (plain data) holds every sample; `speed_lines` renders the
+report's table from it: median and IQR per architecture, and speed-ups that divide the
+control's median by the row's median, both from this one sitting.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.architecture import ArchitectureError, deployed_record, rebuild
+from bench.config import ConfigError, TrainConfig
+
+FORMAT = 1
+MEASURES = ("latency_ms", "infer_batch_ms", "train_step_ms")
+MEASURE_TITLES = {"latency_ms": "batch-1 latency", "infer_batch_ms": "eval-batch inference",
+                  "train_step_ms": "training step"}
+ROUNDS = 7
+WARMUP_ROUNDS = 1
+LATENCY_REPS = 20
+# A sitting whose 1-minute load average, less the threads this process times with, exceeds
+# this anywhere is flagged: something else was running.
+BUSY_LOAD = 0.5
+
+
+# --------------------------------------------------------------------------- rows
+def _target_key(t: Any) -> Optional[float]:
+    return None if t is None or (isinstance(t, float) and np.isnan(t)) else float(t)
+
+
+def finished_summaries(results_dir: Path) -> list[dict]:
+    out = []
+    for path in sorted(Path(results_dir).glob("runs/*/summary.json")):
+        try:
+            s = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: unreadable summary ({e})") from None
+        if s.get("status", "finished") == "finished":
+            out.append(s)
+    return out
+
+
+def _setting(s: dict) -> dict[str, Any]:
+    """What a run's architecture is timed with, from its summary and config."""
+    cfg = s.get("config") or {}
+    train, data = cfg.get("train") or {}, cfg.get("data") or {}
+    return {"precision": s.get("precision") or "fp32", "memory_format": s.get("memory_format") or "contiguous",
+            "eval_batch": int(train.get("eval_batch_size", 1000)), "train_batch": int(train.get("batch_size", 256)),
+            "image_size": int(data.get("image_size", 32)),
+            "train": {k: train[k] for k in ("optimizer", "lr", "momentum", "nesterov", "weight_decay",
+                                             "label_smoothing") if k in train}}
+
+
+def plan(summaries: list[dict], controls: Optional[dict[str, str]] = None
+         ) -> tuple[list[dict], dict[str, dict], list[dict]]:
+    """(rows, architectures to time by id, rows that cannot be rebuilt with the reason). A
+    row's control is the one its runs recorded, else the suite plan's (`controls`, from
+    suite.json) for its label, else dense, as the report assigns them."""
+    controls = controls or {}
+    from bench.metrics import count_macs
+    groups: dict[tuple, list[dict]] = {}
+    for s in summaries:
+        groups.setdefault((s["model"], s.get("label") or s["method"], _target_key(s.get("target"))), []).append(s)
+    rows, archs, skipped, by_key = [], {}, [], {}
+    for (model, label, target), runs in groups.items():
+        seeds = []
+        try:
+            for s in runs:
+                rec = deployed_record(s)
+                m = rebuild(rec)
+                macs, _ = count_macs(m, torch.zeros(1, 3, _setting(s)["image_size"], _setting(s)["image_size"]))
+                seeds.append({"run_id": s["run_id"], "seed": s.get("seed"), "macs": int(macs),
+                              "params": sum(p.numel() for p in m.parameters()), "record": rec, "summary": s})
+        except (ArchitectureError, ConfigError) as e:
+            skipped.append({"model": model, "label": label, "target": target, "reason": str(e).splitlines()[0]})
+            continue
+        seeds.sort(key=lambda r: (r["macs"], r["seed"] if r["seed"] is not None else 0))
+        rep = seeds[(len(seeds) - 1) // 2]
+        setting = _setting(rep["summary"])
+        key = json.dumps([rep["record"], setting], sort_keys=True)
+        if key not in by_key:
+            by_key[key] = f"a{len(by_key) + 1}"
+            archs[by_key[key]] = {"id": by_key[key], "model": model, "record": rep["record"], "setting": setting,
+                                  "macs": rep["macs"], "params": rep["params"]}
+        cfg = rep["summary"].get("config") or {}
+        control = cfg.get("control") or controls.get(label) or "dense"
+        rows.append({"model": model, "label": label, "target": target, "control": control,
+                     "arch": by_key[key], "representative": rep["run_id"], "representative_seed": rep["seed"],
+                     "seeds": [{"run_id": r["run_id"], "seed": r["seed"], "macs": r["macs"], "params": r["params"]}
+                               for r in seeds]})
+    return rows, archs, skipped
+
+
+# --------------------------------------------------------------------------- one sitting
+class Timed:
+    """One architecture ready to time: the model on the device and its three closures."""
+
+    def __init__(self, arch: dict, device: torch.device, gen: torch.Generator):
+        st = arch["setting"]
+        self.channels_last = st["memory_format"] == "channels_last"
+        model = rebuild(arch["record"]).to(device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model, self.device = model, device
+        self.bf16 = st["precision"] == "bf16"
+        size = st["image_size"]
+        classes = int(arch["record"]["model"].get("num_classes") or 10)
+        self.x1 = self._input(1, size, gen)
+        self.xe = self._input(st["eval_batch"], size, gen)
+        self.xt = self._input(st["train_batch"], size, gen)
+        self.yt = torch.randint(0, classes, (st["train_batch"],), generator=gen).to(device)
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        tcfg = TrainConfig(**{k: v for k, v in st["train"].items() if k in fields})
+        from bench.optim import make_optimizer
+        self.optimizer = make_optimizer(model, tcfg)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
+
+    def _input(self, n: int, size: int, gen: torch.Generator) -> torch.Tensor:
+        x = torch.randn(n, 3, size, size, generator=gen).to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+
+    def infer(self, x: torch.Tensor) -> None:
+        self.model.eval()
+        with torch.inference_mode(), self.autocast():
+            self.model(x)
+
+    def train_step(self) -> None:
+        self.model.train()
+        with self.autocast():
+            loss = self.criterion(self.model(self.xt), self.yt)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_block(fn: Callable[[], None], reps: int, device: torch.device) -> float:
+    """Milliseconds per call of `fn`, over `reps` calls between two device synchronisations."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - t0) * 1e3 / reps
+
+
+def load_average() -> Optional[list[float]]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def sitting(device: torch.device) -> dict[str, Any]:
+    from bench.device import cpu_model
+    info = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "device": str(device),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def retime(results_dir: str | Path, rounds: int = ROUNDS, warmup: int = WARMUP_ROUNDS,
+           latency_reps: int = LATENCY_REPS, device: str = "auto", log: Callable[[str], None] = print) -> Path:
+    """Time every row's deployed architecture under `results_dir` in one sitting; write
+    `results_dir/retime.json` (only once every sample is taken) and return its path."""
+    from bench.device import resolve_device
+    out = Path(results_dir)
+    if not out.is_dir():
+        raise ConfigError(f"no results folder '{out}'")
+    if rounds < 1 or warmup < 0 or latency_reps < 1:
+        raise ConfigError(f"retime: rounds >= 1, warmup >= 0 and latency reps >= 1 (got {rounds}, {warmup}, "
+                          f"{latency_reps})")
+    summaries = finished_summaries(out)
+    if not summaries:
+        raise ConfigError(f"no finished runs under '{out}/runs'")
+    dev = resolve_device(device)
+    suite = out / "suite.json"
+    controls = (json.loads(suite.read_text()).get("controls") or {}) if suite.is_file() else {}
+    rows, archs, skipped = plan(summaries, controls)
+    for s in skipped:
+        log(f"retime: {s['model']} {s['label']} {s['target']}: not timed ({s['reason']})")
+    if not archs:
+        raise ConfigError(f"no row under '{out}/runs' could be rebuilt; nothing to time")
+    gen = torch.Generator().manual_seed(0)
+    timed = {a: Timed(arch, dev, gen) for a, arch in archs.items()}
+    ids = list(timed)
+    samples = {a: {m: [] for m in MEASURES} for a in ids}
+    loads = []
+    info = sitting(dev)
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    load_before = load_average()
+    log(f"retime: {len(ids)} architectures of {len(rows)} rows, {warmup} warm-up + {rounds} rounds on {info['cpu']} "
+        f"({dev})")
+    with torch.random.fork_rng(devices=[]):
+        for r in range(warmup + rounds):
+            k = r % len(ids)
+            for a in ids[k:] + ids[:k]:                  # round robin, a rotated start each round
+                t = timed[a]
+                got = {"latency_ms": time_block(lambda: t.infer(t.x1), latency_reps, dev),
+                       "infer_batch_ms": time_block(lambda: t.infer(t.xe), 1, dev),
+                       "train_step_ms": time_block(t.train_step, 1, dev)}
+                if r >= warmup:
+                    for m, v in got.items():
+                        samples[a][m].append(v)
+            loads.append(load_average())
+            log(f"retime: round {r + 1}/{warmup + rounds}{' (warm-up, dropped)' if r < warmup else ''}, "
+                f"load {loads[-1]}")
+    doc = {
+        "format": FORMAT,
+        "sitting": {**info, "started": started,
+                    "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    "rounds": rounds, "warmup_rounds": warmup, "latency_reps": latency_reps,
+                    "order": "round robin over the architectures, the start rotated by one each round",
+                    "load_before": load_before, "load_after": load_average(), "load_per_round": loads},
+        "architectures": [{**archs[a], "samples": samples[a]} for a in ids],
+        "rows": rows, "not_timed": skipped,
+    }
+    from bench.runs import write_json
+    path = out / "retime.json"
+    write_json(path, doc)
+    log(f"retime: -> {path}")
+    return path
+
+
+# --------------------------------------------------------------------------- the report's table
+def median_iqr(values: list[float]) -> tuple[float, float, float]:
+    """(median, first quartile, third quartile)."""
+    a = np.asarray(values, dtype=float)
+    return float(np.median(a)), float(np.percentile(a, 25)), float(np.percentile(a, 75))
+
+
+def control_row(retime_doc: dict, row: dict) -> Optional[dict]:
+    """The row's control: the control label's row at the same target where the control ran
+    there (e.g. static DSR for DSR), else its target-less row (dense)."""
+    same = [c for c in retime_doc["rows"] if c["model"] == row["model"] and c["label"] == row["control"]]
+    return next((c for c in same if c["target"] == row["target"]), None) or next(
+        (c for c in same if c["target"] is None), None)
+
+
+def _ms(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def speedup(retime_doc: dict, row: dict, measure: str) -> Optional[float]:
+    """The row's speed-up over its control for `measure`: the control's median time divided
+    by the row's, both medians of this sitting's samples (x faster than the control)."""
+    archs = {a["id"]: a for a in retime_doc["architectures"]}
+    control = control_row(retime_doc, row)
+    if control is None:
+        return None
+    mine, ref = archs[row["arch"]]["samples"][measure], archs[control["arch"]]["samples"][measure]
+    if not mine or not ref:
+        return None
+    return median_iqr(ref)[0] / median_iqr(mine)[0]
+
+
+def _busy(s: dict) -> Optional[float]:
+    loads = [v[0] for v in [s.get("load_before"), s.get("load_after"), *s.get("load_per_round", [])] if v]
+    return max(loads) - s.get("torch_threads", 1) if loads else None
+
+
+def speed_lines(retime_doc: dict) -> list[str]:
+    """Markdown: the sitting and, per model, one table of the three timings (median and IQR
+    in ms) with the speed-up over the row's control beside each."""
+    s = retime_doc["sitting"]
+    archs = {a["id"]: a for a in retime_doc["architectures"]}
+    busy = _busy(s)
+    lines = ["## Speed, timed in one sitting", "",
+             f"Every row's deployed architecture, rebuilt without weights and timed by `python -m bench retime` on "
+             f"{s['cpu']} ({s['device']}{', ' + s['gpu'] if s.get('gpu') else ''}, {s['torch_threads']} threads, "
+             f"torch {s['torch']}) from {s['started']} to {s['finished']}: {s['rounds']} rounds after "
+             f"{s['warmup_rounds']} dropped warm-up round(s), the architectures interleaved round robin. "
+             f"1-minute load average {s['load_before'][0] if s.get('load_before') else '?'} before, "
+             f"{s['load_after'][0] if s.get('load_after') else '?'} after. A row is timed on the architecture of "
+             f"its seed with the median MACs (named in the table).", ""]
+    if busy is not None and busy > BUSY_LOAD:
+        lines += [f"**The machine was busy during this sitting** (load above this process's {s['torch_threads']} "
+                  f"threads by {busy:.2f} > {BUSY_LOAD}): the figures are not those of a quiet machine.", ""]
+    lines += ["Times are median (IQR) in ms over the rounds. **Speed-ups are x faster than the row's control**: "
+              "the control's median divided by the row's median, both from this sitting (> 1: faster).", ""]
+    for model in dict.fromkeys(r["model"] for r in retime_doc["rows"]):
+        rows = [r for r in retime_doc["rows"] if r["model"] == model]
+        head = ["label", "target", "control", "timed seed", "params", "MACs"]
+        for m in MEASURES:
+            head += [f"{MEASURE_TITLES[m]} ms", "x faster"]
+        lines += [f"### {model}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            a = archs[r["arch"]]
+            cells = [r["label"], "-" if r["target"] is None else f"{r['target']:g}", r["control"],
+                     str(r["representative_seed"]),
+                     f"{a['params']:,}", f"{a['macs']:,}"]
+            for m in MEASURES:
+                v = a["samples"][m]
+                if v:
+                    med, q1, q3 = median_iqr(v)
+                    cells.append(f"{_ms(med)} ({_ms(q1)}-{_ms(q3)})")
+                else:
+                    cells.append("-")
+                x = speedup(retime_doc, r, m)
+                cells.append("-" if x is None else f"{x:.2f}x")
+            lines.append("| " + " | ".join(cells) + " |")
+        batches = {(archs[r["arch"]]["setting"]["eval_batch"], archs[r["arch"]]["setting"]["train_batch"],
+                    archs[r["arch"]]["setting"]["precision"], archs[r["arch"]]["setting"]["memory_format"])
+                   for r in rows}
+        lines += ["", "Eval batch, training batch, precision, memory format: "
+                  + "; ".join(f"{e}, {t}, {p}, {f}" for e, t, p, f in sorted(batches)) + ".", ""]
+    for s_ in retime_doc.get("not_timed", []):
+        lines.append(f"- not timed: {s_['model']} {s_['label']} {s_['target']}: {s_['reason']}")
+    return lines + ([""] if retime_doc.get("not_timed") else [])
+
+
+def report_lines(results_dir: str | Path) -> list[str]:
+    """The report's speed section from `results_dir/retime.json`; nothing where there is none."""
+    path = Path(results_dir) / "retime.json"
+    if not path.is_file():
+        return []
+    return speed_lines(json.loads(path.read_text()))
