@@ -39,6 +39,18 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` (on the host) on `device` without the host waiting for the device: a copy from
+    pageable host memory to a GPU first waits for the work queued before it, so the copy
+    goes from pinned memory, asynchronously (the caching host allocator keeps the pinned
+    block until the copy has run). Where no accelerator is involved it is `t.to(device)`."""
+    if t.device.type != "cpu" or device.type == "cpu":
+        return t.to(device)
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 @functools.lru_cache(maxsize=None)
 def _cpuinfo(path: str = "/proc/cpuinfo") -> dict[str, str]:
     """The first processor's fields of /proc/cpuinfo (empty where there is none)."""

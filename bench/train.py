@@ -28,8 +28,9 @@ from bench.config import RunConfig, to_dict
 from bench.data import DeviceData, load_data
 from bench.datasets import data_fingerprint
 from bench.device import Runtime, resolve_device
-from bench.metrics import (EPOCH, FINAL, MetricInput, compute_all, count_macs, evaluate, measure_speed, param_counts,
-                           peak_memory_mb)
+from bench.metrics import (EPOCH, FINAL, IntervalTimer, MetricInput, compute_all, count_macs, evaluate, measure_speed,
+                           param_counts, peak_memory_mb)
+from bench.metrics import measure
 from bench.models import build_model
 from bench.optim import lr_at, make_optimizer
 from bench.progress import EpochBar, bars_enabled
@@ -71,15 +72,16 @@ class Diverged(Exception):
         self.epoch, self.step = epoch, step
 
 
-def nonfinite_check_every(device: torch.device, synced_per_step: bool) -> int:
+def nonfinite_check_every(device: torch.device, synced_per_step: bool = False) -> int:
     """Steps between host reads of the recorded losses: every step where the host waits
-    for the device anyway (CPU, or a timed after_step hook), else every
-    NONFINITE_CHECK_EVERY steps and at the epoch's end, so a GPU run gains no sync per
-    step. Under torchrun a read is a collective (the ranks must stop together), so it
-    is never per step there."""
+    for the device anyway (the CPU, which never runs ahead of the host, or a step that
+    synchronises for another reason), else every NONFINITE_CHECK_EVERY steps and at the
+    epoch's end, so a GPU run gains no sync per step (the timing of after_step hooks
+    does not synchronise: IntervalTimer). Under torchrun a read is a collective (the
+    ranks must stop together), so it is never per step there."""
     if dist.is_distributed():
         return NONFINITE_CHECK_EVERY
-    return 1 if device.type == "cpu" or synced_per_step else NONFINITE_CHECK_EVERY
+    return 1 if not measure.asynchronous(device) or synced_per_step else NONFINITE_CHECK_EVERY
 
 
 class LossWatch:
@@ -165,6 +167,7 @@ class Trainer:
     transforms: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
+        self.hook_timer = IntervalTimer(self.rt.device)
         self.set_model(self.model)
 
     # -- model changes -------------------------------------------------------------------
@@ -195,9 +198,17 @@ class Trainer:
         return new, seconds
 
     def timed_hook(self, fn: Callable, *args) -> tuple[Any, float]:
+        """Call a hook that runs once (per run or epoch), timed with a synchronising clock."""
         t0 = self.rt.clock()
         out = fn(*args)
         return out, self.rt.clock() - t0
+
+    def step_hook(self) -> None:
+        """Call after_step, timed on the device's timeline with no wait for the device
+        (IntervalTimer: read once per epoch), so that timing it adds no sync per step."""
+        t0 = self.hook_timer.mark()
+        self.method.after_step(self.model)
+        self.hook_timer.add("after_step_s", t0, self.hook_timer.mark())
 
     def maybe_replace(self, new: Optional[nn.Module], seconds: float, row: dict, when: str) -> None:
         if new is None:
@@ -230,8 +241,8 @@ class Trainer:
         time_hook = overrides(self.method, "after_step")
         loss_sum = torch.zeros((), device=rt.device)
         correct = torch.zeros((), device=rt.device, dtype=torch.long)
-        seen, hook_s = 0, 0.0
-        watch = LossWatch(rt.device, nonfinite_check_every(rt.device, time_hook))
+        seen = 0
+        watch = LossWatch(rt.device, nonfinite_check_every(rt.device, False))   # after_step timing: no sync
         bar = EpochBar(epoch, self.cfg.train.epochs, self.data.steps_per_epoch(cfg.batch_size),
                        bars_enabled() and dist.is_main())
         before = layout(self.model)
@@ -247,8 +258,7 @@ class Trainer:
             if watch.add(loss, ctx.step):
                 self.check_finite(watch, epoch, bar)
             if time_hook:
-                _, s = self.timed_hook(self.method.after_step, self.model)
-                hook_s += s
+                self.step_hook()
             loss_sum += loss.detach() * len(y)
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
@@ -259,6 +269,7 @@ class Trainer:
                     f"{cfg.log_every_steps * len(y) / (now - t_log):.0f} img/s")
                 t_log = now
         seconds = rt.clock() - t0
+        hook_s = self.hook_timer.totals().get("after_step_s", 0.0)
         self.check_finite(watch, epoch, bar)
         bar.close()
         if not same_layout(before, layout(self.model)):

@@ -14,7 +14,7 @@ import io
 import os
 import resource
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.utils.benchmark as benchmark
@@ -111,17 +111,72 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def asynchronous(device: torch.device) -> bool:
+    """Whether `device` runs the work the host queues later (CUDA): there a clock read
+    must wait for the device, and a host read of a device value waits for it too."""
+    return device.type == "cuda"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until `device` has finished the work queued so far (that device, not merely
+    the current CUDA device)."""
+    torch.cuda.synchronize(device)
+
+
+def device_event():
+    """A timing event for the current CUDA stream (its own function so tests can stub it)."""
+    return torch.cuda.Event(enable_timing=True)
+
+
 class Clock:
     """Wall-clock that waits for the device first, so GPU time is not under-counted."""
 
     def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
+        self.cuda = asynchronous(device)
         self.device = device
 
     def __call__(self) -> float:
         if self.cuda:
-            torch.cuda.synchronize(self.device)
+            synchronize(self.device)
         return time.perf_counter()
+
+
+class IntervalTimer:
+    """Sums of named intervals, measured without waiting for the device while they run:
+    for timings on the training step's path, read once per epoch.
+
+    `mark()` notes a point in time (an event recorded on the current CUDA stream on a
+    GPU, the wall-clock on the CPU), `add(key, start, end)` files an interval, and
+    `totals()` returns the seconds per key since the last call, waiting for the device
+    once (for the last event). On a GPU an interval is the device time between its two
+    points of the stream: the work queued in between, plus any time the device sat idle
+    waiting for the host to queue it, i.e. what the interval adds to the wall-clock."""
+
+    def __init__(self, device: torch.device):
+        self.events = asynchronous(device)
+        self.pending: list[tuple[str, Any, Any]] = []
+        self.sums: dict[str, float] = {}
+
+    def mark(self) -> Any:
+        if self.events:
+            e = device_event()
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def add(self, key: str, start: Any, end: Any) -> None:
+        if self.events:
+            self.pending.append((key, start, end))
+        else:
+            self.sums[key] = self.sums.get(key, 0.0) + (end - start)
+
+    def totals(self) -> dict[str, float]:
+        if self.pending:
+            self.pending[-1][2].synchronize()       # events complete in stream order: all earlier ones too
+            for key, start, end in self.pending:
+                self.sums[key] = self.sums.get(key, 0.0) + start.elapsed_time(end) / 1e3
+        out, self.pending, self.sums = self.sums, [], {}
+        return out
 
 
 def _timings(fn: Callable, repeats: int, number: int = 1) -> list[float]:
