@@ -100,6 +100,57 @@ def fake_gpu(monkeypatch):
 
 
 # --------------------------------------------------------------------------- augmentation
+def reference_train_batches(data: DeviceData, batch_size: int, generator: torch.Generator, augment: bool):
+    """The batches as they were drawn before the draws moved to the start of the epoch: each
+    step drew its crop offsets and flips when it came (committed results used these)."""
+    n = len(data.train_x)
+    perm = torch.randperm(n, generator=generator, device="cpu").to(data.device)
+    bs = min(batch_size, n)
+    for i in range(data.steps_per_epoch(batch_size)):
+        idx = perm[i * bs:(i + 1) * bs]
+        x = data.train_x[idx]
+        if augment:
+            x = random_crop_flip(x, generator)
+        yield data.normalize(x), data.train_y[idx]
+
+
+def synthetic_data(n: int, device: torch.device = CPU) -> DeviceData:
+    g = torch.Generator().manual_seed(11)
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    stat = torch.full((1, 3, 1, 1), 0.5)
+    return DeviceData(x.to(device), y.to(device), x[:8].to(device), y[:8].to(device), stat.to(device),
+                      stat.to(device), 10, "synthetic")
+
+
+@pytest.mark.parametrize("n, batch_size", [(200, 64), (64, 64), (50, 128)])
+@pytest.mark.parametrize("augment", [True, False])
+def test_augmented_batches_are_bit_identical_to_drawing_them_step_by_step(n, batch_size, augment):
+    data = synthetic_data(n)
+    for seed in (0, 1, 100_003 * 3 + 2):
+        got = list(data.train_batches(batch_size, torch.Generator().manual_seed(seed), augment))
+        ref = list(reference_train_batches(data, batch_size, torch.Generator().manual_seed(seed), augment))
+        assert len(got) == len(ref) == data.steps_per_epoch(batch_size)
+        for (x, y), (rx, ry) in zip(got, ref):
+            assert torch.equal(x, rx) and torch.equal(y, ry)
+
+
+def test_an_epoch_of_augmented_batches_waits_for_the_device_once_not_per_step():
+    """On a device (meta standing in for a GPU), the epoch's draws reach it in one copy when
+    the epoch starts; the steps themselves copy nothing from the host and read nothing."""
+    data = synthetic_data(256, torch.device("meta"))
+    per_batch = []
+    with SyncCounter() as counter:
+        batches = data.train_batches(32, torch.Generator().manual_seed(0), True)
+        for x, y in batches:
+            assert x.device.type == "meta" and x.shape == (32, 3, 32, 32)
+            per_batch.append(counter.count)
+    assert len(per_batch) == 8
+    assert per_batch[0] <= 1                                # the epoch's one copy
+    assert per_batch[-1] == per_batch[0], counter.what      # nothing more, step after step
+    assert CROP_PADDING_PX == 4
+
+
 # --------------------------------------------------------------------------- per-step syncs through the Trainer
 def epoch_syncs(monkeypatch, fake_gpu, overrides: list[str]) -> list[int]:
     """Synchronisations counted in each training epoch of a run with `overrides`."""
