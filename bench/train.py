@@ -29,7 +29,7 @@ from bench.data import DeviceData, load_data
 from bench.datasets import data_fingerprint
 from bench.device import Runtime, resolve_device
 from bench.metrics import (EPOCH, FINAL, IntervalTimer, MetricInput, compute_all, count_macs, evaluate, measure_speed,
-                           param_counts, peak_memory_mb)
+                           param_counts, peak_memory_mb, reset_peak_memory)
 from bench.metrics import measure
 from bench.models import build_model
 from bench.optim import lr_at, make_optimizer
@@ -323,6 +323,7 @@ def _train(cfg: RunConfig, rd: RunDir, run_id: str, max_epochs: Optional[int], l
     device = dist.init_from_env(cfg.device) or resolve_device(cfg.device)
     main = dist.is_main()                     # only rank 0 writes files and logs to W&B
     rt = Runtime(device, cfg.train)
+    reset_peak_memory(device)                 # this run's peak, not the process's
     seed_all(cfg.seed)                        # before the model and any mask exist
     data = load_data(cfg.data, device, cfg.model.num_classes)
     model = rt.place(build_model(cfg.model))

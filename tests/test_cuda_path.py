@@ -204,6 +204,20 @@ def test_method_timings_still_add_up_with_device_intervals(tiny_overrides, tmp_p
 
 
 # --------------------------------------------------------------------------- peak memory, devices, DDP
+def test_peak_memory_is_reset_at_the_start_of_every_run(tiny_overrides, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_mod, "reset_peak_memory", lambda device: calls.append(device))
+    for i in range(2):
+        train(load_config("configs/smoke.yaml", tiny_overrides + ["train.epochs=1", f"output_dir={tmp_path}/{i}"]),
+              log=lambda s: None)
+    assert calls == [CPU, CPU]
+    seen = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: seen.append(device))
+    measure.reset_peak_memory(torch.device("cuda", 1))
+    measure.reset_peak_memory(CPU)
+    assert seen == [torch.device("cuda", 1)]
+
+
 # --------------------------------------------------------------------------- compile
 # --------------------------------------------------------------------------- method stopwatches
 # --------------------------------------------------------------------------- check_cuda's reporting

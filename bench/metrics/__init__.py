@@ -10,7 +10,7 @@ import pkgutil
 
 from bench.metrics.base import EPOCH, FINAL, METRICS, Metric, MetricInput, compute_all, declared, register_metric
 from bench.metrics.measure import (Clock, IntervalTimer, count_macs, evaluate, layer_macs, measure_speed,
-                                   param_counts, peak_memory_mb, unshare_modules)
+                                   param_counts, peak_memory_mb, reset_peak_memory, unshare_modules)
 
 for _info in pkgutil.iter_modules(__path__):
     if not _info.name.startswith("_"):
@@ -18,4 +18,4 @@ for _info in pkgutil.iter_modules(__path__):
 
 __all__ = ["EPOCH", "FINAL", "METRICS", "Metric", "MetricInput", "compute_all", "declared", "register_metric",
            "Clock", "IntervalTimer", "count_macs", "evaluate", "layer_macs", "measure_speed", "param_counts",
-           "peak_memory_mb", "unshare_modules"]
+           "peak_memory_mb", "reset_peak_memory", "unshare_modules"]

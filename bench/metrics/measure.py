@@ -104,7 +104,18 @@ def evaluate(model: nn.Module, batches: Callable, prepare: Callable = lambda x: 
     return float(counts[0]) / max(float(counts[1]), 1.0)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory count on a CUDA `device` (at the start of every run), so
+    that a run in a process that trained others before it (a suite) reports its own
+    peak, not the highest of them all. On the CPU the peak RSS is the process's and
+    cannot be reset."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """The run's peak memory: CUDA memory allocated since `reset_peak_memory`, or the
+    process's peak RSS on the CPU."""
     if device.type == "cuda":
         return {"peak_cuda_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20}
     # ru_maxrss is in KiB on Linux: the whole process, dataset included.
