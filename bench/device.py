@@ -15,6 +15,7 @@ statistics outside autocast in float32/float64 (each method's docstring says whe
 from __future__ import annotations
 
 import functools
+import inspect
 import platform
 import sys
 from contextlib import nullcontext
@@ -37,6 +38,19 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available; use device=cpu or device=auto")
     return dev
+
+
+def ddp_options() -> dict[str, bool]:
+    """DistributedDataParallel without re-sending the buffers from rank 0 before every
+    forward: they are identical on every rank without it (BN statistics are averaged over
+    the ranks at each epoch's end, and a method changes its buffers identically on every
+    rank, methods/base.py), while the broadcast would cost a transfer of every buffer per
+    step (decorrelated BP's R matrices: hundreds of MB on VGG-16). Where this torch names
+    it `forward_sync_buffers`, buffers are still synchronised once when the model is
+    wrapped; `broadcast_buffers=False` (older torch) skips that too, harmless because the
+    ranks build and change their buffers identically."""
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -166,7 +180,7 @@ class Runtime:
         asked); `model` stays the one methods see and checkpoints hold."""
         if parallel and dist.is_distributed():
             model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None, **ddp_options())
         return torch.compile(model) if self.compile else model
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:

@@ -218,6 +218,25 @@ def test_peak_memory_is_reset_at_the_start_of_every_run(tiny_overrides, tmp_path
     assert seen == [torch.device("cuda", 1)]
 
 
+def test_ddp_does_not_broadcast_buffers_every_forward(monkeypatch, tiny_overrides):
+    got = {}
+
+    class SpyDDP(nn.Module):
+        def __init__(self, module, device_ids=None, **kw):
+            super().__init__()
+            got.update(kw)
+            self.module = module
+
+    monkeypatch.setattr(nn.parallel, "DistributedDataParallel", SpyDDP)
+    monkeypatch.setattr(train_mod.dist, "is_distributed", lambda: True)
+    rt = Runtime(CPU, load_config("configs/smoke.yaml", tiny_overrides).train)
+    rt.runner(nn.Linear(2, 2))
+    assert got in ({"forward_sync_buffers": False}, {"broadcast_buffers": False})
+    monkeypatch.undo()
+    import inspect
+    assert set(device_mod.ddp_options()) <= set(inspect.signature(nn.parallel.DistributedDataParallel).parameters)
+
+
 # --------------------------------------------------------------------------- compile
 # --------------------------------------------------------------------------- method stopwatches
 # --------------------------------------------------------------------------- check_cuda's reporting
