@@ -178,12 +178,37 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, self.cfg.train)
         self.ctx.optimizer = self.optimizer
         self.step_fn = make_step(self.runner, self.optimizer, self.criterion, self.rt)
+        self.warmed_up = not self.rt.compile
 
     def rewrap(self) -> None:
         """Rebuild what wraps the model (DDP, torch.compile) after a hook changed it in
         place; same parameters, so the optimizer and its state stay."""
         self.runner = self.rt.runner(self.model)
         self.step_fn = make_step(self.runner, self.optimizer, self.criterion, self.rt)
+        self.warmed_up = not self.rt.compile
+
+    def warm_up(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One untimed forward and backward through a freshly (re)wrapped compiled runner,
+        so compilation is not counted as training time (a method that swaps layers gets
+        recompiled after each swap and would pay for it in its wall-clock). The step
+        changes nothing: no optimizer step (the next step zeroes the gradients), buffers
+        (BN statistics) and random states restored. Returns its seconds (`compile_s`)."""
+        t0 = self.rt.clock()
+        buffers = [b.detach().clone() for b in self.model.buffers()]
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state(self.rt.device) if self.rt.device.type == "cuda" else None
+        with self.rt.autocast():
+            loss = self.criterion(self.runner(x), y)
+        loss.backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for b, saved in zip(self.model.buffers(), buffers):
+                b.copy_(saved)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, self.rt.device)
+        self.warmed_up = True
+        return self.rt.clock() - t0
 
     def run_hook(self, hook: str, *args) -> tuple[Optional[nn.Module], float]:
         """Call `hook` (on_train_start, on_epoch_end) on the model, timed; rewrap the model
@@ -241,7 +266,7 @@ class Trainer:
         time_hook = overrides(self.method, "after_step")
         loss_sum = torch.zeros((), device=rt.device)
         correct = torch.zeros((), device=rt.device, dtype=torch.long)
-        seen = 0
+        seen, compile_s = 0, 0.0
         watch = LossWatch(rt.device, nonfinite_check_every(rt.device, False))   # after_step timing: no sync
         bar = EpochBar(epoch, self.cfg.train.epochs, self.data.steps_per_epoch(cfg.batch_size),
                        bars_enabled() and dist.is_main())
@@ -253,6 +278,8 @@ class Trainer:
             lr = lr_at(ctx.step, total_steps, ctx.steps_per_epoch, cfg)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
+            if not self.warmed_up:                          # compile after a (re)wrap: not training time
+                compile_s += self.warm_up(rt.prepare(x), y)
             out, loss = self.step_fn(rt.prepare(x), y)
             ctx.step += 1
             if watch.add(loss, ctx.step):
@@ -268,7 +295,7 @@ class Trainer:
                 log(f"  step {ctx.step}/{total_steps}  loss {loss.item():.4f}  lr {lr:.4f}  "
                     f"{cfg.log_every_steps * len(y) / (now - t_log):.0f} img/s")
                 t_log = now
-        seconds = rt.clock() - t0
+        seconds = rt.clock() - t0 - compile_s
         hook_s = self.hook_timer.totals().get("after_step_s", 0.0)
         self.check_finite(watch, epoch, bar)
         bar.close()
@@ -278,6 +305,8 @@ class Trainer:
         average_running_stats_(self.model)
         self.times["train_s"] += seconds
         self.times["after_step_s"] += hook_s
+        if compile_s:
+            self.times["compile_s"] = self.times.get("compile_s", 0.0) + compile_s
         totals = dist.all_reduce_sum_(torch.stack([loss_sum.double(), correct.double(),
                                                    torch.tensor(float(seen), device=rt.device, dtype=torch.float64)]))
         loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
@@ -324,6 +353,8 @@ def _train(cfg: RunConfig, rd: RunDir, run_id: str, max_epochs: Optional[int], l
     main = dist.is_main()                     # only rank 0 writes files and logs to W&B
     rt = Runtime(device, cfg.train)
     reset_peak_memory(device)                 # this run's peak, not the process's
+    if rt.compile:
+        torch._dynamo.reset()                 # a fresh compile cache: runs in one process would exhaust its limit
     seed_all(cfg.seed)                        # before the model and any mask exist
     data = load_data(cfg.data, device, cfg.model.num_classes)
     model = rt.place(build_model(cfg.model))
@@ -461,6 +492,7 @@ def final_summary(trainer: Trainer, cfg: RunConfig, run_id: str, env: dict, exam
         "train_wall_s": trainer.times["train_s"] + trainer.times["transform_s"],
         "eval_s": trainer.times["eval_s"], "transform_s": trainer.times["transform_s"],
         "after_step_s": trainer.times["after_step_s"],
+        **({"compile_s": trainer.times["compile_s"]} if "compile_s" in trainer.times else {}),
         "method_s": trainer.times["transform_s"] + trainer.times["after_step_s"],
         "epoch_s_mean": sum(epoch_s) / len(epoch_s),
         "train_macs": trainer.train_macs, "train_macs_nonzero": trainer.train_macs_nonzero,

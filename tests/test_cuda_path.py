@@ -238,6 +238,49 @@ def test_ddp_does_not_broadcast_buffers_every_forward(monkeypatch, tiny_override
 
 
 # --------------------------------------------------------------------------- compile
+class FakeCompiled(nn.Module):
+    """torch.compile stand-in: the module itself, whose first call per instance 'compiles'
+    by moving the host clock on by COMPILE_S seconds."""
+    COMPILE_S = 1000.0
+    offset = 0.0
+    calls: list[tuple[bool, bool]] = []
+
+    def __init__(self, module):
+        super().__init__()
+        self.module, self.first = module, True
+
+    def forward(self, x):
+        if self.first:
+            FakeCompiled.offset += self.COMPILE_S
+            self.first = False
+        FakeCompiled.calls.append((self.module.training, torch.is_grad_enabled()))
+        return self.module(x)
+
+
+def test_compile_time_is_not_training_time_and_the_warm_up_changes_nothing(tiny_overrides, tmp_path, monkeypatch):
+    perf = time.perf_counter
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: perf() + FakeCompiled.offset)
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+    extra = ["method.name=pcn", "method.calibration_images=256", "train.epochs=3"]   # replaces the model after epoch 1
+    plain_cfg = load_config("configs/smoke.yaml", tiny_overrides + extra + [f"output_dir={tmp_path}/plain"])
+    plain = train(plain_cfg, log=lambda s: None)
+    assert "compile_s" not in plain and resets == []
+    monkeypatch.setattr(torch, "compile", FakeCompiled)
+    FakeCompiled.calls.clear()
+    cfg = load_config("configs/smoke.yaml", tiny_overrides + extra + ["train.compile=true",
+                                                                      f"output_dir={tmp_path}/compiled"])
+    compiled = train(cfg, log=lambda s: None)
+    assert resets == [1]                                            # a fresh dynamo cache for the run
+    assert compiled["train_wall_s"] < FakeCompiled.COMPILE_S       # compiling is not training
+    assert compiled["compile_s"] >= 2 * FakeCompiled.COMPILE_S     # built, then rebuilt after the transform
+    # The warm-up left no trace: the same weights and accuracy as without compile.
+    a = torch.load(Path(plain_cfg.output_dir) / run_name(plain_cfg) / "checkpoint.pt", weights_only=False).state_dict()
+    b = torch.load(Path(cfg.output_dir) / run_name(cfg) / "checkpoint.pt", weights_only=False).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert compiled["test_acc"] == plain["test_acc"]
+
+
 # --------------------------------------------------------------------------- method stopwatches
 # --------------------------------------------------------------------------- check_cuda's reporting
 FINISHED = {"status": "finished", "run_id": "r", "precision": "fp32", "memory_format": "contiguous", "compile": False,
