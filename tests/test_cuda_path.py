@@ -279,6 +279,8 @@ def test_compile_time_is_not_training_time_and_the_warm_up_changes_nothing(tiny_
     b = torch.load(Path(cfg.output_dir) / run_name(cfg) / "checkpoint.pt", weights_only=False).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert compiled["test_acc"] == plain["test_acc"]
+    # Inference throughput was timed on the compiled model (eval mode, no autograd).
+    assert (False, False) in FakeCompiled.calls
 
 
 # --------------------------------------------------------------------------- method stopwatches

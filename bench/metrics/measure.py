@@ -204,15 +204,18 @@ def _median_iqr(values: list[float]) -> tuple[float, float]:
 
 def measure_speed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_eval: torch.Tensor, make_step: Callable,
                   repeats: int, autocast: Callable = contextlib.nullcontext,
-                  deployed: Optional[nn.Module] = None) -> dict[str, float]:
+                  deployed: Optional[nn.Module] = None,
+                  wrap: Callable[[nn.Module], nn.Module] = lambda m: m) -> dict[str, float]:
     """Measured speed of the final model, each as median and interquartile range over
     `repeats` timings after one untimed warm-up: inference latency at batch 1, inference
     throughput at the evaluation batch (`x_eval`), both in eval mode under the training
     precision's `autocast` and of `deployed` where given (the method's deployed form of
     `model`), and the training step of `model` at the training batch (`x`, `y`); all on
-    copies, so the measured model is not changed."""
+    copies, so the measured model is not changed. Inference runs through `wrap` (what
+    training ran through, e.g. torch.compile; its compilation falls in the warm-up);
+    `make_step` wraps the training step's copy itself."""
     repeats = max(2, repeats)
-    m = copy.deepcopy(model if deployed is None else deployed).eval()
+    m = wrap(copy.deepcopy(model if deployed is None else deployed).eval())
     out: dict[str, float] = {}
 
     def infer(batch: torch.Tensor) -> Callable:
