@@ -32,11 +32,17 @@ CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")   # x86 (/proc/cpuinfo flag
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device `name` (`auto`: CUDA where available, else the CPU). A numbered CUDA
+    device becomes the current one, as torchrun's ranks do (bench.dist): code that works
+    on "the current device" (kernels launched without a device, the benchmark timer's
+    synchronisation, autocast) then works on the run's device rather than on GPU 0."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available; use device=cpu or device=auto")
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)
     return dev
 
 

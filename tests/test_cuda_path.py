@@ -218,6 +218,24 @@ def test_peak_memory_is_reset_at_the_start_of_every_run(tiny_overrides, tmp_path
     assert seen == [torch.device("cuda", 1)]
 
 
+def test_a_numbered_cuda_device_becomes_the_current_one(monkeypatch):
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: chosen.append(torch.device(d)))
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert chosen == [torch.device("cuda", 1)]
+    resolve_device("cuda")                        # no index: the current device already
+    assert chosen == [torch.device("cuda", 1)]
+
+
+def test_the_benchmark_timer_waits_for_the_models_device(monkeypatch):
+    waited = []
+    monkeypatch.setattr(measure, "asynchronous", lambda device: device.type == "cuda")
+    monkeypatch.setattr(measure, "synchronize", lambda device: waited.append(device))
+    measure._timings(lambda: None, 2, 1, torch.device("cuda", 1))
+    assert waited and set(waited) == {torch.device("cuda", 1)}
+
+
 def test_ddp_does_not_broadcast_buffers_every_forward(monkeypatch, tiny_overrides):
     got = {}
 

@@ -190,10 +190,13 @@ class IntervalTimer:
         return out
 
 
-def _timings(fn: Callable, repeats: int, number: int = 1) -> list[float]:
+def _timings(fn: Callable, repeats: int, number: int = 1, device: torch.device = torch.device("cpu")
+             ) -> list[float]:
     """Seconds per call of `fn`, `repeats` times (each the mean of `number` calls), through
-    `torch.utils.benchmark` (device-synchronised, at the process's thread count)."""
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    `torch.utils.benchmark` at the process's thread count, its clock waiting for `device`
+    (the one `fn` runs on: the benchmark's own waits for the current CUDA device only)."""
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads(),
+                            timer=Clock(device))
     return [timer.timeit(number).mean for _ in range(repeats)]
 
 
@@ -215,6 +218,7 @@ def measure_speed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_eval: to
     training ran through, e.g. torch.compile; its compilation falls in the warm-up);
     `make_step` wraps the training step's copy itself."""
     repeats = max(2, repeats)
+    device = x.device
     m = wrap(copy.deepcopy(model if deployed is None else deployed).eval())
     out: dict[str, float] = {}
 
@@ -227,11 +231,11 @@ def measure_speed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_eval: to
     for key, batch, number in (("latency_b1_ms", x_eval[:1], 10), ("infer_batch_ms", x_eval, 1)):
         fn = infer(batch)
         fn()
-        out[f"{key}_median"], out[f"{key}_iqr"] = (1e3 * v for v in _median_iqr(_timings(fn, repeats, number)))
+        out[f"{key}_median"], out[f"{key}_iqr"] = (1e3 * v for v in _median_iqr(_timings(fn, repeats, number, device)))
     step = make_step(copy.deepcopy(model).train())
     step(x, y)
     out["train_step_ms_median"], out["train_step_ms_iqr"] = (
-        1e3 * v for v in _median_iqr(_timings(lambda: step(x, y), repeats)))
+        1e3 * v for v in _median_iqr(_timings(lambda: step(x, y), repeats, device=device)))
     out["throughput_infer_img_s"] = len(x_eval) / out["infer_batch_ms_median"] * 1e3
     out["throughput_train_img_s"] = len(x) / out["train_step_ms_median"] * 1e3
     out["speed_batch_sizes"] = {"latency": 1, "infer": len(x_eval), "train": len(x)}
