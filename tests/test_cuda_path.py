@@ -302,6 +302,33 @@ def test_compile_time_is_not_training_time_and_the_warm_up_changes_nothing(tiny_
 
 
 # --------------------------------------------------------------------------- method stopwatches
+def test_pcn_and_snp_sub_step_timings_wait_for_the_device(monkeypatch):
+    from bench.config import ModelConfig, build_dataclass
+    from bench.metrics import param_counts
+    from bench.models import build_model
+    from methods import get_method
+    from methods.pcn import PCN, pcn_transform
+    waits = []
+    monkeypatch.setattr(measure, "asynchronous", lambda device: True)
+    monkeypatch.setattr(measure, "synchronize", lambda device: waits.append(device))
+    model = build_model(ModelConfig(name="vgg11", width=0.125)).eval()
+    x = torch.randn(32, 3, 32, 32)
+    cfg = PCN.Config(name="pcn", target_params=0.5)
+    cfg.validate()
+    _, report = pcn_transform(model, cfg, [x], x[:1], param_counts(model)["params_total"])
+    assert len(waits) >= len(report["timing_s"]) + 1                 # one wait per clock read
+    waits.clear()
+    SNP = get_method("snp")
+    ex = x[:1]
+    ctx = SimpleNamespace(example_inputs=ex, dense_params=param_counts(model)["params_total"],
+                          dense_macs=measure.count_macs(model, ex)[0], epochs=3, num_train_images=len(x),
+                          calibration=lambda n, batch_size=500, heldout=False: iter([x]))
+    snp = SNP(build_dataclass(SNP.Config, {"name": "snp", "calibration_images": len(x), "target_params": 0.5},
+                              "method."), ctx)
+    _, info = snp.prune(model)
+    assert len(waits) >= 4
+
+
 # --------------------------------------------------------------------------- check_cuda's reporting
 FINISHED = {"status": "finished", "run_id": "r", "precision": "fp32", "memory_format": "contiguous", "compile": False,
             "world_size": 1, "env": {"device": "cuda:0"}, "throughput_train_img_s": 1000.0,
