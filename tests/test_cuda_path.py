@@ -338,3 +338,76 @@ DIVERGED = {"status": "diverged", "run_id": "d", "message": "diverged: non-finit
             "config": {"train": {"batch_size": 100}}}
 
 
+def planting(root: Path, summaries_by_check: dict[str, list[dict]], ran: list):
+    """A stand-in for subprocess.run that writes, under `root`, the summaries planted for the
+    check whose output folder the command names, and succeeds."""
+    def run(cmd, **kw):
+        ran.append(cmd)
+        text = " ".join(cmd)
+        for folder, summaries in summaries_by_check.items():
+            if f"{root / folder}" in text:
+                for i, s in enumerate(summaries):
+                    (root / folder / f"run{i}").mkdir(parents=True, exist_ok=True)
+                    (root / folder / f"run{i}" / "summary.json").write_text(json.dumps(s))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    return run
+
+
+@pytest.fixture
+def one_gpu(monkeypatch, tmp_path):
+    """One stub GPU without bf16; check_cuda's outputs under tmp_path/check (returned)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Stub GPU")
+    monkeypatch.setattr(check_cuda, "best_precision", lambda: ("fp32", "contiguous"))
+    monkeypatch.setattr(check_cuda.tempfile, "mkdtemp", lambda prefix: str(tmp_path / "check"))
+    monkeypatch.setattr(check_cuda, "same_weights", lambda a, b: None)
+    return tmp_path / "check"
+
+
+def test_check_cuda_fails_a_diverged_run_and_goes_on_skipping_ddp_on_one_gpu(one_gpu, monkeypatch, capsys):
+    ran = []
+    monkeypatch.setattr(check_cuda.subprocess, "run", planting(one_gpu, {
+        "suite": [FINISHED, DIVERGED], "compile": [{**FINISHED, "compile": True, "compile_s": 3.0}],
+        "resume": [FINISHED], "resnet": [FINISHED]}, ran))
+    assert check_cuda.main([]) == 1
+    out = capsys.readouterr().out.splitlines()
+    lines = [line for line in out if line.split()[:1] in (["PASS"], ["FAIL"], ["SKIP"])]
+    assert [line.split()[0] for line in lines] == ["FAIL", "PASS", "SKIP", "PASS", "PASS"], out
+    assert "fp32 + contiguous" in lines[0] and "needs 2 GPUs, this machine has 1" in "\n".join(out)
+    assert "run d: diverged: non-finite training loss" in "\n".join(out)
+    assert not any("torch.distributed.run" in " ".join(c) for c in ran)          # NCCL never started
+    assert all("train.precision=bf16" not in c for cmd in ran for c in cmd)       # no forced bf16
+    assert any("train.precision=auto" in cmd for cmd in ran)
+    assert "3/4 checks passed, 1 skipped" in "\n".join(out)
+
+
+def test_check_cuda_fails_a_summary_missing_what_it_reads(one_gpu, monkeypatch, capsys):
+    broken = {k: v for k, v in FINISHED.items() if k not in ("throughput_train_img_s", "precision")}
+    monkeypatch.setattr(check_cuda.subprocess, "run", planting(one_gpu, {"suite": [broken], "compile": [broken],
+                                                                         "resume": [FINISHED], "resnet": []}, []))
+    assert check_cuda.main([]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  smoke suite" in out and "KeyError" in out and "Traceback" not in out
+    assert "FAIL  torch.compile" in out and "did not record a compiled warm-up" in out
+    assert "FAIL  ResNet-18" in out and "no run wrote a summary.json" in out
+    assert "PASS  resume" in out
+
+
+def test_ddp_check_on_two_gpus_needs_two_ranks_on_cuda(one_gpu, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    ran = []
+    monkeypatch.setattr(check_cuda.subprocess, "run", planting(one_gpu, {
+        "suite": [FINISHED], "compile": [{**FINISHED, "compile": True, "compile_s": 3.0}], "ddp": [FINISHED],
+        "resume": [FINISHED], "resnet": [FINISHED]}, ran))
+    assert check_cuda.main([]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  DDP over 2 GPUs" in out and "world size 1" in out
+    assert any("--nproc_per_node=2" in cmd for cmd in ran)
+
+
+def test_check_cuda_refuses_in_one_line_without_cuda(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert check_cuda.main([]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "needs a CUDA GPU" in err
