@@ -66,6 +66,10 @@ at the epoch's end; the update and step times are device intervals (IntervalTime
 read at the epoch's end); the kept images' indices are drawn on the host (the method's
 generator, so every device and every rank draws the same) and reach the device by an
 asynchronous copy from pinned memory.
+
+Under torch.compile the forward's capture of its input (a write to the module's
+`__dict__`) is a side effect that dynamo replays after the compiled graph, so R is
+updated from the same inputs as in eager mode (tested with dynamo on the CPU).
 """
 from __future__ import annotations
 

@@ -301,6 +301,38 @@ def test_compile_time_is_not_training_time_and_the_warm_up_changes_nothing(tiny_
     assert (False, False) in FakeCompiled.calls
 
 
+def test_decorrelation_still_updates_r_under_torch_compile():
+    """The Decor layers hand their input to after_step through the module's __dict__, a side
+    effect inside the forward that dynamo must replay: R after compiled training steps equals
+    R after eager ones (dynamo with the aot_eager backend; the side effect is dynamo's, not
+    the backend's)."""
+    from methods.decorrelated_bp import DECOR_TYPES, DecorrelatedBP, decorrelate_layer
+
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(decorrelate_layer(nn.Conv2d(3, 4, 3, padding=1)), nn.ReLU(), nn.Flatten(),
+                             decorrelate_layer(nn.Linear(4 * 8 * 8, 5)))
+
+    cfg = DecorrelatedBP.Config(name="decorrelated_bp", decor_lr=0.1, downsample_frac=0.5)
+    results = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        model = build()
+        ctx = SimpleNamespace(device=CPU, step=0, generator=torch.Generator().manual_seed(1))
+        method = DecorrelatedBP(cfg, ctx)
+        runner = torch.compile(model, backend="aot_eager") if compiled else model
+        for step in range(3):
+            x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(step))
+            runner(x).sum().backward()
+            ctx.step += 1
+            method.after_step(model)
+        results.append([m.decor.clone() for m in model.modules() if isinstance(m, DECOR_TYPES)])
+    torch._dynamo.reset()
+    eager, comp = results
+    assert not torch.equal(eager[0], torch.eye(eager[0].shape[0]))          # R moved
+    assert all(torch.equal(a, b) for a, b in zip(eager, comp))
+
+
 # --------------------------------------------------------------------------- method stopwatches
 def test_pcn_and_snp_sub_step_timings_wait_for_the_device(monkeypatch):
     from bench.config import ModelConfig, build_dataclass
