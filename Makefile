@@ -43,8 +43,9 @@ bench-cifar: $(STAMP)
 bench-overhead: $(STAMP)
 	$(BIN)/python -m bench.overhead $(OVERRIDES) $(ARGS)
 
-# On a GPU machine, before a paper-scale suite: smoke suite in bf16 + channels_last,
-# torch.compile and DDP over every visible GPU, each PASS/FAIL with its step time.
+# On a GPU machine, before a paper-scale suite: smoke suite in the GPU's best precision,
+# torch.compile, DDP over every visible GPU (SKIP under 2), exact resume of a method that
+# changes the model, and a ResNet-18 run; each PASS/FAIL/SKIP with its step time.
 check-cuda: $(STAMP)
 	$(BIN)/python -m bench.check_cuda
 

@@ -4,6 +4,11 @@ The dataset named by `data.name` (a plugin under bench/datasets/) reads its imag
 uint8 arrays; `load_data` puts the whole set on the device as one uint8 tensor, and
 random crop (4-pixel zero padding) and horizontal flip run on batches with tensor
 indexing, so there is no per-image Python and no worker process.
+
+The random draws of an epoch (order, crop offsets, flips) come from one CPU generator,
+so an epoch's batches are the same on every device for the same seed. They are all
+drawn when the epoch starts and moved to the device in one copy: a copy per step would
+make the host wait for the device at every step.
 """
 from __future__ import annotations
 
@@ -44,15 +49,24 @@ class DeviceData:
 
     def train_batches(self, batch_size: int, generator: torch.Generator, augment: bool = True
                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of shuffled, augmented, normalised batches (last partial batch dropped)."""
+        """One epoch of shuffled, augmented, normalised batches (last partial batch dropped).
+
+        The generator's draws are made in this order, all before the first batch: the
+        permutation, then each batch's crop offsets and flips (`crop_flip_draws`)."""
         n = len(self.train_x)
-        perm = torch.randperm(n, generator=generator, device="cpu").to(self.device)
         bs = min(batch_size, n)
-        for i in range(self.steps_per_epoch(batch_size)):
+        steps = self.steps_per_epoch(batch_size)
+        perm = torch.randperm(n, generator=generator, device="cpu")
+        draws = ([crop_flip_draws(bs, generator) for _ in range(steps)] if augment else [])
+        # One host-to-device copy for the epoch: the order and the crop offsets and flips of every step.
+        plan = torch.cat([perm, *(torch.cat([dy, dx, flip.long()]) for dy, dx, flip in draws)])
+        plan = plan.to(self.device)
+        perm, offsets = plan[:n], plan[n:].view(len(draws), 3, bs) if draws else None
+        for i in range(steps):
             idx = perm[i * bs:(i + 1) * bs]
             x = self.train_x[idx]
             if augment:
-                x = random_crop_flip(x, generator)
+                x = crop_flip(x, offsets[i, 0], offsets[i, 1], offsets[i, 2].bool())
             yield self.normalize(x), self.train_y[idx]
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -79,14 +93,30 @@ class DeviceData:
             yield self.normalize(self.train_x[idx[i:i + batch_size]])
 
 
+def crop_flip_draws(b: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random draws of one batch of `b` images from a CPU `generator`, in this order:
+    row offsets, column offsets (each in 0..2*CROP_PADDING_PX) and flips (bool)."""
+    p = CROP_PADDING_PX
+    dy = torch.randint(0, 2 * p + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * p + 1, (b,), generator=generator)
+    flip = torch.rand(b, generator=generator) < 0.5
+    return dy, dx, flip
+
+
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip, for a whole batch at once."""
+    """Random crop with zero padding and random horizontal flip, for a whole batch at once
+    (draws from the CPU `generator`, copied to `x`'s device)."""
+    dy, dx, flip = crop_flip_draws(len(x), generator)
+    return crop_flip(x, dy.to(x.device), dx.to(x.device), flip.to(x.device))
+
+
+def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Crop of every image of `x` (zero-padded by CROP_PADDING_PX) at offsets `dy`, `dx`,
+    then flipped horizontally where `flip`; offsets and flips on `x`'s device, so nothing
+    here waits for it."""
     b, c, h, w = x.shape
     p = CROP_PADDING_PX
     padded = torch.nn.functional.pad(x, (p, p, p, p))
-    dy = torch.randint(0, 2 * p + 1, (b,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * p + 1, (b,), generator=generator).to(x.device)
-    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
     rows = dy[:, None] + torch.arange(h, device=x.device)[None]                    # [B, H]
     cols = dx[:, None] + torch.arange(w, device=x.device)[None]                    # [B, W]
     cols = torch.where(flip[:, None], cols.flip(1), cols)

@@ -15,6 +15,7 @@ statistics outside autocast in float32/float64 (each method's docstring says whe
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -30,12 +31,43 @@ CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")   # x86 (/proc/cpuinfo flag
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device `name` (`auto`: CUDA where available, else the CPU). A numbered CUDA
+    device becomes the current one, as torchrun's ranks do (bench.dist): code that works
+    on "the current device" (kernels launched without a device, the benchmark timer's
+    synchronisation, autocast) then works on the run's device rather than on GPU 0."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available; use device=cpu or device=auto")
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)
     return dev
+
+
+def ddp_options() -> dict[str, bool]:
+    """DistributedDataParallel without re-sending the buffers from rank 0 before every
+    forward: they are identical on every rank without it (BN statistics are averaged over
+    the ranks at each epoch's end, and a method changes its buffers identically on every
+    rank, methods/base.py), while the broadcast would cost a transfer of every buffer per
+    step (decorrelated BP's R matrices: hundreds of MB on VGG-16). Where this torch names
+    it `forward_sync_buffers`, buffers are still synchronised once when the model is
+    wrapped; `broadcast_buffers=False` (older torch) skips that too, harmless because the
+    ranks build and change their buffers identically."""
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` (on the host) on `device` without the host waiting for the device: a copy from
+    pageable host memory to a GPU first waits for the work queued before it, so the copy
+    goes from pinned memory, asynchronously (the caching host allocator keeps the pinned
+    block until the copy has run). Where no accelerator is involved it is `t.to(device)`."""
+    if t.device.type != "cpu" or device.type == "cpu":
+        return t.to(device)
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -156,7 +188,7 @@ class Runtime:
         asked); `model` stays the one methods see and checkpoints hold."""
         if parallel and dist.is_distributed():
             model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None, **ddp_options())
         return torch.compile(model) if self.compile else model
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:

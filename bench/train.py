@@ -28,8 +28,9 @@ from bench.config import RunConfig, to_dict
 from bench.data import DeviceData, load_data
 from bench.datasets import data_fingerprint
 from bench.device import Runtime, resolve_device
-from bench.metrics import (EPOCH, FINAL, MetricInput, compute_all, count_macs, evaluate, measure_speed, param_counts,
-                           peak_memory_mb)
+from bench.metrics import (EPOCH, FINAL, IntervalTimer, MetricInput, compute_all, count_macs, evaluate, measure_speed,
+                           param_counts, peak_memory_mb, reset_peak_memory)
+from bench.metrics import measure
 from bench.models import build_model
 from bench.optim import lr_at, make_optimizer
 from bench.progress import EpochBar, bars_enabled
@@ -71,15 +72,16 @@ class Diverged(Exception):
         self.epoch, self.step = epoch, step
 
 
-def nonfinite_check_every(device: torch.device, synced_per_step: bool) -> int:
+def nonfinite_check_every(device: torch.device, synced_per_step: bool = False) -> int:
     """Steps between host reads of the recorded losses: every step where the host waits
-    for the device anyway (CPU, or a timed after_step hook), else every
-    NONFINITE_CHECK_EVERY steps and at the epoch's end, so a GPU run gains no sync per
-    step. Under torchrun a read is a collective (the ranks must stop together), so it
-    is never per step there."""
+    for the device anyway (the CPU, which never runs ahead of the host, or a step that
+    synchronises for another reason), else every NONFINITE_CHECK_EVERY steps and at the
+    epoch's end, so a GPU run gains no sync per step (the timing of after_step hooks
+    does not synchronise: IntervalTimer). Under torchrun a read is a collective (the
+    ranks must stop together), so it is never per step there."""
     if dist.is_distributed():
         return NONFINITE_CHECK_EVERY
-    return 1 if device.type == "cpu" or synced_per_step else NONFINITE_CHECK_EVERY
+    return 1 if not measure.asynchronous(device) or synced_per_step else NONFINITE_CHECK_EVERY
 
 
 class LossWatch:
@@ -165,6 +167,7 @@ class Trainer:
     transforms: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
+        self.hook_timer = IntervalTimer(self.rt.device)
         self.set_model(self.model)
 
     # -- model changes -------------------------------------------------------------------
@@ -175,12 +178,37 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, self.cfg.train)
         self.ctx.optimizer = self.optimizer
         self.step_fn = make_step(self.runner, self.optimizer, self.criterion, self.rt)
+        self.warmed_up = not self.rt.compile
 
     def rewrap(self) -> None:
         """Rebuild what wraps the model (DDP, torch.compile) after a hook changed it in
         place; same parameters, so the optimizer and its state stay."""
         self.runner = self.rt.runner(self.model)
         self.step_fn = make_step(self.runner, self.optimizer, self.criterion, self.rt)
+        self.warmed_up = not self.rt.compile
+
+    def warm_up(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One untimed forward and backward through a freshly (re)wrapped compiled runner,
+        so compilation is not counted as training time (a method that swaps layers gets
+        recompiled after each swap and would pay for it in its wall-clock). The step
+        changes nothing: no optimizer step (the next step zeroes the gradients), buffers
+        (BN statistics) and random states restored. Returns its seconds (`compile_s`)."""
+        t0 = self.rt.clock()
+        buffers = [b.detach().clone() for b in self.model.buffers()]
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state(self.rt.device) if self.rt.device.type == "cuda" else None
+        with self.rt.autocast():
+            loss = self.criterion(self.runner(x), y)
+        loss.backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for b, saved in zip(self.model.buffers(), buffers):
+                b.copy_(saved)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, self.rt.device)
+        self.warmed_up = True
+        return self.rt.clock() - t0
 
     def run_hook(self, hook: str, *args) -> tuple[Optional[nn.Module], float]:
         """Call `hook` (on_train_start, on_epoch_end) on the model, timed; rewrap the model
@@ -195,9 +223,17 @@ class Trainer:
         return new, seconds
 
     def timed_hook(self, fn: Callable, *args) -> tuple[Any, float]:
+        """Call a hook that runs once (per run or epoch), timed with a synchronising clock."""
         t0 = self.rt.clock()
         out = fn(*args)
         return out, self.rt.clock() - t0
+
+    def step_hook(self) -> None:
+        """Call after_step, timed on the device's timeline with no wait for the device
+        (IntervalTimer: read once per epoch), so that timing it adds no sync per step."""
+        t0 = self.hook_timer.mark()
+        self.method.after_step(self.model)
+        self.hook_timer.add("after_step_s", t0, self.hook_timer.mark())
 
     def maybe_replace(self, new: Optional[nn.Module], seconds: float, row: dict, when: str) -> None:
         if new is None:
@@ -230,8 +266,8 @@ class Trainer:
         time_hook = overrides(self.method, "after_step")
         loss_sum = torch.zeros((), device=rt.device)
         correct = torch.zeros((), device=rt.device, dtype=torch.long)
-        seen, hook_s = 0, 0.0
-        watch = LossWatch(rt.device, nonfinite_check_every(rt.device, time_hook))
+        seen, compile_s = 0, 0.0
+        watch = LossWatch(rt.device, nonfinite_check_every(rt.device, False))   # after_step timing: no sync
         bar = EpochBar(epoch, self.cfg.train.epochs, self.data.steps_per_epoch(cfg.batch_size),
                        bars_enabled() and dist.is_main())
         before = layout(self.model)
@@ -242,13 +278,14 @@ class Trainer:
             lr = lr_at(ctx.step, total_steps, ctx.steps_per_epoch, cfg)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
+            if not self.warmed_up:                          # compile after a (re)wrap: not training time
+                compile_s += self.warm_up(rt.prepare(x), y)
             out, loss = self.step_fn(rt.prepare(x), y)
             ctx.step += 1
             if watch.add(loss, ctx.step):
                 self.check_finite(watch, epoch, bar)
             if time_hook:
-                _, s = self.timed_hook(self.method.after_step, self.model)
-                hook_s += s
+                self.step_hook()
             loss_sum += loss.detach() * len(y)
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
@@ -258,7 +295,8 @@ class Trainer:
                 log(f"  step {ctx.step}/{total_steps}  loss {loss.item():.4f}  lr {lr:.4f}  "
                     f"{cfg.log_every_steps * len(y) / (now - t_log):.0f} img/s")
                 t_log = now
-        seconds = rt.clock() - t0
+        seconds = rt.clock() - t0 - compile_s
+        hook_s = self.hook_timer.totals().get("after_step_s", 0.0)
         self.check_finite(watch, epoch, bar)
         bar.close()
         if not same_layout(before, layout(self.model)):
@@ -267,6 +305,8 @@ class Trainer:
         average_running_stats_(self.model)
         self.times["train_s"] += seconds
         self.times["after_step_s"] += hook_s
+        if compile_s:
+            self.times["compile_s"] = self.times.get("compile_s", 0.0) + compile_s
         totals = dist.all_reduce_sum_(torch.stack([loss_sum.double(), correct.double(),
                                                    torch.tensor(float(seen), device=rt.device, dtype=torch.float64)]))
         loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
@@ -312,6 +352,9 @@ def _train(cfg: RunConfig, rd: RunDir, run_id: str, max_epochs: Optional[int], l
     device = dist.init_from_env(cfg.device) or resolve_device(cfg.device)
     main = dist.is_main()                     # only rank 0 writes files and logs to W&B
     rt = Runtime(device, cfg.train)
+    reset_peak_memory(device)                 # this run's peak, not the process's
+    if rt.compile:
+        torch._dynamo.reset()                 # a fresh compile cache: runs in one process would exhaust its limit
     seed_all(cfg.seed)                        # before the model and any mask exist
     data = load_data(cfg.data, device, cfg.model.num_classes)
     model = rt.place(build_model(cfg.model))
@@ -430,7 +473,8 @@ def final_summary(trainer: Trainer, cfg: RunConfig, run_id: str, env: dict, exam
 
     deployed = trainer.method.deploy(model)
     speed = measure_speed(model, x, y, x_eval, probe_step, cfg.train.throughput_steps, trainer.rt.autocast,
-                          deployed=deployed)
+                          deployed=deployed,
+                          wrap=lambda m: trainer.rt.runner(m, parallel=False))   # compiled where training was
     # One checksum per rank: equal values show the ranks ended with identical weights and buffers.
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
     epoch_s = [r["epoch_s"] for r in trainer.history]
@@ -451,6 +495,7 @@ def final_summary(trainer: Trainer, cfg: RunConfig, run_id: str, env: dict, exam
         "train_wall_s": trainer.times["train_s"] + trainer.times["transform_s"],
         "eval_s": trainer.times["eval_s"], "transform_s": trainer.times["transform_s"],
         "after_step_s": trainer.times["after_step_s"],
+        **({"compile_s": trainer.times["compile_s"]} if "compile_s" in trainer.times else {}),
         "method_s": trainer.times["transform_s"] + trainer.times["after_step_s"],
         "epoch_s_mean": sum(epoch_s) / len(epoch_s),
         "train_macs": trainer.train_macs, "train_macs_nonzero": trainer.train_macs_nonzero,

@@ -60,6 +60,16 @@ they run (it maps subclasses to their base layer).
 Reported: decorrelation loss per layer per epoch (`decorrelated_bp/loss/<layer>`,
 mean over the epoch's updates) and its mean over layers; the time of the R updates
 per step against the mean training-step time; the merge MACs per step.
+
+Host-device synchronisation: none per step. The losses stay on the device and are read
+at the epoch's end; the update and step times are device intervals (IntervalTimer,
+read at the epoch's end); the kept images' indices are drawn on the host (the method's
+generator, so every device and every rank draws the same) and reach the device by an
+asynchronous copy from pinned memory.
+
+Under torch.compile the forward's capture of its input (a write to the module's
+`__dict__`) is a side effect that dynamo replays after the compiled graph, so R is
+updated from the same inputs as in eager mode (tested with dynamo on the CPU).
 """
 from __future__ import annotations
 
@@ -73,7 +83,8 @@ from torch import nn
 
 from bench import dist
 from bench.config import ConfigError, opt
-from bench.metrics import Clock
+from bench.device import to_device
+from bench.metrics import IntervalTimer
 from bench.surgery import set_module
 from methods.base import Method, MethodConfig, register
 
@@ -173,9 +184,10 @@ def merged_layer(layer: nn.Module) -> nn.Module:
 
 # --------------------------------------------------------------------------- the rule
 @torch.no_grad()
-def decor_step(r: torch.Tensor, x: torch.Tensor, lr: float, kappa: float, gram: Optional[bool] = None
-               ) -> float:
-    """One update of R (in place) from input rows `x` [N, d]; returns the loss before it.
+def decor_update(r: torch.Tensor, x: torch.Tensor, lr: float, kappa: float, gram: Optional[bool] = None
+                 ) -> torch.Tensor:
+    """One update of R (in place) from input rows `x` [N, d]; returns the loss before it,
+    a float64 scalar on R's device (not read here: reading it would wait for the device).
 
     R <- R - lr [(1 - kappa) C R + kappa v * R] (authors' broadcasting of v, see the
     module docstring); `gram` forces the N x N (True) or d x d (False) arithmetic in one
@@ -184,41 +196,48 @@ def decor_step(r: torch.Tensor, x: torch.Tensor, lr: float, kappa: float, gram: 
     d = z.shape[1]
     sq, c_fro2, cr = _global_terms(z, r) if dist.is_distributed() else _local_terms(z, r, gram)
     v = sq - 1.0
-    loss = ((1 - kappa) * c_fro2 + kappa * float((v.double() ** 2).sum())) / d ** 2
+    loss = ((1 - kappa) * c_fro2 + kappa * (v.double() ** 2).sum()) / d ** 2
     r.sub_(lr * ((1 - kappa) * cr + kappa * v * r))   # v * r: v over the last axis, as the authors' code
     return loss
 
 
+def decor_step(r: torch.Tensor, x: torch.Tensor, lr: float, kappa: float, gram: Optional[bool] = None
+               ) -> float:
+    """decor_update with the loss read on the host (waits for the device)."""
+    return float(decor_update(r, x, lr, kappa, gram))
+
+
 def _local_terms(z: torch.Tensor, r: torch.Tensor, gram: Optional[bool]
-                 ) -> tuple[torch.Tensor, float, torch.Tensor]:
-    """diag(Sigma), ||C||_F^2 and C R from this process's rows Z [N, d]."""
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """diag(Sigma), ||C||_F^2 (float64 scalar) and C R from this process's rows Z [N, d]."""
     n, d = z.shape
     sq = (z * z).mean(0)                  # diag(Sigma)
     if gram is None:
         gram = n * (n + d) < d * d
     if gram:
         g = z @ z.T
-        c_fro2 = float((g.double() ** 2).sum()) / n ** 2 - float((sq.double() ** 2).sum())
-        return sq, max(c_fro2, 0.0), z.T @ (z @ r) / n - sq[:, None] * r
+        c_fro2 = (g.double() ** 2).sum() / n ** 2 - (sq.double() ** 2).sum()
+        return sq, c_fro2.clamp_min(0.0), z.T @ (z @ r) / n - sq[:, None] * r
     c = z.T @ z / n
     c.diagonal().zero_()
-    return sq, float((c.double() ** 2).sum()), c @ r
+    return sq, (c.double() ** 2).sum(), c @ r
 
 
-def _global_terms(z: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor]:
+def _global_terms(z: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """diag(Sigma), ||C||_F^2 and C R of all ranks' rows: Z^T Z, Z^T Z R and N are sums
     over rows, summed over ranks in one all-reduce (shapes depend on d only, so every
     rank sends the same; each picks its cheaper association for Z^T Z R)."""
     n, d = z.shape
     zz = z.T @ z
     zzr = z.T @ (z @ r) if 2 * n < d else zz @ r
-    sums = dist.all_reduce_sum_(torch.cat([zz.flatten(), zzr.flatten(), zz.new_tensor([float(n)])]))
+    # The row count by a fill on the device (a tensor made from a host list would be a blocking copy).
+    sums = dist.all_reduce_sum_(torch.cat([zz.flatten(), zzr.flatten(), zz.new_full((1,), float(n))]))
     total = sums[-1]                      # float32: exact up to 2^24 rows per update
     sigma = sums[:d * d].view(d, d) / total
     sq = sigma.diagonal().clone()
     c = sigma.clone()
     c.diagonal().zero_()
-    return sq, float((c.double() ** 2).sum()), sums[d * d:2 * d * d].view(d, d) / total - sq[:, None] * r
+    return sq, (c.double() ** 2).sum(), sums[d * d:2 * d * d].view(d, d) / total - sq[:, None] * r
 
 
 # --------------------------------------------------------------------------- the method
@@ -254,7 +273,8 @@ class DecorrelatedBP(Method):
         self.first_loss: dict[str, float] = {}
         self.epochs_log: list[dict] = []
         self._acc = self._fresh_acc()
-        self._last_end: Optional[float] = None
+        self._last_end: Any = None          # an IntervalTimer mark
+        self._timer = IntervalTimer(ctx.device)
 
     @staticmethod
     def _fresh_acc() -> dict[str, Any]:
@@ -273,11 +293,11 @@ class DecorrelatedBP(Method):
         return None   # same parameter tensors: the optimizer stays valid
 
     def after_step(self, model: nn.Module) -> None:
-        ctx, acc, cfg = self.ctx, self._acc, self.cfg
-        t0 = Clock(ctx.device)()
+        ctx, acc, cfg, timer = self.ctx, self._acc, self.cfg, self._timer
+        t0 = timer.mark()
         acc["calls"] += 1
         if self._last_end is not None:
-            acc["step_s"] += t0 - self._last_end
+            timer.add("step_s", self._last_end, t0)
             acc["steps"] += 1
         update = ctx.step % cfg.update_every_steps == 0
         for name, m in model.named_modules():
@@ -288,21 +308,24 @@ class DecorrelatedBP(Method):
                 continue
             # the authors' downsampling: a random fraction of the batch's images (ours without replacement)
             n = max(1, int(len(x) * cfg.downsample_frac))
-            x = x[torch.randperm(len(x), generator=ctx.generator)[:n].to(x.device)]
+            x = x[to_device(torch.randperm(len(x), generator=ctx.generator)[:n], x.device)]
             with torch.autocast(device_type=x.device.type, enabled=False):   # R's float32, whatever the forward ran in
-                loss = decor_step(m.decor, m.patches(x.to(m.decor.dtype)), cfg.decor_lr, cfg.kappa)
-            self.first_loss.setdefault(name, loss)
+                loss = decor_update(m.decor, m.patches(x.to(m.decor.dtype)), cfg.decor_lr, cfg.kappa)
+            self.first_loss.setdefault(name, loss)          # read (as a float) at the epoch's end
             s = acc["loss"].setdefault(name, [0.0, 0])
             s[0] += loss
             s[1] += 1
         if update:
             acc["updates"] += 1
-            acc["update_s"] += Clock(ctx.device)() - t0
-        self._last_end = Clock(ctx.device)()
+            timer.add("update_s", t0, timer.mark())
+        self._last_end = timer.mark()
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> Optional[nn.Module]:
         acc = self._acc
-        loss = {n: s / max(1, c) for n, (s, c) in acc["loss"].items()}
+        for key, seconds in self._timer.totals().items():   # the epoch's update and step times
+            acc[key] += seconds
+        self.first_loss = {n: float(v) for n, v in self.first_loss.items()}
+        loss = {n: float(s) / max(1, c) for n, (s, c) in acc["loss"].items()}
         step_s = acc["step_s"] / max(1, acc["steps"])
         per_step = acc["update_s"] / max(1, acc["calls"])
         self.epochs_log.append({

@@ -76,6 +76,11 @@ the regrowth draws come from the method's generator, seeded alike on every rank,
 every rank makes the identical reallocation.
 Reported: per-layer active counts every epoch (`dsr/active/<layer>`), H, K per
 reallocation, the time of each reallocation against the mean training-step time.
+Host-device synchronisation: the per-step work (masking) and its timing never wait for
+the device (the step and mask times are device intervals, IntervalTimer, read at the
+epoch's end). A reallocation does wait: the pruned and surviving counts decide on the
+host how many weights each layer regrows and the threshold's next value, and its time
+is read with a synchronising clock; that is once per P steps, not per step.
 """
 from __future__ import annotations
 
@@ -86,7 +91,7 @@ import torch
 from torch import nn
 
 from bench.config import ConfigError, opt
-from bench.metrics import Clock
+from bench.metrics import Clock, IntervalTimer
 from bench.models import structure_of
 from bench.activations import capture
 from bench.targets import check_fraction
@@ -305,7 +310,8 @@ class DSR(Method):
         self.epochs_log: list[dict] = []    # one record per epoch
         self.info: dict[str, Any] = {}      # resolved sparsity, Np, schedule
         self._epoch_acc = self._fresh_acc()
-        self._last_end: Optional[float] = None
+        self._last_end: Any = None          # an IntervalTimer mark
+        self._timer = IntervalTimer(ctx.device)
 
     @staticmethod
     def _fresh_acc() -> dict[str, float]:
@@ -362,23 +368,23 @@ class DSR(Method):
         return None   # changed in place (declared): same parameters, the optimizer has no state yet
 
     def after_step(self, model: nn.Module) -> None:
-        ctx, acc = self.ctx, self._epoch_acc
-        t0 = Clock(ctx.device)()
+        ctx, acc, timer = self.ctx, self._epoch_acc, self._timer
+        t0 = timer.mark()
         if self._last_end is not None:
-            acc["step_s"] += t0 - self._last_end
+            timer.add("step_s", self._last_end, t0)
             acc["steps"] += 1
         apply_masks(model, ctx.optimizer)
-        t1 = Clock(ctx.device)()
-        acc["mask_s"] += t1 - t0
+        timer.add("mask_s", t0, timer.mark())
         self.steps_since += 1
         period = self.period_at(ctx.step / ctx.steps_per_epoch)
         if self.cfg.reallocate and period is not None and self.steps_since >= period:
             self.steps_since = 0
-            self._reallocate(model, t1)
-        self._last_end = Clock(ctx.device)()
+            self._reallocate(model)
+        self._last_end = timer.mark()
 
-    def _reallocate(self, model: nn.Module, t_start: float) -> None:
+    def _reallocate(self, model: nn.Module) -> None:
         ctx = self.ctx
+        t_start = Clock(ctx.device)()       # a reallocation waits for the device anyway (module docstring)
         layers = masked_layers(model)
         h = self.threshold
         out = reallocate([m.weight.data for _, m in layers], [getattr(m, MASK) for _, m in layers], h,
@@ -394,6 +400,8 @@ class DSR(Method):
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> Optional[nn.Module]:
         acc = self._epoch_acc
+        for key, seconds in self._timer.totals().items():   # the epoch's step and mask times
+            acc[key] += seconds
         active = {n: int(getattr(m, MASK).sum()) for n, m in masked_layers(model)}
         step_s = acc["step_s"] / max(1, acc["steps"])
         realloc_s = acc["realloc_s"] / max(1, acc["reallocs"])

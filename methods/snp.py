@@ -57,7 +57,6 @@ Deviations and choices:
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -66,6 +65,7 @@ from torch import nn
 
 from bench.config import ConfigError, opt
 from bench.activations import collect_covariances
+from bench.metrics import Clock
 from bench.surgery import get_module, substitute_inputs
 from bench.targets import TargetError, first_at_most
 from methods._pruning import (PruningConfig, ScheduledPruning, build_graph, channel_table, channels, classifier_of,
@@ -262,13 +262,16 @@ class SNP(ScheduledPruning):
         example = ctx.example_inputs
         model = detached_copy(model)
         before, ch_before = sizes(model, example), channels(model)
-        clock = {"t": time.perf_counter()}
+        # Each lap waits for the device first: a GPU runs behind the host, so without it one
+        # phase's device work (e.g. calibration's forwards) would be timed as the next one's.
+        clock = Clock(example.device)
+        last = {"t": clock()}
         seconds: dict[str, float] = {}
 
         def lap(key: str) -> None:
-            now = time.perf_counter()
-            seconds[key] = now - clock["t"]
-            clock["t"] = now
+            now = clock()
+            seconds[key] = now - last["t"]
+            last["t"] = now
 
         graph = build_graph(model, example)
         slots, skipped = find_slots(graph, model)

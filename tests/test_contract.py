@@ -1,8 +1,14 @@
 """Every registered method, through the one harness: trains, finishes, checkpoints, and
 resumes after an interruption to exactly the weights of an uninterrupted run, in fp32 and
-under bf16 autocast + channels_last (forced on, as on a CPU with native bf16)."""
+under bf16 autocast + channels_last (forced on, as on a CPU with native bf16).
+
+On a GPU the resume is exact only with deterministic kernels (cuDNN and cuBLAS may pick
+other algorithms, or reduce in another order, in the resumed process): the test runs
+there in deterministic mode, as `make check-cuda`'s resume check does. CPU kernels are
+deterministic already, so on the CPU nothing changes."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -25,6 +31,22 @@ TINY_METHOD_OVERRIDES: dict[str, list[str]] = {
              "method.error_images=32", "method.maxpool=explicit"],
 }
 BUILTIN = sorted(REGISTRY)
+# Read when cuBLAS starts (before any test runs): a fixed workspace makes its results reproducible.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+@pytest.fixture(autouse=True)
+def deterministic_cuda(monkeypatch):
+    """Deterministic kernels where the runs train on a GPU (see the module docstring)."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(was[0], warn_only=was[1])
 
 
 def weights(cfg) -> dict[str, torch.Tensor]:

@@ -9,13 +9,13 @@ import importlib
 import pkgutil
 
 from bench.metrics.base import EPOCH, FINAL, METRICS, Metric, MetricInput, compute_all, declared, register_metric
-from bench.metrics.measure import (Clock, count_macs, evaluate, layer_macs, measure_speed, param_counts,
-                                   peak_memory_mb, unshare_modules)
+from bench.metrics.measure import (Clock, IntervalTimer, count_macs, evaluate, layer_macs, measure_speed,
+                                   param_counts, peak_memory_mb, reset_peak_memory, unshare_modules)
 
 for _info in pkgutil.iter_modules(__path__):
     if not _info.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = ["EPOCH", "FINAL", "METRICS", "Metric", "MetricInput", "compute_all", "declared", "register_metric",
-           "Clock", "count_macs", "evaluate", "layer_macs", "measure_speed", "param_counts", "peak_memory_mb",
-           "unshare_modules"]
+           "Clock", "IntervalTimer", "count_macs", "evaluate", "layer_macs", "measure_speed", "param_counts",
+           "peak_memory_mb", "reset_peak_memory", "unshare_modules"]

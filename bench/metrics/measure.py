@@ -14,7 +14,7 @@ import io
 import os
 import resource
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.utils.benchmark as benchmark
@@ -104,30 +104,99 @@ def evaluate(model: nn.Module, batches: Callable, prepare: Callable = lambda x: 
     return float(counts[0]) / max(float(counts[1]), 1.0)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory count on a CUDA `device` (at the start of every run), so
+    that a run in a process that trained others before it (a suite) reports its own
+    peak, not the highest of them all. On the CPU the peak RSS is the process's and
+    cannot be reset."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """The run's peak memory: CUDA memory allocated since `reset_peak_memory`, or the
+    process's peak RSS on the CPU."""
     if device.type == "cuda":
         return {"peak_cuda_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20}
     # ru_maxrss is in KiB on Linux: the whole process, dataset included.
     return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def asynchronous(device: torch.device) -> bool:
+    """Whether `device` runs the work the host queues later (CUDA): there a clock read
+    must wait for the device, and a host read of a device value waits for it too."""
+    return device.type == "cuda"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until `device` has finished the work queued so far (that device, not merely
+    the current CUDA device)."""
+    torch.cuda.synchronize(device)
+
+
+def device_event():
+    """A timing event for the current CUDA stream (its own function so tests can stub it)."""
+    return torch.cuda.Event(enable_timing=True)
+
+
 class Clock:
     """Wall-clock that waits for the device first, so GPU time is not under-counted."""
 
     def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
+        self.cuda = asynchronous(device)
         self.device = device
 
     def __call__(self) -> float:
         if self.cuda:
-            torch.cuda.synchronize(self.device)
+            synchronize(self.device)
         return time.perf_counter()
 
 
-def _timings(fn: Callable, repeats: int, number: int = 1) -> list[float]:
+class IntervalTimer:
+    """Sums of named intervals, measured without waiting for the device while they run:
+    for timings on the training step's path, read once per epoch.
+
+    `mark()` notes a point in time (an event recorded on the current CUDA stream on a
+    GPU, the wall-clock on the CPU), `add(key, start, end)` files an interval, and
+    `totals()` returns the seconds per key since the last call, waiting for the device
+    once (for the last event). On a GPU an interval is the device time between its two
+    points of the stream: the work queued in between, plus any time the device sat idle
+    waiting for the host to queue it, i.e. what the interval adds to the wall-clock."""
+
+    def __init__(self, device: torch.device):
+        self.events = asynchronous(device)
+        self.pending: list[tuple[str, Any, Any]] = []
+        self.sums: dict[str, float] = {}
+
+    def mark(self) -> Any:
+        if self.events:
+            e = device_event()
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def add(self, key: str, start: Any, end: Any) -> None:
+        if self.events:
+            self.pending.append((key, start, end))
+        else:
+            self.sums[key] = self.sums.get(key, 0.0) + (end - start)
+
+    def totals(self) -> dict[str, float]:
+        if self.pending:
+            self.pending[-1][2].synchronize()       # events complete in stream order: all earlier ones too
+            for key, start, end in self.pending:
+                self.sums[key] = self.sums.get(key, 0.0) + start.elapsed_time(end) / 1e3
+        out, self.pending, self.sums = self.sums, [], {}
+        return out
+
+
+def _timings(fn: Callable, repeats: int, number: int = 1, device: torch.device = torch.device("cpu")
+             ) -> list[float]:
     """Seconds per call of `fn`, `repeats` times (each the mean of `number` calls), through
-    `torch.utils.benchmark` (device-synchronised, at the process's thread count)."""
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    `torch.utils.benchmark` at the process's thread count, its clock waiting for `device`
+    (the one `fn` runs on: the benchmark's own waits for the current CUDA device only)."""
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads(),
+                            timer=Clock(device))
     return [timer.timeit(number).mean for _ in range(repeats)]
 
 
@@ -138,15 +207,19 @@ def _median_iqr(values: list[float]) -> tuple[float, float]:
 
 def measure_speed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_eval: torch.Tensor, make_step: Callable,
                   repeats: int, autocast: Callable = contextlib.nullcontext,
-                  deployed: Optional[nn.Module] = None) -> dict[str, float]:
+                  deployed: Optional[nn.Module] = None,
+                  wrap: Callable[[nn.Module], nn.Module] = lambda m: m) -> dict[str, float]:
     """Measured speed of the final model, each as median and interquartile range over
     `repeats` timings after one untimed warm-up: inference latency at batch 1, inference
     throughput at the evaluation batch (`x_eval`), both in eval mode under the training
     precision's `autocast` and of `deployed` where given (the method's deployed form of
     `model`), and the training step of `model` at the training batch (`x`, `y`); all on
-    copies, so the measured model is not changed."""
+    copies, so the measured model is not changed. Inference runs through `wrap` (what
+    training ran through, e.g. torch.compile; its compilation falls in the warm-up);
+    `make_step` wraps the training step's copy itself."""
     repeats = max(2, repeats)
-    m = copy.deepcopy(model if deployed is None else deployed).eval()
+    device = x.device
+    m = wrap(copy.deepcopy(model if deployed is None else deployed).eval())
     out: dict[str, float] = {}
 
     def infer(batch: torch.Tensor) -> Callable:
@@ -158,11 +231,11 @@ def measure_speed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_eval: to
     for key, batch, number in (("latency_b1_ms", x_eval[:1], 10), ("infer_batch_ms", x_eval, 1)):
         fn = infer(batch)
         fn()
-        out[f"{key}_median"], out[f"{key}_iqr"] = (1e3 * v for v in _median_iqr(_timings(fn, repeats, number)))
+        out[f"{key}_median"], out[f"{key}_iqr"] = (1e3 * v for v in _median_iqr(_timings(fn, repeats, number, device)))
     step = make_step(copy.deepcopy(model).train())
     step(x, y)
     out["train_step_ms_median"], out["train_step_ms_iqr"] = (
-        1e3 * v for v in _median_iqr(_timings(lambda: step(x, y), repeats)))
+        1e3 * v for v in _median_iqr(_timings(lambda: step(x, y), repeats, device=device)))
     out["throughput_infer_img_s"] = len(x_eval) / out["infer_batch_ms_median"] * 1e3
     out["throughput_train_img_s"] = len(x) / out["train_step_ms_median"] * 1e3
     out["speed_batch_sizes"] = {"latency": 1, "infer": len(x_eval), "train": len(x)}
