@@ -112,14 +112,15 @@ def report(status: str, name: str, timing: str, wall_s: float, why: Optional[str
 def best_precision() -> tuple[str, str]:
     """(precision, memory format) that `auto` resolves to on this machine's first GPU."""
     from bench.device import native_bf16
-    return ("bf16", "channels_last") if native_bf16(torch.device("cuda", 0))[0] else ("fp32", "contiguous")
+    return ("bf16" if native_bf16(torch.device("cuda", 0))[0] else "fp32"), "channels_last"
 
 
 def same_weights(a: Path, b: Path) -> Optional[str]:
     """None if the checkpoints under `a` and `b` hold bit-identical tensors, else where they differ."""
+    from bench.runs import load_checkpoint
     (ca,), (cb,) = list(a.rglob("checkpoint.pt")), list(b.rglob("checkpoint.pt"))
-    wa = torch.load(ca, map_location="cpu", weights_only=False).state_dict()
-    wb = torch.load(cb, map_location="cpu", weights_only=False).state_dict()
+    wa = load_checkpoint(ca).state_dict()
+    wb = load_checkpoint(cb).state_dict()
     if wa.keys() != wb.keys():
         return "the resumed model has other parameters or buffers than the uninterrupted one"
     for k in wa:

@@ -29,7 +29,7 @@ from bench.configure import load_config
 from bench.data import CROP_PADDING_PX, DeviceData, random_crop_flip
 from bench.device import Runtime, resolve_device
 from bench.metrics import measure
-from bench.runs import run_name
+from bench.runs import load_checkpoint, run_name
 from bench.train import train
 
 CPU = torch.device("cpu")
@@ -293,8 +293,8 @@ def test_compile_time_is_not_training_time_and_the_warm_up_changes_nothing(tiny_
     assert compiled["train_wall_s"] < FakeCompiled.COMPILE_S       # compiling is not training
     assert compiled["compile_s"] >= 2 * FakeCompiled.COMPILE_S     # built, then rebuilt after the transform
     # The warm-up left no trace: the same weights and accuracy as without compile.
-    a = torch.load(Path(plain_cfg.output_dir) / run_name(plain_cfg) / "checkpoint.pt", weights_only=False).state_dict()
-    b = torch.load(Path(cfg.output_dir) / run_name(cfg) / "checkpoint.pt", weights_only=False).state_dict()
+    a = load_checkpoint(Path(plain_cfg.output_dir) / run_name(plain_cfg) / "checkpoint.pt").state_dict()
+    b = load_checkpoint(Path(cfg.output_dir) / run_name(cfg) / "checkpoint.pt").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert compiled["test_acc"] == plain["test_acc"]
     # Inference throughput was timed on the compiled model (eval mode, no autograd).
