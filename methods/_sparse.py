@@ -281,6 +281,10 @@ class SparseTraining(Method):
         """The resolved schedule, for the summary."""
         return {}
 
+    def counts(self, shapes: list[tuple[int, ...]], nnz: int) -> list[int]:
+        """Active weights per sparse layer (at the end of training, for GMP)."""
+        return layer_counts(self.cfg.allocation, shapes, nnz)
+
     # ---- shared helpers ----------------------------------------------------------------
     def mask(self, layer: nn.Module) -> torch.Tensor:
         return layer._buffers[self.mask_name]
@@ -311,7 +315,7 @@ class SparseTraining(Method):
             raise ConfigError(f"method.target_params={cfg.target_params} is below the dense part of "
                               f"{ctx.model_name} ({dense_part / p_total:.4f} of its parameters: first conv, "
                               f"shortcuts, BN, biases, classifier); raise it or set method.sparse_classifier=true")
-        counts = layer_counts(cfg.allocation, shapes, nnz_sparse)
+        counts = self.counts(shapes, nnz_sparse)
         if min(counts) == 0:
             empty = names[counts.index(0)]
             raise ConfigError(f"method.target_params={cfg.target_params} leaves layer {empty} of {ctx.model_name} "
@@ -407,3 +411,82 @@ class SparseTraining(Method):
         self.updates = state["updates"]
         self.epochs_log = state["epochs_log"]
         self.info = state["info"]
+
+
+# --------------------------------------------------------------------------- drop and grow (SET, RigL)
+@dataclass
+class DropGrowConfig(SparseConfig):
+    """Options of a method that drops a fraction of each layer's active weights by
+    magnitude and grows as many elsewhere in the same layer (SET, RigL). Each method
+    redeclares them with its paper's defaults."""
+    drop_fraction: float = opt(0.3, "fraction of each layer's active weights dropped (and regrown) per update")
+    drop_schedule: str = opt("constant", "constant: the same fraction at every update; cosine: alpha/2 (1 + "
+                                         "cos(pi t / T_end))", choices=("constant", "cosine"))
+    update_every_epochs: float = opt(1.0, "steps between mask updates as a fraction of an epoch (at least 1 step)")
+    stop_frac: float = opt(1.0, "no update from this fraction of the step budget on (T_end)")
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 < self.drop_fraction < 1.0:
+            raise ConfigError(f"method.drop_fraction={self.drop_fraction} must be in (0, 1)")
+        if self.update_every_epochs <= 0:
+            raise ConfigError(f"method.update_every_epochs={self.update_every_epochs} must be > 0")
+        if not 0.0 < self.stop_frac <= 1.0:
+            raise ConfigError(f"method.stop_frac={self.stop_frac} must be in (0, 1]")
+
+
+class DropGrow(SparseTraining):
+    """Per layer, at update step t (Evci et al. 2020 sec. 3, Algorithm 1; Mocanu et al. 2018):
+    n = floor(f_t * active_l) active weights of smallest |w| are dropped and n positions
+    among the layer's inactive ones (those just dropped included) are grown by `grow`;
+    a just-dropped position that is grown again keeps its weight and optimizer state (it
+    was never dropped, as in the RigL authors' code), every other grown weight starts at 0
+    with zero optimizer state. Each layer's active count never changes.
+
+    Schedule: updates after steps P, 2P, ... while t < T_end, with P =
+    max(1, round(update_every_epochs * steps_per_epoch)) and T_end = round(stop_frac *
+    total steps); f_t = drop_fraction (constant) or drop_fraction/2 (1 + cos(pi t / T_end))
+    (cosine, RigL eq. (1)). Each update reads counts on the host (a device
+    synchronisation); steps without an update read nothing."""
+
+    @property
+    def period(self) -> int:
+        return max(1, round(self.cfg.update_every_epochs * self.ctx.steps_per_epoch))
+
+    @property
+    def stop_step(self) -> int:
+        return round(self.cfg.stop_frac * self.total_steps)
+
+    def schedule_info(self) -> dict[str, Any]:
+        steps = list(range(self.period, self.stop_step, self.period))
+        return {"update_period_steps": self.period, "stop_step": self.stop_step, "updates_planned": len(steps),
+                "drop_fractions_planned": [self.drop_fraction_at(t) for t in steps]}
+
+    def drop_fraction_at(self, step: int) -> float:
+        if self.cfg.drop_schedule == "cosine":
+            return cosine_fraction(self.cfg.drop_fraction, step, self.stop_step)
+        return self.cfg.drop_fraction
+
+    def due(self, step: int) -> bool:
+        return 0 < step < self.stop_step and step % self.period == 0
+
+    def grow(self, layer: nn.Module, candidates: torch.Tensor, n: int) -> torch.Tensor:
+        """Flat bool mask of the `n` positions to grow among `candidates` (flat bool)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def update(self, layers: list[tuple[str, nn.Module]]) -> dict[str, Any]:
+        f = self.drop_fraction_at(self.ctx.step)
+        dropped = grown = 0
+        for _, m in layers:
+            mask = self.mask(m)
+            old = mask.flatten().clone()     # flatten() is a view of a contiguous mask
+            n = int(f * int(old.sum()))
+            if n == 0:
+                continue
+            kept = old & ~drop_smallest(m.weight, mask, n)
+            new = kept | self.grow(m, ~kept, n)
+            write_mask_(mask, new)
+            dropped += int((old & ~new).sum())
+            grown += int((new & ~old).sum())
+        return {"drop_fraction": f, "dropped": dropped, "grown": grown}
