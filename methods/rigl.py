@@ -24,7 +24,7 @@ an epoch, 97,656 steps): alpha = 0.3 (`drop_fraction`), cosine decay
 Delta T keeps the paper's updates per epoch (2.56), so grown weights get the same
 share of an epoch to train before the next update; T_end stays 75% of the budget.
 In the quick suite (196 steps an epoch, 4 epochs = 784 steps) that is Delta T = 50
-and T_end = 588: 11 updates (after steps 50, ..., 550), f from 0.29 down to 0.01.
+and T_end = 588: 11 updates (after steps 50, ..., 550), f from 0.29 down to 0.003.
 
 Choices where the sources are silent or differ:
   - allocation: the paper reports uniform (first layer dense) and ERK; the family's
