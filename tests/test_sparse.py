@@ -370,3 +370,23 @@ def test_allocation_choices_are_checked_and_global_is_gmp_only():
     build_dataclass(get_method("gmp").Config, {"name": "gmp", "allocation": "global"}, "method.")
     with pytest.raises(ConfigError, match="target_params"):
         make("set", tiny(), target_params=0.001)                     # below the dense part
+
+
+@pytest.mark.parametrize("name", ["dsr", "set", "rigl", "gmp", "static"])
+def test_a_step_without_an_update_reads_nothing_back_from_the_device(name, monkeypatch):
+    """Masking every step must not synchronise a GPU: no tensor is turned into a Python
+    number on a step whose schedule names no update (on CUDA each would wait for the device)."""
+    model = tiny()
+    ctx = make_ctx(model, steps_per_epoch=196, epochs=4)
+    method = make(name, model, ctx)
+    ctx.optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    fake_step(model, torch.Generator().manual_seed(0))
+    ctx.step = 1                                          # no method updates after step 1 at this budget
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("a tensor was read on the host")
+    for attr in ("item", "tolist", "__int__", "__float__", "__bool__", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, attr, host_read)
+    method.after_step(model)
+    monkeypatch.undo()
+    assert method.updates == []
