@@ -1,31 +1,14 @@
 """DSR: dynamic sparse reparameterization (Mostafa & Wang, ICML 2019, arXiv 1902.05967).
 
 Trains a sparse network directly: a fixed budget of non-zero weights is moved within
-and across layers during training (METHODS.md sec. 5, the paper's Algorithm 1; the
-authors' code is github IntelAI/dynamic-reparameterization).
+and across layers during training (the paper's Algorithm 1; the authors' code is
+github IntelAI/dynamic-reparameterization). Built on the family's mask engine
+(methods/_sparse.py), which holds what every sparse-training method shares: which
+layers are sparse, the target and its allocation, masks as buffers, the masking of
+weights and optimizer state after every step, DDP and resume. What is DSR's own:
 
-What is sparse: every Conv2d except the first one (in execution order) and except
-1x1 shortcut convs (the blocks' projection shortcuts); BN parameters and biases stay dense; the
-classifier (the last Linear) is sparse only with `sparse_classifier` (the paper's
-ResNet-50 setting; its CIFAR WRN-28-2 setting keeps it dense). Every sparse tensor
-starts at the same sparsity with a uniformly random mask drawn from the method's
-generator.
-
-Target. `target_params` is the fraction of the dense model's parameters that are
-non-zero (mask-active). With D the dense part and S the size of the sparse tensors,
-the sparse tensors get `round(target * P) - D` active weights (P = D + S), spread
-over the tensors at one sparsity `1 - (round(target * P) - D) / S` (the authors'
-`target_sparsity * np_total / np_sparse`), rounding by largest remainder so that the
-total is exact.
-
-Masks. Each sparse layer keeps its mask as a buffer `dsr_mask` (bool, same shape as
-the weight) on the ordinary nn.Conv2d/nn.Linear, so the model pickles as is and the
-shared MAC counter sees ordinary layers. `mask * w` in the forward pass is realised
-by keeping `w` exactly zero at masked positions at every forward: `after_step`
-re-applies `w *= mask` after each optimizer step and multiplies every optimizer
-state tensor of that weight (SGD `momentum_buffer`, Adam `exp_avg`/`exp_avg_sq`) by
-the mask, so neither the gradient nor momentum nor weight decay revives a masked
-weight (its gradient is computed and thrown away).
+Initial masks: every sparse tensor at the same sparsity (`allocation: uniform`, the
+paper's setting) with a uniformly random mask drawn from the method's generator.
 
 Reallocation (Algorithm 1), every P steps until `stop_frac` of the budget:
   1. prune: active weights with |w| < H (one global H) -> masked, w = 0; K = number pruned;
@@ -56,31 +39,26 @@ steps from epochs 0, 25, 80, 140; no reallocation from epoch 190):
     paper; a short budget makes fewer reallocations in total (8 epochs: about 15
     instead of about 370).
 **Choices** where the sources are silent or differ:
-  - regrowth excludes the positions just pruned (METHODS.md; so does the authors'
-    `grow_random`, which draws among the zeros minus `pruned_indices`). Where all other
-    zero positions together cannot hold K (only at near-zero sparsity) the authors grow
+  - regrowth excludes the positions just pruned (so does the authors' `grow_random`,
+    which draws among the zeros minus `pruned_indices`). Where all other zero
+    positions together cannot hold K (only at near-zero sparsity) the authors grow
     fewer and the count drops; we regrow the rest into just-pruned positions (at w = 0),
     keeping the count constant;
   - the weight a layer keeps when H would empty it: its largest |w| (ties: the first
     in flat order); the authors' code keeps the first active one in flat order;
-  - the "first conv" is the first Conv2d to run on the example input;
-  - "shortcut convs" are the 1x1 convs the model's structure names as a block's shortcut
-    (bench.models.structure_of);
   - the harness's `params_nonzero` counts exact zeros: a regrown weight is 0 until
     its first update, so it can sit slightly below the active count reported here.
+`reallocate: false` is the static sparse control (DSR's own ablation, the suites'
+`dsr_static`): the same initial masks, never moved (the `static` method computes the
+same masks).
 Precision: masks, thresholds and magnitudes are computed in `after_step`, outside the
 harness's autocast, on the float32 parameters themselves (autocast never changes
-their dtype), so bf16 training needs nothing here.
-Under torchrun the weights are identical on every rank (DDP averages gradients) and
-the regrowth draws come from the method's generator, seeded alike on every rank, so
-every rank makes the identical reallocation.
+their dtype), so bf16 training needs nothing here. A reallocation reads counts on the
+host (a device synchronisation); steps without one read nothing.
 Reported: per-layer active counts every epoch (`dsr/active/<layer>`), H, K per
 reallocation, the time of each reallocation against the mean training-step time.
-Host-device synchronisation: the per-step work (masking) and its timing never wait for
-the device (the step and mask times are device intervals, IntervalTimer, read at the
-epoch's end). A reallocation does wait: the pruned and surviving counts decide on the
-host how many weights each layer regrows and the threshold's next value, and its time
-is read with a synchronising clock; that is once per P steps, not per step.
+The masks keep the buffer name `dsr_mask` (the other methods of the family use
+`sparse_mask`), so checkpoints and resume states written before the engine still load.
 """
 from __future__ import annotations
 
@@ -91,11 +69,9 @@ import torch
 from torch import nn
 
 from bench.config import ConfigError, opt
-from bench.metrics import Clock, IntervalTimer
-from bench.models import structure_of
-from bench.activations import capture
-from bench.targets import check_fraction
-from methods.base import Method, MethodConfig, register
+from methods import _sparse
+from methods._sparse import SparseConfig, SparseTraining, sparse_layer_names, split_exact  # noqa: F401 (re-exported)
+from methods.base import register
 
 # The paper's WRN-28-2 / CIFAR-10 setting (Mostafa & Wang 2019, sec. 4 and appendix).
 PAPER_NP = 20_000                     # weights pruned (and regrown) per reallocation
@@ -103,6 +79,16 @@ WRN28_2_SPARSE_PARAMS = 1_451_520     # 3x3 convs of WRN-28-2 except the first: 
 PAPER_STEPS_PER_EPOCH = 500           # 50,000 images at batch 100
 PAPER_EPOCHS = 200
 MASK = "dsr_mask"                     # buffer name on each sparse layer
+
+
+def masked_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, layer) of every layer carrying a DSR mask, in module order."""
+    return _sparse.masked_layers(model, MASK)
+
+
+def apply_masks(model: nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> None:
+    """w *= mask, and every optimizer state tensor shaped like w *= mask."""
+    _sparse.apply_masks(model, optimizer, MASK)
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -203,72 +189,15 @@ def reallocate(weights: list[torch.Tensor], masks: list[torch.Tensor], threshold
             "pruned_masks": pruned, "grown_masks": grown}
 
 
-def split_exact(total: int, sizes: list[int]) -> list[int]:
-    """Counts proportional to `sizes` summing to `total` exactly (largest remainder)."""
-    s = sum(sizes)
-    raw = [total * n / s for n in sizes]
-    out = [int(r) for r in raw]
-    order = sorted(range(len(sizes)), key=lambda i: raw[i] - out[i], reverse=True)
-    for i in order[:total - sum(out)]:
-        out[i] += 1
-    return out
-
-
-def sparse_layer_names(model: nn.Module, example: torch.Tensor, sparse_classifier: bool) -> list[str]:
-    """The layers DSR makes sparse: convs but the first to run and 1x1 shortcuts; the
-    classifier (last Linear to run) only if `sparse_classifier`; other Linears."""
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    order: list[str] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), capture(layers, lambda n, t: order.append(n) if n not in order else None,
-                                      inputs=True):
-            model(example)
-    finally:
-        model.train(was_training)
-    convs = [n for n in order if isinstance(layers[n], nn.Conv2d)]
-    linears = [n for n in order if isinstance(layers[n], nn.Linear)]
-    shortcuts = {b.shortcut.conv for b in structure_of(model).blocks() if b.shortcut is not None}
-    out = []
-    for n in convs[1:]:
-        m = layers[n]
-        if tuple(m.kernel_size) == (1, 1) and n in shortcuts:
-            continue
-        out.append(n)
-    out += linears[:-1] + (linears[-1:] if sparse_classifier else [])
-    return out
-
-
-def masked_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, layer) of every layer carrying a DSR mask, in module order."""
-    return [(n, m) for n, m in model.named_modules() if m._buffers.get(MASK) is not None]
-
-
-@torch.no_grad()
-def apply_masks(model: nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> None:
-    """w *= mask, and every optimizer state tensor shaped like w *= mask."""
-    for _, m in masked_layers(model):
-        mask = getattr(m, MASK)
-        m.weight.mul_(mask)
-        if optimizer is not None:
-            for v in optimizer.state.get(m.weight, {}).values():
-                if isinstance(v, torch.Tensor) and v.shape == mask.shape:
-                    v.mul_(mask)
-
-
 # --------------------------------------------------------------------------- the method
 @register("dsr")
-class DSR(Method):
+class DSR(SparseTraining):
     """Dynamic sparse reparameterization (Mostafa & Wang, ICML 2019): a constant non-zero budget moved across layers."""
 
-    in_place_hooks = frozenset({"on_train_start"})   # registers the mask buffers on the sparse layers
+    mask_name = MASK
 
     @dataclass
-    class Config(MethodConfig):
-        target_params: float = opt(0.5, "fraction of the dense model's parameters that are non-zero (mask-active); "
-                                        "sets the sparsity of the sparse tensors")
-        sparse_classifier: bool = opt(False, "make the classifier sparse too (paper: ResNet-50 yes, WRN-28-2 no)")
+    class Config(SparseConfig):
         prune_target_frac: float = opt(PAPER_NP / WRN28_2_SPARSE_PARAMS,
                                        "Np, weights to prune per reallocation, as a fraction of the sparse tensors' "
                                        "size (paper: 20,000 of WRN-28-2's 1,451,520)")
@@ -285,10 +214,7 @@ class DSR(Method):
                                      "random masks, never reallocated")
 
         def validate(self) -> None:
-            check_fraction("target_params", self.target_params)
-            if self.target_params == 1.0:
-                raise ConfigError("method.target_params=1 leaves no weight masked for DSR to reallocate; "
-                                  "use method.name=dense for the dense model")
+            super().validate()
             if self.prune_target_frac <= 0 or self.threshold_init <= 0 or not 0 <= self.prune_tol_frac < 1:
                 raise ConfigError("method.prune_target_frac and method.threshold_init must be > 0 and "
                                   "method.prune_tol_frac in [0, 1)")
@@ -306,16 +232,11 @@ class DSR(Method):
         super().__init__(cfg, ctx)
         self.threshold = cfg.threshold_init
         self.steps_since = 0
-        self.reallocs: list[dict] = []      # one record per reallocation
-        self.epochs_log: list[dict] = []    # one record per epoch
-        self.info: dict[str, Any] = {}      # resolved sparsity, Np, schedule
-        self._epoch_acc = self._fresh_acc()
-        self._last_end: Any = None          # an IntervalTimer mark
-        self._timer = IntervalTimer(ctx.device)
 
-    @staticmethod
-    def _fresh_acc() -> dict[str, float]:
-        return {"reallocs": 0, "pruned": 0, "realloc_s": 0.0, "mask_s": 0.0, "step_s": 0.0, "steps": 0}
+    @property
+    def reallocs(self) -> list[dict]:
+        """The reallocations so far (the engine's update records)."""
+        return self.updates
 
     # ---- schedule ----------------------------------------------------------------------
     def periods(self) -> list[int]:
@@ -330,131 +251,48 @@ class DSR(Method):
         phase = max(i for i, f in enumerate(self.cfg.period_start_frac) if f * budget <= epoch_float)
         return self.periods()[phase]
 
-    # ---- hooks -------------------------------------------------------------------------
-    def on_train_start(self, model: nn.Module) -> Optional[nn.Module]:
+    def schedule_info(self) -> dict[str, Any]:
         cfg, ctx = self.cfg, self.ctx
-        names = sparse_layer_names(model, ctx.example_inputs, cfg.sparse_classifier)
-        if not names:
-            raise ConfigError(f"model {ctx.model_name} has no layer DSR can make sparse (it needs convs after "
-                              f"the first, or method.sparse_classifier=true)")
-        layers = [model.get_submodule(n) for n in names]
-        sizes = [m.weight.numel() for m in layers]
-        s_total = sum(sizes)
-        p_total = ctx.dense_params    # targets are fractions of the model as built
-        dense_part = p_total - s_total
-        active_target = round(cfg.target_params * p_total)
-        nnz_sparse = active_target - dense_part
-        if nnz_sparse <= 0:
-            raise ConfigError(f"method.target_params={cfg.target_params} is below the dense part of "
-                              f"{ctx.model_name} ({dense_part / p_total:.4f} of its parameters: first conv, "
-                              f"shortcuts, BN, biases, classifier); raise it or set method.sparse_classifier=true")
-        counts = split_exact(nnz_sparse, sizes)
-        with torch.no_grad():
-            for m, n in zip(layers, counts):
-                mask = torch.zeros(m.weight.numel(), dtype=torch.bool, device=m.weight.device)
-                mask[torch.randperm(m.weight.numel(), generator=ctx.generator)[:n].to(mask.device)] = True
-                m.register_buffer(MASK, mask.view_as(m.weight))
-                m.weight.mul_(getattr(m, MASK))
-        self.info = {
-            "sparse_layers": names, "sparse_sizes": dict(zip(names, sizes)),
-            "params_dense_model": p_total, "params_dense_part": dense_part, "params_sparse_tensors": s_total,
-            "params_active": active_target, "sparsity_of_sparse_tensors": 1 - nnz_sparse / s_total,
-            "np": max(1, round(cfg.prune_target_frac * s_total)),
-            "period_steps_resolved": self.periods(),
-            "period_start_epochs": [f * ctx.epochs for f in cfg.period_start_frac],
-            "stop_epoch": cfg.stop_frac * ctx.epochs,
-        }
-        self.info["active_init"] = dict(zip(names, counts))
-        return None   # changed in place (declared): same parameters, the optimizer has no state yet
+        return {"np": max(1, round(cfg.prune_target_frac * self.info["params_sparse_tensors"])),
+                "period_steps_resolved": self.periods(),
+                "period_start_epochs": [f * ctx.epochs for f in cfg.period_start_frac],
+                "stop_epoch": cfg.stop_frac * ctx.epochs}
 
-    def after_step(self, model: nn.Module) -> None:
-        ctx, acc, timer = self.ctx, self._epoch_acc, self._timer
-        t0 = timer.mark()
-        if self._last_end is not None:
-            timer.add("step_s", self._last_end, t0)
-            acc["steps"] += 1
-        apply_masks(model, ctx.optimizer)
-        timer.add("mask_s", t0, timer.mark())
+    def due(self, step: int) -> bool:
+        """Every P steps (P of the phase in force) until `stop_frac` of the budget."""
         self.steps_since += 1
-        period = self.period_at(ctx.step / ctx.steps_per_epoch)
+        period = self.period_at(step / self.ctx.steps_per_epoch)
         if self.cfg.reallocate and period is not None and self.steps_since >= period:
             self.steps_since = 0
-            self._reallocate(model)
-        self._last_end = timer.mark()
+            return True
+        return False
 
-    def _reallocate(self, model: nn.Module) -> None:
-        ctx = self.ctx
-        t_start = Clock(ctx.device)()       # a reallocation waits for the device anyway (module docstring)
-        layers = masked_layers(model)
+    def update(self, layers: list[tuple[str, nn.Module]]) -> dict[str, Any]:
         h = self.threshold
-        out = reallocate([m.weight.data for _, m in layers], [getattr(m, MASK) for _, m in layers], h,
-                         ctx.generator)
-        apply_masks(model, ctx.optimizer)   # zero the pruned weights' optimizer state
+        out = reallocate([m.weight.data for _, m in layers], [self.mask(m) for _, m in layers], h,
+                         self.ctx.generator)
         self.threshold = adjust_threshold(h, out["pruned"], self.info["np"], self.cfg.prune_tol_frac)
-        seconds = Clock(ctx.device)() - t_start
-        self.reallocs.append({"step": ctx.step, "epoch": ctx.epoch, "threshold": h, "pruned": out["pruned"],
-                              "grown": sum(out["grown_per_layer"]), "seconds": seconds})
-        self._epoch_acc["reallocs"] += 1
-        self._epoch_acc["pruned"] += out["pruned"]
-        self._epoch_acc["realloc_s"] += seconds
+        return {"threshold": h, "pruned": out["pruned"], "dropped": out["pruned"],
+                "grown": sum(out["grown_per_layer"])}
 
-    def on_epoch_end(self, model: nn.Module, epoch: int) -> Optional[nn.Module]:
-        acc = self._epoch_acc
-        for key, seconds in self._timer.totals().items():   # the epoch's step and mask times
-            acc[key] += seconds
-        active = {n: int(getattr(m, MASK).sum()) for n, m in masked_layers(model)}
-        step_s = acc["step_s"] / max(1, acc["steps"])
-        realloc_s = acc["realloc_s"] / max(1, acc["reallocs"])
-        self.epochs_log.append({
-            "epoch": epoch, "threshold": self.threshold, "reallocs": acc["reallocs"], "pruned": acc["pruned"],
-            "pruned_per_realloc": acc["pruned"] / max(1, acc["reallocs"]),
-            "realloc_s": acc["realloc_s"], "realloc_s_mean": realloc_s, "mask_s": acc["mask_s"],
-            "step_s_mean": step_s, "realloc_over_step": realloc_s / step_s if step_s > 0 else None,
-            "active_sparse": sum(active.values()), "active": active,
-        })
-        self._epoch_acc = self._fresh_acc()
-        self._last_end = None   # the next interval would include evaluation
-        return None
+    def epoch_extra(self) -> dict[str, Any]:
+        acc = self._acc
+        return {"threshold": self.threshold, "reallocs": acc["updates"], "pruned": acc["dropped"],
+                "pruned_per_realloc": acc["dropped"] / max(1, acc["updates"])}
 
-    # ---- reporting ---------------------------------------------------------------------
-    def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
-        if not self.epochs_log:
-            return {}
-        rec = self.epochs_log[-1]
-        out = {f"dsr/{k}": v for k, v in rec.items() if k not in ("active", "epoch") and v is not None}
-        out.update({f"dsr/active/{n}": v for n, v in rec["active"].items()})
+    # ---- reporting and resume ----------------------------------------------------------
+    def summary(self, model: nn.Module) -> dict[str, Any]:
+        out = super().summary(model)
+        out.update({"threshold_final": self.threshold, "reallocations": out["updates"],
+                    "realloc_log": self.updates})
         return out
 
-    def summary(self, model: nn.Module) -> dict[str, Any]:
-        layers = masked_layers(model)
-        final = {n: {"size": getattr(m, MASK).numel(), "active": int(getattr(m, MASK).sum()),
-                     "density": float(getattr(m, MASK).float().mean())} for n, m in layers}
-        n_re = len(self.reallocs)
-        step_means = [r["step_s_mean"] for r in self.epochs_log if r["step_s_mean"] > 0]
-        realloc_mean = sum(r["seconds"] for r in self.reallocs) / max(1, n_re)
-        step_mean = sum(step_means) / max(1, len(step_means))
-        return {
-            **self.info,
-            "active_sparse_final": sum(v["active"] for v in final.values()),
-            "layers_final": final,
-            "threshold_final": self.threshold,
-            "reallocations": n_re,
-            "realloc_s_total": sum(r["seconds"] for r in self.reallocs),
-            "realloc_s_mean": realloc_mean, "train_step_s_mean": step_mean,
-            "realloc_over_step": realloc_mean / step_mean if step_mean > 0 else None,
-            "mask_s_total": sum(r["mask_s"] for r in self.epochs_log),
-            "realloc_log": self.reallocs,
-            "epochs": self.epochs_log,
-            "note": "active = mask-active weights (constant); MACs of non-zero weights are theoretical",
-        }
-
     def state_dict(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "steps_since": self.steps_since, "reallocs": self.reallocs,
-                "epochs_log": self.epochs_log, "info": self.info}
+        return {**super().state_dict(), "threshold": self.threshold, "steps_since": self.steps_since}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "reallocs" in state:      # a run interrupted before the engine: its records had other names
+            state = {**state, "updates": state["reallocs"]}
+        super().load_state_dict(state)
         self.threshold = state["threshold"]
         self.steps_since = state["steps_since"]
-        self.reallocs = state["reallocs"]
-        self.epochs_log = state["epochs_log"]
-        self.info = state["info"]

@@ -147,21 +147,25 @@ def cells(suite: str):
 
 
 CONTROLS = {"dense_small", "random_filter", "dsr_static"}
-METHODS = {"dense", "dense_leaky", "pcn", "pcns", "l1_filter", "snp", "dsr", "decorrelated_bp"} | CONTROLS
+SPARSE = {"dsr", "dsr_static", "set", "rigl", "gmp"}          # the sparse-training family
+METHODS = {"dense", "dense_leaky", "pcn", "pcns", "l1_filter", "snp", "decorrelated_bp"} | CONTROLS | SPARSE
 
 
-@pytest.mark.parametrize("suite,seeds,targets", [("cifar10-quick", {0, 1, 2}, {0.5, 0.25}),
-                                                 ("cifar10", {0, 1, 2}, {0.5, 0.25, 0.1}),
-                                                 ("cifar10-smoke", {0}, {0.5, 0.25})])
-def test_every_profile_runs_every_method_and_control_at_every_target(suite, seeds, targets):
+@pytest.mark.parametrize("suite,seeds,targets,sparse_targets", [
+    ("cifar10-quick", {0, 1, 2}, {0.5, 0.25}, {0.5, 0.25, 0.1}),   # the sparse family also at 90% sparsity
+    ("cifar10", {0, 1, 2}, {0.5, 0.25, 0.1}, {0.5, 0.25, 0.1}),
+    ("cifar10-smoke", {0}, {0.5, 0.25}, {0.5, 0.25})])
+def test_every_profile_runs_every_method_and_control_at_every_target(suite, seeds, targets, sparse_targets):
     grid = cells(suite)
     assert {c.label for c in grid} == METHODS and {c.seed for c in grid} == seeds
     for label in METHODS - {"dense", "dense_leaky", "decorrelated_bp"}:
-        assert {c.target for c in grid if c.label == label} == targets, label
+        want = sparse_targets if label in SPARSE else targets
+        assert {c.target for c in grid if c.label == label} == want, label
     controls = load_suite(str(REPO / f"configs/suites/{suite}.yaml"))[0].controls()
-    assert {lab: controls[lab] for lab in ("dense_small", "random_filter", "pcns", "dsr", "dsr_static")} == {
+    assert {lab: controls[lab] for lab in ("dense_small", "random_filter", "pcns", "dsr", "dsr_static", "set", "rigl",
+                                           "gmp")} == {
         "dense_small": "dense", "random_filter": "dense", "pcns": "dense_leaky", "dsr": "dsr_static",
-        "dsr_static": "dense"}
+        "dsr_static": "dense", "set": "dsr_static", "rigl": "dsr_static", "gmp": "dsr_static"}
     assert {c.cfg.method.reallocate for c in grid if c.label == "dsr_static"} == {False}
     rnd = [c for c in grid if c.label == "random_filter"]
     l1 = [c for c in grid if c.label == "l1_filter"]
@@ -169,12 +173,11 @@ def test_every_profile_runs_every_method_and_control_at_every_target(suite, seed
     assert {c.cfg.method.transform_epoch for c in rnd} == {c.cfg.method.transform_epoch for c in l1}   # same prune point
 
 
-def test_the_ablation_suite_holds_snp_without_compensation_and_dsr_at_ten_percent():
+def test_the_ablation_suite_holds_snp_without_compensation():
     grid = cells("cifar10-ablation")
     assert {(c.label, c.target) for c in grid if c.seed == 0} == {
-        ("dense", None), ("snp", 0.5), ("snp", 0.25), ("snp_nocomp", 0.5), ("snp_nocomp", 0.25), ("dsr", 0.1),
-        ("dsr_static", 0.1)}
+        ("dense", None), ("snp", 0.5), ("snp", 0.25), ("snp_nocomp", 0.5), ("snp_nocomp", 0.25)}
     assert load_suite(str(REPO / "configs/suites/cifar10-ablation.yaml"))[0].controls()["snp_nocomp"] == "snp"
     for suite in ("cifar10-quick", "cifar10", "cifar10-smoke"):
-        assert not [c for c in cells(suite) if c.label == "snp_nocomp" or (c.label == "dsr" and c.target == 0.1
-                                                                            and suite != "cifar10")], suite
+        assert not [c for c in cells(suite) if c.label == "snp_nocomp"], suite
+    assert not [c for c in cells("cifar10-smoke") if c.target == 0.1]   # the smoke grid stays at two targets
