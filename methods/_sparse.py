@@ -64,7 +64,7 @@ from torch import nn
 from bench.config import ConfigError, opt
 from bench.metrics import Clock
 from bench.models import structure_of
-from bench.stats import capture
+from bench.activations import capture
 from bench.targets import check_fraction
 from methods.base import Method, MethodConfig
 

