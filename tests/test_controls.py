@@ -136,9 +136,9 @@ def test_random_pruning_draws_from_the_methods_generator():
     assert run(1) == run(1) and run(1) != run(2)
 
 
-def test_importance_must_be_l1_or_random():
+def test_importance_must_be_a_registered_criterion():
     with pytest.raises(ConfigError, match="importance"):
-        build_dataclass(L1.Config, {"name": "l1_filter", "importance": "taylor"}, "method.")
+        build_dataclass(L1.Config, {"name": "l1_filter", "importance": "hrank"}, "method.")
 
 
 # --------------------------------------------------------------------------- the suites
