@@ -153,9 +153,14 @@ IMPORTANCES: dict[str, Criterion] = {
                           "network slimming (Liu et al. 2017): |gamma| of the channel's BatchNorm scale "
                           "(mean over coupled BNs), unnormalised so a global ranking is one threshold",
                           regulariser=tp.pruner.BNScalePruner, default_reg=_slimming_reg),
+    # Molchanov et al. 2019's weight-sum variant ("Taylor FO on weights": their eq. 3 term summed over the
+    # structure) with |g w| for (g w)^2, the gradient of the loss summed over all calibration images, and the
+    # consumers' input slices added to the filter (Torch-Pruning's GroupTaylorImportance, multivariable=False);
+    # not their gate/BN variant (sum_s g_s w_s)^2. docs/methods/taylor.md.
     "taylor": Criterion(lambda m: tp.importance.GroupTaylorImportance(),
-                        "first-order Taylor (Molchanov et al. 2019): sum of |w dL/dw| over the channel's "
-                        "weights in every coupled layer, group mean, divided by its mean", gradients=True),
+                        "first-order Taylor (Molchanov et al. 2019, weight-sum variant with |g w|): sum of "
+                        "|w dL/dw| over the channel's weights in every coupled conv/linear layer, group mean, "
+                        "divided by its mean", gradients=True),
     "fpgm": Criterion(lambda m: FilterDistanceSum(),
                       "FPGM (He et al. 2019): summed Euclidean distance of the filter to its layer's filters"),
     "lamp": Criterion(lambda m: tp.importance.LAMPImportance(p=2),

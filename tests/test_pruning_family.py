@@ -117,9 +117,11 @@ def test_lamp_divides_each_squared_group_norm_by_the_sum_of_those_not_smaller():
 
 
 def test_taylor_sums_abs_weight_times_gradient_of_the_summed_calibration_loss_over_the_group():
-    """Gradients of the loss summed over all calibration images (batches of 10, 10, 4),
-    eval mode; the score is sum |w * dL/dw| over conv1's filter and conv2's input slice
-    (Torch-Pruning skips BatchNorm in its Taylor score), averaged, divided by its mean."""
+    """Molchanov et al. 2019's weight-sum variant ("Taylor FO on weights", their eq. 3 term
+    summed over the structure) with |g w| in place of (g w)^2, as Torch-Pruning computes it:
+    gradients of the loss summed over all calibration images (batches of 10, 10, 4), eval
+    mode; the score is sum |w * dL/dw| over conv1's filter and conv2's input slice (its
+    Taylor score skips BatchNorm), averaged over the 2 members, divided by its mean."""
     model = small_net()
     x, y = images(24)
     m = method("taylor", model, x, y, calibration_images=24, calibration_batch_size=10)
