@@ -1,6 +1,6 @@
 """The structured-pruning family over Torch-Pruning, and its first member, L1-norm filter
 pruning: Li, Kadav, Durdanovic, Samet, Graf, "Pruning Filters for Efficient ConvNets",
-ICLR 2017 (arXiv 1608.08710). METHODS.md sec. 3.
+ICLR 2017 (arXiv 1608.08710).
 
 `L1Filter` is the family's one code path (registered as `l1_filter`, whose defaults are Li
 et al.'s): a filter score from the `IMPORTANCES` registry, uniform (per-layer) or global
