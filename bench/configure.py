@@ -31,7 +31,9 @@ def build_config(raw: dict) -> RunConfig:
     method_cls = get_method(method_raw.get("name", "dense"))
     cfg.method = build_dataclass(method_cls.Config, {**method_raw, "name": method_cls.name}, "method.")
     check_model_name(cfg.model.name)
-    cfg.model.num_classes = get_dataset(cfg.data.name)(cfg.data).classes(cfg.model.num_classes)
+    dataset = get_dataset(cfg.data.name)(cfg.data)
+    cfg.model.num_classes = dataset.classes(cfg.model.num_classes)
+    method_cls.resolve_run(cfg, tuple(dataset.image_shape))     # e.g. Scratch-B's epoch count
     return cfg
 
 

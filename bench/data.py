@@ -13,7 +13,7 @@ make the host wait for the device at every step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -86,11 +86,13 @@ class DeviceData:
         return idx.to(self.device)
 
     def calibration_batches(self, n_images: int, batch_size: int = 500, heldout: bool = False,
-                            seed: int = 0) -> Iterator[torch.Tensor]:
-        """Unaugmented, normalised training images for activation statistics."""
+                            seed: int = 0, labels: bool = False) -> Iterator[Any]:
+        """Unaugmented, normalised training images for activation statistics; with
+        `labels`, (images, labels) pairs for gradients of the loss (Taylor scores)."""
         idx = self.calibration_indices(n_images, seed, heldout)
         for i in range(0, len(idx), batch_size):
-            yield self.normalize(self.train_x[idx[i:i + batch_size]])
+            x = self.normalize(self.train_x[idx[i:i + batch_size]])
+            yield (x, self.train_y[idx[i:i + batch_size]]) if labels else x
 
 
 def crop_flip_draws(b: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -46,15 +46,19 @@ def seed_all(seed: int) -> None:
 
 
 def make_step(runner: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
-              rt: Runtime) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+              rt: Runtime, before_step: Optional[Callable[[], None]] = None
+              ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """One optimizer step: the hot path, shared by the loop, the throughput probe and
-    the overhead benchmark."""
+    the overhead benchmark. `before_step` (the method's hook, None unless it overrides
+    it) runs between backward (DDP's gradient all-reduce included) and the step."""
     def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with rt.autocast():
             out = runner(x)
             loss = criterion(out, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if before_step is not None:
+            before_step()
         optimizer.step()
         return out, loss
     return step
@@ -123,6 +127,18 @@ def same_layout(a: list[tuple[str, Any]], b: list[tuple[str, Any]]) -> bool:
     return len(a) == len(b) and all(na == nb and oa is ob for (na, oa), (nb, ob) in zip(a, b))
 
 
+def check_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, method: str, where: str) -> None:
+    """The optimizer must hold exactly the model's trainable parameters (by identity):
+    after a hook, one it misses would never train and one it holds but the model lost
+    would train in vain."""
+    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    if held != trainable:
+        raise RuntimeError(f"method {method}: after {where} the optimizer holds {len(held - trainable)} parameter(s) "
+                           f"the model does not train and misses {len(trainable - held)} trainable one(s); return "
+                           f"a new model from the hook instead of changing its parameters in place (methods/base.py)")
+
+
 def average_running_stats_(model: nn.Module) -> None:
     """Under torchrun, average BN running statistics over the ranks (no-op in one process).
 
@@ -177,14 +193,20 @@ class Trainer:
         self.runner = self.rt.runner(self.model)
         self.optimizer = make_optimizer(self.model, self.cfg.train)
         self.ctx.optimizer = self.optimizer
-        self.step_fn = make_step(self.runner, self.optimizer, self.criterion, self.rt)
+        self.step_fn = make_step(self.runner, self.optimizer, self.criterion, self.rt, self.before_step_hook())
         self.warmed_up = not self.rt.compile
+
+    def before_step_hook(self) -> Optional[Callable[[], None]]:
+        """The method's before_step bound to the current model; None if it does not override it."""
+        if not overrides(self.method, "before_step"):
+            return None
+        return lambda: self.method.before_step(self.model)
 
     def rewrap(self) -> None:
         """Rebuild what wraps the model (DDP, torch.compile) after a hook changed it in
         place; same parameters, so the optimizer and its state stay."""
         self.runner = self.rt.runner(self.model)
-        self.step_fn = make_step(self.runner, self.optimizer, self.criterion, self.rt)
+        self.step_fn = make_step(self.runner, self.optimizer, self.criterion, self.rt, self.before_step_hook())
         self.warmed_up = not self.rt.compile
 
     def warm_up(self, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -220,6 +242,8 @@ class Trainer:
                 raise RuntimeError(f"method {self.method.name}: {hook} changed the model's modules, parameters or "
                                    f"buffers in place without naming the hook in in_place_hooks (methods/base.py)")
             self.rewrap()
+        if new is None:
+            check_optimizer(self.optimizer, self.model, self.method.name, hook)
         return new, seconds
 
     def timed_hook(self, fn: Callable, *args) -> tuple[Any, float]:
@@ -239,6 +263,7 @@ class Trainer:
         if new is None:
             return
         self.set_model(new)
+        check_optimizer(self.optimizer, self.model, self.method.name, when)
         acc = self.evaluate()
         row.update({"acc_after_transform": acc, "transform_s": seconds})
         self.transforms.append({"when": when, "epoch": self.ctx.epoch, "seconds": seconds,
@@ -299,6 +324,7 @@ class Trainer:
         hook_s = self.hook_timer.totals().get("after_step_s", 0.0)
         self.check_finite(watch, epoch, bar)
         bar.close()
+        check_optimizer(self.optimizer, self.model, self.method.name, "the epoch's steps")
         if not same_layout(before, layout(self.model)):
             raise RuntimeError(f"method {self.method.name}: after_step changed the model's modules, parameters or "
                                f"buffers; it may change their values only (methods/base.py)")
@@ -315,7 +341,7 @@ class Trainer:
 
 
 def build_context(cfg: RunConfig, data: DeviceData, model: nn.Module, rt: Runtime,
-                  example: torch.Tensor, evaluate_fn: Callable) -> Context:
+                  example: torch.Tensor, evaluate_fn: Callable, criterion: Optional[nn.Module] = None) -> Context:
     dense_macs, _ = count_macs(model, example)
     return Context(
         device=rt.device, seed=cfg.seed, model_name=cfg.model.name, num_train_images=len(data.train_x),
@@ -325,9 +351,10 @@ def build_context(cfg: RunConfig, data: DeviceData, model: nn.Module, rt: Runtim
         generator=torch.Generator().manual_seed(cfg.seed + 1),
         # Under torchrun each rank sees its shard of every calibration batch; statistics
         # are sums, all-reduced by bench.activations, so every rank gets the full-set result.
-        calibration=lambda n_images, batch_size=500, heldout=False: (
-            rt.prepare(dist.shard(x)) for x in data.calibration_batches(n_images, batch_size, heldout, cfg.seed)),
-        evaluate=evaluate_fn,
+        calibration=lambda n_images, batch_size=500, heldout=False, labels=False: (
+            (rt.prepare(dist.shard(b[0])), dist.shard(b[1])) if labels else rt.prepare(dist.shard(b))
+            for b in data.calibration_batches(n_images, batch_size, heldout, cfg.seed, labels)),
+        evaluate=evaluate_fn, criterion=criterion,
     )
 
 
@@ -364,10 +391,10 @@ def _train(cfg: RunConfig, rd: RunDir, run_id: str, max_epochs: Optional[int], l
     if main:
         rd.prepare(cfg, env)
 
-    ctx = build_context(cfg, data, model, rt, example, lambda m: evaluate(
-        m, lambda: data.eval_batches(cfg.train.eval_batch_size), rt.prepare, rt.autocast))
-    method = get_method(cfg.method.name)(cfg.method, ctx)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    ctx = build_context(cfg, data, model, rt, example, lambda m: evaluate(
+        m, lambda: data.eval_batches(cfg.train.eval_batch_size), rt.prepare, rt.autocast), criterion)
+    method = get_method(cfg.method.name)(cfg.method, ctx)
     trainer = Trainer(cfg, data, rt, method, ctx, model, criterion)
 
     state = rd.load_state(device, log) if cfg.resume else None

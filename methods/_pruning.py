@@ -171,9 +171,16 @@ def sizes(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, int]:
     return {"params": measure(model, example_inputs, "params"), "macs": measure(model, example_inputs, "macs")}
 
 
-def detached_copy(model: nn.Module) -> nn.Module:
-    """A deep copy to prune (the harness's model is left as it was if pruning fails)."""
-    return copy.deepcopy(model)
+def detached_copy(model: nn.Module, grads: bool = False) -> nn.Module:
+    """A deep copy to prune (the harness's model is left as it was if pruning fails); with
+    `grads`, the parameters' `.grad` are copied too (deepcopy drops them; gradient-based
+    scores read them)."""
+    new = copy.deepcopy(model)
+    if grads:
+        for p, q in zip(model.parameters(), new.parameters()):
+            if p.grad is not None:
+                q.grad = p.grad.detach().clone()
+    return new
 
 
 class ScheduledPruning(Method):

@@ -6,6 +6,8 @@ holding its options, their defaults and the source of each default. The harness
 never branches on a method's name: it calls these hooks at fixed points.
 
     on_train_start(model)        before the first step (make sparse, swap layers)
+    before_step(model)           after backward, before every optimizer step (regularisers
+                                 that add to the gradients: sparse learning of the pruners)
     after_step(model)            after every optimizer step (DSR, decorrelation)
     on_epoch_end(model, epoch)   after `epoch` completed epochs (PCN transform, pruning)
 
@@ -16,7 +18,16 @@ change) and times the hook. A hook that instead changes the model *in place*
 (swaps submodules, registers buffers or parameters) and returns None must be named
 in `in_place_hooks`: the harness then rebuilds what wraps the model (DDP,
 torch.compile), whose view of the modules and buffers was taken before the change,
-and keeps the optimizer. An undeclared in-place change is an error. `after_step`
+and keeps the optimizer. An undeclared in-place change is an error. After every
+hook the harness checks that the optimizer holds exactly the model's trainable
+parameters (a hook that adds, swaps or freezes parameters in place without a new
+model would otherwise train a stale set): a mismatch is an error.
+
+`before_step` sees the gradients of the step's loss as the optimizer will apply them
+(under torchrun: after DDP's all-reduce, so identical on every rank) and may add to
+them in place (`p.grad += ...`); like `after_step` it may change values only, and it
+must do so identically on every rank. The harness calls it only for methods that
+override it, so the other methods' steps gain no call and no device sync. `after_step`
 may only change values (weights, buffers) in place, never the structure, and under
 torchrun it must change them identically on every rank (from all-reduced
 statistics or rank-identical state and random streams): the harness checks that
@@ -86,8 +97,14 @@ class Context:
     dense_params: int                # parameter count of the model as built (targets are fractions of it)
     dense_macs: int                  # MACs per image of the model as built
     generator: torch.Generator       # the method's own random stream (seeded from the run seed)
-    calibration: Callable[..., Iterator[torch.Tensor]]  # calibration(n_images, batch_size, heldout=False)
+    # calibration(n_images, batch_size, heldout=False, labels=False): unaugmented training images,
+    # a fixed subset per seed; labels=True yields (images, labels) pairs (for gradients of the loss).
+    # Under torchrun each rank gets its shard of every batch: sum statistics and all-reduce them.
+    calibration: Callable[..., Iterator[Any]]
     evaluate: Callable[[nn.Module], float]              # test accuracy of a model
+    # The training loss, criterion(logits, labels) -> mean over the batch (cross-entropy with
+    # the run's label smoothing): what gradient-based criteria (Taylor) differentiate.
+    criterion: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
     epoch: int = 0                   # completed epochs
     step: int = 0                    # completed optimizer steps
     last_epoch_s: float = 0.0        # training seconds of the last completed epoch (for cost ratios)
@@ -110,6 +127,10 @@ class Method:
     def on_train_start(self, model: nn.Module) -> Optional[nn.Module]:
         """Before the first optimizer step. Return a new model or None."""
         return None
+
+    def before_step(self, model: nn.Module) -> None:
+        """After backward, before every optimizer step (ctx.step counts the steps before
+        this one): add to the gradients in place. Called only if a method overrides it."""
 
     def after_step(self, model: nn.Module) -> None:
         """After every optimizer step (ctx.step already counts it)."""
@@ -140,6 +161,13 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+    # ---- config time -----------------------------------------------------------------
+    @classmethod
+    def resolve_run(cls, cfg: Any, image_shape: tuple[int, ...]) -> None:
+        """When the run config is built (before hashing): derive run-level settings from the
+        method's options, in place (dense_small's Scratch-B sets train.epochs). The result
+        must be a fixed point: building the stored config again changes nothing."""
 
     # ---- what the suite reads --------------------------------------------------------
     def target(self) -> Optional[float]:

@@ -28,23 +28,42 @@ Initialisation: built on the CPU under `torch.manual_seed(run seed)` inside a fo
 so the small model is the same for a given seed (paired comparisons across methods use the
 same seed) and the harness's global random stream is left as it was.
 
+Scratch-B (`match_dense_macs: true`; the suites' `scratch_b` row). Liu et al. train the
+small network twice: Scratch-E, the same epochs as the large model (this method as is),
+and Scratch-B, the same training compute. Training MACs are 3 x (forward MACs per image) x
+images x epochs for both (the harness's `train_macs`), so matching them means
+
+    E_B = min(2 E, round(E x M_dense / M_small))      (round half up; E_B >= E)
+
+with E = train.epochs, M the forward MACs per image of the dense model as built and of
+the small model this method trains, and the cap at twice the epochs as in Liu et al.
+(sec. 4, training budget). The rule runs when the config is
+built (`resolve_run`): train.epochs becomes E_B, so the run's config.yaml, its hash and
+the report see the epoch count, and the option is reset to false, so the run is exactly
+a `dense_small` run at E_B epochs; the learning-rate schedule is a function of the step
+and the step count (bench.optim), so it stretches over the longer run unchanged. A scratch
+curve (dense_small at E, 2E, 4E epochs) is then suite rows with `run: {train: {epochs: N}}`,
+and the one at E_B is the same run as scratch_b's.
+
 Statistics: none; the method computes no statistics from activations (it only counts
 parameters).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional
 
 import torch
 from torch import nn
 
-from bench.config import ConfigError, ModelConfig, opt
+from bench.config import ConfigError, ModelConfig, RunConfig, opt
 from bench.models import build_model, count_params, structure_of
 from methods.base import Method, TargetConfig, register
 
 MAX_WIDTH = 16.0             # the search covers widths up to this multiplier (targets are <= the dense width)
+SCRATCH_B_CAP = 2            # Scratch-B trains at most this many times the epochs (Liu et al. 2019 sec. 4)
 
 
 @dataclass
@@ -116,6 +135,26 @@ def closest_width(count: Callable[[float], int], widths: list[float], goal: floa
     return (below, above) if goal - below.params <= above.params - goal else (above, below)
 
 
+def small_width(family: ModelConfig, dense_params: int, target_params: float) -> tuple[WidthChoice, WidthChoice]:
+    """(closest, other) widths of `family` for `target_params` x `dense_params` parameters."""
+    return closest_width(meta_count(family), step_widths(family, MAX_WIDTH), target_params * dense_params)
+
+
+def scratch_b_epochs(epochs: int, dense_macs: int, small_macs: int) -> int:
+    """Liu et al.'s Scratch-B epoch count: the dense model's training MACs spent on the small
+    model, E x M_dense / M_small rounded half up, capped at SCRATCH_B_CAP x E (never below E)."""
+    matched = math.floor(epochs * dense_macs / small_macs + 0.5)
+    return min(SCRATCH_B_CAP * epochs, max(epochs, matched))
+
+
+def forward_macs(model_cfg: ModelConfig, image_shape: tuple[int, ...]) -> int:
+    """MACs per image of the model `model_cfg` builds (the harness's counter, CPU, eval mode)."""
+    from bench.metrics import count_macs
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(model_cfg).eval()
+    return count_macs(model, torch.zeros(1, *image_shape))[0]
+
+
 @register("dense_small")
 class DenseSmall(Method):
     """A narrower dense model of the same family, trained from scratch: the control any
@@ -128,11 +167,35 @@ class DenseSmall(Method):
                                                   "model's, in (0, 1] (the width is searched; outside the "
                                                   "tolerance the closest width is still trained and the summary "
                                                   "says within_tol: false)")
+        match_dense_macs: bool = opt(False, "Scratch-B (Liu et al. 2019): train.epochs becomes min(2 E, round(E "
+                                            "M_dense / M_small)), the dense model's training MACs (capped at 2x, "
+                                            "paper sec. 4); resolved when the config is built, then reset to false "
+                                            "(the run is dense_small at those epochs)")
 
         def validate(self) -> None:
             super().validate()
             if self.target() is None:
                 raise ConfigError("method: dense_small needs method.target_params")
+
+    @classmethod
+    def resolve_run(cls, cfg: RunConfig, image_shape: tuple[int, ...]) -> None:
+        """Scratch-B: set cfg.train.epochs by the rule in the module docstring (needs the
+        model config and the dataset's image shape, not a trained model)."""
+        if not cfg.method.match_dense_macs:
+            return
+        dense_cfg = cfg.model
+        with torch.device("meta"):
+            dense_params = count_params(build_model(dense_cfg))
+        family = dataclasses.replace(dense_cfg, width=1.0)
+        dense, _ = closest_width(meta_count(family), step_widths(family, MAX_WIDTH), dense_params)
+        if dense.params != dense_params:
+            raise ConfigError(f"dense_small: cannot rebuild {dense_cfg.name} at width {dense_cfg.width} from the "
+                              f"width search (closest width {dense.width:.4f} gives {dense.params} parameters)")
+        best, _ = small_width(family, dense_params, cfg.method.target_params)
+        small_cfg = dataclasses.replace(family, width=best.width)
+        cfg.train.epochs = scratch_b_epochs(cfg.train.epochs, forward_macs(dense_cfg, image_shape),
+                                            forward_macs(small_cfg, image_shape))
+        cfg.method.match_dense_macs = False
 
     def __init__(self, cfg: "DenseSmall.Config", ctx):
         super().__init__(cfg, ctx)
@@ -147,8 +210,7 @@ class DenseSmall(Method):
             raise ConfigError(f"dense_small: cannot rebuild {self.ctx.model_name} with {self.ctx.dense_params} "
                               f"parameters from its name, activation and classes (closest width {dense.width:.4f} "
                               f"gives {dense.params}); the model has settings this method does not read")
-        goal = self.cfg.target_params * self.ctx.dense_params
-        best, other = closest_width(count, widths, goal)
+        best, other = small_width(family, self.ctx.dense_params, self.cfg.target_params)
         achieved = best.params / self.ctx.dense_params
         info = {"width": best.width, "dense_width": dense.width, "width_ratio": best.width / dense.width,
                 "params": best.params, "target_frac": self.cfg.target_params, "achieved_frac": achieved,

@@ -1,5 +1,14 @@
-"""L1-norm filter pruning: Li, Kadav, Durdanovic, Samet, Graf, "Pruning Filters for
-Efficient ConvNets", ICLR 2017 (arXiv 1608.08710). METHODS.md sec. 3.
+"""The structured-pruning family over Torch-Pruning, and its first member, L1-norm filter
+pruning: Li, Kadav, Durdanovic, Samet, Graf, "Pruning Filters for Efficient ConvNets",
+ICLR 2017 (arXiv 1608.08710).
+
+`L1Filter` is the family's one code path (registered as `l1_filter`, whose defaults are Li
+et al.'s): a filter score from the `IMPORTANCES` registry, uniform (per-layer) or global
+allocation, one-shot or iterative events, the target search below, and an optional
+sparse-learning phase in which Torch-Pruning's own regularising pruner adds its penalty
+to the gradients (`before_step`) from `sl_start_epoch` until the first pruning event. The
+other rows (methods/pruning_baselines.py: depgraph, slimming, taylor, fpgm) are this class
+with their papers' defaults; docs/methods/filter_pruning.md states the equations.
 
 A filter's importance is the sum of its absolute kernel weights, `s_j = sum |F_j|`
 (paper sec. 3.1); in each pruned layer the filters with the smallest `s_j` are removed
@@ -47,7 +56,9 @@ pruning the number of channels removed from each layer depends only on the targe
 the scores, so it prunes the same number of channels per layer as L1 at the same target.
 
 Statistics: the L1 scores are computed from the weights as stored (fp32 parameters), never
-from activations, so autocast plays no part.
+from activations, so autocast plays no part. The Taylor scores are the one exception in the
+family: gradients of the training loss on `calibration_images` labelled training images,
+in fp32 and eval mode, summed over the images and all-reduced under torchrun.
 """
 from __future__ import annotations
 
@@ -61,6 +72,7 @@ from torch import nn
 
 from bench.config import ConfigError, opt
 from bench.targets import Target
+from bench import dist
 from methods._pruning import (PruningConfig, ScheduledPruning, SeededRandomImportance, block_internal_convs,
                               channel_table, channels, classifier_of, conv_layers, dense_value,
                               detached_copy, eval_mode, event_fraction, measure, prune_out_channels, prune_schedule,
@@ -80,6 +92,80 @@ class FirstLayerL1(tp.importance.MagnitudeImportance):
 
     def __call__(self, group):
         return super().__call__(group[:1])
+
+
+class FilterDistanceSum(tp.importance.Importance):
+    """FPGM (He et al., CVPR 2019, sec. 3.3-3.4): a filter near the geometric median of its
+    layer's filters is the one the others can best stand in for. The geometric median is
+    approximated, as in the paper, by the filter minimising the summed Euclidean distance to
+    all the layer's filters, so the score of filter i is
+
+        s_i = sum_j || F_i - F_j ||_2        (F: the layer's filters, flattened)
+
+    and the smallest s_i are removed. Only the group's first (root) layer is scored: the
+    paper ranks a layer's own filters. Torch-Pruning's `FPGMImportance` instead measures
+    distances between the element-wise powers |F|^p and averages them over every coupled
+    layer (consumers' input slices included), which is not the paper's quantity."""
+
+    @torch.no_grad()
+    def __call__(self, group) -> torch.Tensor:
+        dep, idxs = group[0]
+        w = dep.target.module.weight.detach()[list(idxs)].flatten(1).float()
+        return torch.cdist(w[None], w[None]).squeeze(0).sum(1)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One entry of the importance registry: how to build the scorer, what it needs.
+
+    `make(method)` returns a Torch-Pruning importance; `regulariser` is the Torch-Pruning
+    pruner whose `regularize()` is the criterion's sparse-learning penalty (None: the
+    criterion has none, `reg` must stay 0); `default_reg(model_name)` is the penalty's
+    paper default (used when `reg` is null); `gradients`: scores read `.grad`, so labelled
+    calibration batches are back-propagated at the prune point."""
+    make: Callable[["L1Filter"], tp.importance.Importance]
+    help: str
+    regulariser: Optional[type] = None
+    default_reg: Callable[[str], float] = lambda model_name: 0.0
+    gradients: bool = False
+
+
+def _slimming_reg(model_name: str) -> float:
+    """Liu et al. 2017 sec. 4.3 (grid search over 1e-3, 1e-4, 1e-5 on CIFAR-10): 1e-4 for
+    VGGNet, 1e-5 for ResNet and DenseNet."""
+    return 1e-5 if "resnet" in model_name else 1e-4
+
+
+# DepGraph's penalty: torch-pruning's CIFAR reproduction script (its --reg default, 5e-4, which its
+# ResNet-56 group_sl run at 2.11x uses).
+DEPGRAPH_REG = 5e-4
+
+IMPORTANCES: dict[str, Criterion] = {
+    "l1": Criterion(lambda m: FirstLayerL1(),
+                    "Li et al. 2017: L1 norm of the filter (the group's first layer)"),
+    "random": Criterion(lambda m: SeededRandomImportance(m.ctx.generator),
+                        "uniform random scores from the method's generator (the control)"),
+    "group_norm": Criterion(lambda m: tp.importance.GroupMagnitudeImportance(p=2),
+                            "DepGraph (Fang et al. 2023): squared L2 norm of the channel over every coupled "
+                            "layer, group mean, divided by its mean over the group's channels",
+                            regulariser=tp.pruner.GroupNormPruner, default_reg=lambda n: DEPGRAPH_REG),
+    "bn_scale": Criterion(lambda m: tp.importance.BNScaleImportance(normalizer=None),
+                          "network slimming (Liu et al. 2017): |gamma| of the channel's BatchNorm scale "
+                          "(mean over coupled BNs), unnormalised so a global ranking is one threshold",
+                          regulariser=tp.pruner.BNScalePruner, default_reg=_slimming_reg),
+    # Molchanov et al. 2019's weight-sum variant ("Taylor FO on weights": their eq. 3 term summed over the
+    # structure) with |g w| for (g w)^2, the gradient of the loss summed over all calibration images, and the
+    # consumers' input slices added to the filter (Torch-Pruning's GroupTaylorImportance, multivariable=False);
+    # not their gate/BN variant (sum_s g_s w_s)^2. docs/methods/taylor.md.
+    "taylor": Criterion(lambda m: tp.importance.GroupTaylorImportance(),
+                        "first-order Taylor (Molchanov et al. 2019, weight-sum variant with |g w|): sum of "
+                        "|w dL/dw| over the channel's weights in every coupled conv/linear layer, group mean, "
+                        "divided by its mean", gradients=True),
+    "fpgm": Criterion(lambda m: FilterDistanceSum(),
+                      "FPGM (He et al. 2019): summed Euclidean distance of the filter to its layer's filters"),
+    "lamp": Criterion(lambda m: tp.importance.LAMPImportance(p=2),
+                      "LAMP (Lee et al. 2021): squared group L2 norm divided by the sum of the larger ones"),
+}
 
 
 def selected_convs(model: nn.Module, scope: str, prune_layers: list[int]) -> list[nn.Conv2d]:
@@ -121,7 +207,8 @@ def step_until(pruner: tp.pruner.BasePruner, value: Callable[[], int], limit: fl
 
 @register("l1_filter")
 class L1Filter(ScheduledPruning):
-    """L1-norm filter pruning (Li et al. 2017) through Torch-Pruning: train, prune, fine-tune."""
+    """L1-norm filter pruning (Li et al. 2017) through Torch-Pruning: train, prune, fine-tune;
+    with another `importance` and `reg` > 0, the structured-pruning family (module docstring)."""
 
     @dataclass
     class Config(PruningConfig):
@@ -142,9 +229,24 @@ class L1Filter(ScheduledPruning):
         iterative_steps: int = opt(1, "pruning events (1: one-shot, Li et al.); more spreads them "
                                       "step_every_epochs apart from transform_epoch, the removed share growing linearly")
         step_every_epochs: int = opt(1, "epochs between pruning events when iterative_steps > 1")
-        importance: str = opt("l1", "filter score: l1 (Li et al.) or random (Torch-Pruning's RandomImportance "
-                                    "from the method's generator: the random structured-pruning control)",
-                              choices=("l1", "random"))
+        importance: str = opt("l1", "filter score: " + "; ".join(f"{k}: {c.help}" for k, c in IMPORTANCES.items()),
+                              choices=tuple(IMPORTANCES))
+        reg: Optional[float] = opt(0.0, "sparse learning: strength of the criterion's penalty, added to the "
+                                        "gradients from sl_start_epoch until the first pruning event by "
+                                        "Torch-Pruning's regularising pruner (group_norm: GroupNormPruner, "
+                                        "bn_scale: BNScalePruner); 0: none (Li et al.); null: the paper default "
+                                        f"(group_norm {DEPGRAPH_REG:g}: torch-pruning's CIFAR reproduction; "
+                                        "bn_scale: 1e-4 VGG, 1e-5 ResNet, Liu et al. 2017 sec. 4.3)")
+        sl_start_epoch: Optional[int] = opt(
+            None, "sparse learning starts after this many completed epochs; null: round(2/3 of the epochs "
+                  "before the first pruning event), at most one before it (torch-pruning's reproduction: 200 "
+                  "training, then 100 sparse-learning epochs)")
+        sl_alpha: float = opt(4.0, "group_norm penalty: channel j's penalty is scaled by 2^(sl_alpha (max I - I_j) "
+                                   "/ (max I - min I)) (DepGraph; GroupNormPruner alpha=4)")
+        calibration_images: int = opt(3200, "taylor: labelled training images whose loss gradients score the "
+                                            "filters at each pruning event (50 batches of 64, the torch-pruning "
+                                            "authors' ImageNet pruning script, --taylor-batchs 50)")
+        calibration_batch_size: int = opt(64, "taylor: images per forward/backward pass of the calibration")
         search_step_frac: float = opt(0.0025, "targets: channel-ratio increment of each step of the stepping "
                                               "pruner (small enough that one step moves parameters by well under "
                                               "the 2% tolerance at usual targets)")
@@ -165,19 +267,110 @@ class L1Filter(ScheduledPruning):
                 raise ConfigError(f"method.search_step_frac must be in (0, 0.1], got {self.search_step_frac}")
             if not 0.0 < self.max_layer_ratio <= 1.0:
                 raise ConfigError(f"method.max_layer_ratio must be in (0, 1], got {self.max_layer_ratio}")
+            crit = IMPORTANCES[self.importance]
+            if self.reg is not None and self.reg < 0:
+                raise ConfigError(f"method.reg must be >= 0 (0: no sparse learning), got {self.reg}")
+            if (self.reg is None or self.reg > 0) and crit.regulariser is None:
+                with_reg = [k for k, c in IMPORTANCES.items() if c.regulariser is not None]
+                raise ConfigError(f"method.reg: importance {self.importance} has no sparse-learning penalty; set "
+                                  f"method.reg=0 or use importance {' or '.join(with_reg)}")
+            if self.sl_start_epoch is not None and self.sl_start_epoch < 0:
+                raise ConfigError(f"method.sl_start_epoch must be >= 0, got {self.sl_start_epoch}")
+            if self.calibration_images < 1 or self.calibration_batch_size < 1:
+                raise ConfigError("method.calibration_images and calibration_batch_size must be >= 1")
 
     def __init__(self, cfg: "L1Filter.Config", ctx):
         super().__init__(cfg, ctx)
         self.events = prune_schedule(cfg.transform_epoch, ctx.epochs, cfg.iterative_steps, cfg.step_every_epochs)
+        self.criterion = IMPORTANCES[cfg.importance]
+        self.reg = self.criterion.default_reg(ctx.model_name) if cfg.reg is None else cfg.reg
+        self.sl_epochs = self.sparse_learning_epochs()
+        self.regulariser: Optional[tp.pruner.BasePruner] = None     # built on the live model, rebuilt after resume
+
+    # ---- sparse learning ---------------------------------------------------------------
+    def sparse_learning_epochs(self) -> tuple[int, int]:
+        """[start, end) in epochs (0-based, as ctx.epoch during training) in which the
+        penalty is applied: from sl_start_epoch to the first pruning event; empty when reg
+        is 0."""
+        first = self.events[0]
+        if self.reg == 0:
+            return (first, first)
+        start = self.cfg.sl_start_epoch
+        if start is None:
+            start = max(0, min(round(2 / 3 * first), first - 1))
+        if start >= first:
+            raise ConfigError(f"method: sparse learning (reg={self.reg:g}) needs epochs before the first pruning "
+                              f"event at epoch {first}; lower method.sl_start_epoch (now {start}) or prune later")
+        return (start, first)
+
+    def in_sparse_learning(self) -> bool:
+        return self.sl_epochs[0] <= self.ctx.epoch < self.sl_epochs[1]
+
+    def make_regulariser(self, model: nn.Module) -> tp.pruner.BasePruner:
+        """Torch-Pruning's regularising pruner on the live model (same scorer, layer choice and
+        allocation as the pruning), traced in eval mode so no BN statistic moves."""
+        cfg = self.cfg
+        chosen = selected_convs(model, cfg.scope, cfg.prune_layers)
+        with eval_mode(model):
+            return self.criterion.regulariser(
+                model, self.ctx.example_inputs, importance=self.scorer(), reg=self.reg,
+                ignored_layers=ignored_layers(model, chosen), global_pruning=cfg.global_pruning,
+                round_to=cfg.round_to if cfg.round_to > 1 else None, max_pruning_ratio=cfg.max_layer_ratio)
+
+    def before_step(self, model: nn.Module) -> None:
+        """In the sparse-learning epochs: add the criterion's penalty to the gradients
+        (GroupNormPruner: reg * gamma_j * w on every weight slice of channel j, DepGraph's
+        group-lasso-like push; BNScalePruner: reg * sign(gamma) on every BN scale, the
+        subgradient of slimming's L1 term). The gradients are already all-reduced, the
+        weights identical on every rank, so every rank adds the same."""
+        if self.reg == 0 or not self.in_sparse_learning():
+            return
+        if self.regulariser is None:
+            self.regulariser = self.make_regulariser(model)
+        if isinstance(self.regulariser, tp.pruner.GroupNormPruner):
+            self.regulariser.regularize(model, alpha=2 ** self.cfg.sl_alpha)
+        else:
+            self.regulariser.regularize(model)
+
+    def on_train_start(self, model: nn.Module) -> Optional[nn.Module]:
+        if self.reg > 0 and self.sl_epochs[0] == 0:
+            self.regulariser = self.make_regulariser(model)
+        return super().on_train_start(model)
+
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> Optional[nn.Module]:
+        if self.reg > 0 and self.sl_epochs[0] <= epoch < self.sl_epochs[1]:
+            if self.regulariser is None:                 # the phase starts now (or resumed)
+                self.regulariser = self.make_regulariser(model)
+            self.regulariser.update_regularizer()        # once per epoch, as Torch-Pruning asks
+        elif epoch >= self.sl_epochs[1]:
+            self.regulariser = None                      # the phase is over; the model is about to change
+        return super().on_epoch_end(model, epoch)
 
     def check(self, model: nn.Module) -> None:
         selected_convs(model, self.cfg.scope, self.cfg.prune_layers)    # fail now, not after training
 
     def scorer(self) -> tp.importance.Importance:
-        """The filter score: Li et al.'s L1 norm, or uniform random scores (the control)."""
-        if self.cfg.importance == "random":
-            return SeededRandomImportance(self.ctx.generator)
-        return FirstLayerL1()
+        """The filter score of `importance` (IMPORTANCES): Li et al.'s L1 norm, random scores
+        (the control), or another criterion of the family."""
+        return self.criterion.make(self)
+
+    def calibrate_gradients(self, model: nn.Module) -> None:
+        """`.grad` of every parameter of `model` = d/dw of the training loss summed over the
+        `calibration_images` labelled images (fp32, eval mode: BN uses its running statistics
+        and none of them moves). Under torchrun every rank back-propagates its shard of each
+        batch and the sums are all-reduced, so every rank holds the full-set gradient."""
+        cfg, ctx = self.cfg, self.ctx
+        if ctx.criterion is None:
+            raise RuntimeError(f"method {self.name}: importance {cfg.importance} needs the training loss (ctx.criterion)")
+        model.zero_grad(set_to_none=True)
+        with eval_mode(model), torch.enable_grad():
+            for x, y in ctx.calibration(cfg.calibration_images, cfg.calibration_batch_size, labels=True):
+                if len(y):
+                    (ctx.criterion(model(x.float()), y) * len(y)).backward()
+        for p in model.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce_sum_(p.grad)
 
     # ---- the pruning -----------------------------------------------------------------
     def make_pruner(self, model: nn.Module, chosen: list[nn.Conv2d], **kw) -> tp.pruner.BasePruner:
@@ -193,6 +386,8 @@ class L1Filter(ScheduledPruning):
         cfg, ctx = self.cfg, self.ctx
         example = ctx.example_inputs
         model, training = detached_copy(model), model.training
+        if self.criterion.gradients:
+            self.calibrate_gradients(model)
         before, ch_before = sizes(model, example), channels(model)
         chosen = selected_convs(model, cfg.scope, cfg.prune_layers)
         info: dict[str, Any] = {}
@@ -216,6 +411,8 @@ class L1Filter(ScheduledPruning):
                         if value > limit else "a step removed too much; lower method.round_to")
                 goal.check(achieved, hint)
         model.train(training)          # the replay in step_to may hand back the copy made in eval mode
+        for p in model.parameters():   # calibration gradients (taylor) are not the model's business
+            p.grad = None
         after = sizes(model, example)
         info.update({"params_before": before["params"], "params_after": after["params"],
                      "macs_before": before["macs"], "macs_after": after["macs"],
@@ -236,7 +433,7 @@ class L1Filter(ScheduledPruning):
         would overshoot it below)."""
         cfg, example = self.cfg, self.ctx.example_inputs
         n_steps = math.ceil(cfg.max_layer_ratio / cfg.search_step_frac)
-        spare = detached_copy(model)
+        spare = detached_copy(model, grads=self.criterion.gradients)
         pruner = self.make_pruner(model, chosen, pruning_ratio=cfg.max_layer_ratio, iterative_steps=n_steps)
         kind, dense = goal.kind, limit / goal.frac
         value, steps = step_until(pruner, lambda: measure(model, example, kind), limit)

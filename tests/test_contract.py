@@ -29,6 +29,11 @@ TINY_METHOD_OVERRIDES: dict[str, list[str]] = {
     # net diverges after a shrink (see methods/pcns.py); the contract is about the harness.
     "pcns": ["model.act=leaky_relu", "model.leaky_slope=0.2", "method.transform_epochs=[1, 2]", "method.calibration_images=64",
              "method.error_images=32", "method.maxpool=explicit"],
+    "taylor": ["method.calibration_images=128", "method.calibration_batch_size=32"],
+}
+# Suite rows that are a registered method with other options: they pass the same contract.
+VARIANTS: dict[str, list[str]] = {
+    "depgraph_nosl": ["method.name=depgraph", "method.reg=0"],
 }
 BUILTIN = sorted(REGISTRY)
 # Read when cuBLAS starts (before any test runs): a fixed workspace makes its results reproducible.
@@ -49,16 +54,26 @@ def deterministic_cuda(monkeypatch):
     torch.use_deterministic_algorithms(was[0], warn_only=was[1])
 
 
+CASES = BUILTIN + sorted(VARIANTS)
+
+
+def method_overrides(case: str) -> tuple[str, list[str]]:
+    """(registered method name, overrides) of a registered method or a VARIANTS row."""
+    over = VARIANTS.get(case, [f"method.name={case}"])
+    name = next(o.split("=", 1)[1] for o in over if o.startswith("method.name="))
+    return name, over + TINY_METHOD_OVERRIDES.get(name, [])
+
+
 def weights(cfg) -> dict[str, torch.Tensor]:
     path = Path(cfg.output_dir) / run_name(cfg) / "checkpoint.pt"
     return load_checkpoint(path).state_dict()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("name", BUILTIN)
-def test_method_trains_and_resumes_exactly(name, precision, tiny_overrides, tmp_path, monkeypatch):
-    extra = ["train.epochs=3", f"method.name={name}", *TINY_METHOD_OVERRIDES.get(name, []),
-             f"train.precision={precision}"]
+@pytest.mark.parametrize("case", CASES)
+def test_method_trains_and_resumes_exactly(case, precision, tiny_overrides, tmp_path, monkeypatch):
+    name, over = method_overrides(case)
+    extra = ["train.epochs=3", *over, f"train.precision={precision}"]
     if precision == "bf16":
         monkeypatch.setattr(device_mod, "native_bf16", lambda dev: (True, "forced native by the test"))
         extra.append("data.synthetic_train_size=256")   # emulated bf16 is slow on CPUs without it

@@ -136,9 +136,9 @@ def test_random_pruning_draws_from_the_methods_generator():
     assert run(1) == run(1) and run(1) != run(2)
 
 
-def test_importance_must_be_l1_or_random():
+def test_importance_must_be_a_registered_criterion():
     with pytest.raises(ConfigError, match="importance"):
-        build_dataclass(L1.Config, {"name": "l1_filter", "importance": "taylor"}, "method.")
+        build_dataclass(L1.Config, {"name": "l1_filter", "importance": "hrank"}, "method.")
 
 
 # --------------------------------------------------------------------------- the suites
@@ -149,16 +149,18 @@ def cells(suite: str):
 CONTROLS = {"dense_small", "random_filter", "dsr_static"}
 SPARSE = {"dsr", "dsr_static", "set", "rigl", "gmp"}          # the sparse-training family
 METHODS = {"dense", "dense_leaky", "pcn", "pcns", "l1_filter", "snp", "decorrelated_bp"} | CONTROLS | SPARSE
+# The structured-pruning baselines and the compute-matched small network (quick and smoke suites).
+BASELINES = {"depgraph", "depgraph_nosl", "slimming", "taylor", "fpgm", "scratch_b"}
 
 
-@pytest.mark.parametrize("suite,seeds,targets,sparse_targets", [
-    ("cifar10-quick", {0, 1, 2}, {0.5, 0.25}, {0.5, 0.25, 0.1}),   # the sparse family also at 90% sparsity
-    ("cifar10", {0, 1, 2}, {0.5, 0.25, 0.1}, {0.5, 0.25, 0.1}),
-    ("cifar10-smoke", {0}, {0.5, 0.25}, {0.5, 0.25})])
-def test_every_profile_runs_every_method_and_control_at_every_target(suite, seeds, targets, sparse_targets):
+@pytest.mark.parametrize("suite,seeds,targets,sparse_targets,labels", [
+    ("cifar10-quick", {0, 1, 2}, {0.5, 0.25}, {0.5, 0.25, 0.1}, METHODS | BASELINES),   # sparse also at 90%
+    ("cifar10", {0, 1, 2}, {0.5, 0.25, 0.1}, {0.5, 0.25, 0.1}, METHODS),
+    ("cifar10-smoke", {0}, {0.5, 0.25}, {0.5, 0.25}, METHODS | BASELINES)])
+def test_every_profile_runs_every_method_and_control_at_every_target(suite, seeds, targets, sparse_targets, labels):
     grid = cells(suite)
-    assert {c.label for c in grid} == METHODS and {c.seed for c in grid} == seeds
-    for label in METHODS - {"dense", "dense_leaky", "decorrelated_bp"}:
+    assert {c.label for c in grid} == labels and {c.seed for c in grid} == seeds
+    for label in labels - {"dense", "dense_leaky", "decorrelated_bp"}:
         want = sparse_targets if label in SPARSE else targets
         assert {c.target for c in grid if c.label == label} == want, label
     controls = load_suite(str(REPO / f"configs/suites/{suite}.yaml"))[0].controls()
@@ -171,6 +173,13 @@ def test_every_profile_runs_every_method_and_control_at_every_target(suite, seed
     l1 = [c for c in grid if c.label == "l1_filter"]
     assert {c.cfg.method.importance for c in rnd} == {"random"} and {c.cfg.method.importance for c in l1} == {"l1"}
     assert {c.cfg.method.transform_epoch for c in rnd} == {c.cfg.method.transform_epoch for c in l1}   # same prune point
+    if labels & BASELINES:
+        base = [c for c in grid if c.label in BASELINES - {"scratch_b"}]
+        assert {c.cfg.method.transform_epoch for c in base} == {c.cfg.method.transform_epoch for c in l1}
+        assert {c.cfg.method.reg for c in grid if c.label == "depgraph_nosl"} == {0.0}
+        small = {(c.target, c.seed): c.cfg.train.epochs for c in grid if c.label == "dense_small"}
+        assert all(small[(c.target, c.seed)] < c.cfg.train.epochs <= 2 * small[(c.target, c.seed)]
+                   for c in grid if c.label == "scratch_b")                # more epochs, at most twice
 
 
 def test_the_ablation_suite_holds_snp_without_compensation():

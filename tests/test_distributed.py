@@ -20,10 +20,9 @@ import bench.train as train_mod
 from bench.configure import load_config
 from bench.activations import CovarianceAccumulator
 from bench.suite import run_suite
-from methods import REGISTRY
 from methods.decorrelated_bp import decor_step
 from methods.dsr import DSR
-from test_contract import TINY_METHOD_OVERRIDES
+from test_contract import CASES, method_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.name=synthetic", "data.synthetic_train_size=512", "data.synthetic_test_size=128",
@@ -76,12 +75,12 @@ def test_two_process_ddp_run_matches_on_both_ranks_and_the_single_process_run(tm
     assert len(list((tmp_path / "ddp").glob("*/summary.json"))) == 1   # rank 0 alone wrote
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_every_method_under_ddp_ends_with_identical_parameters_and_buffers_on_both_ranks(tmp_path, name):
+@pytest.mark.parametrize("case", CASES)
+def test_every_method_under_ddp_ends_with_identical_parameters_and_buffers_on_both_ranks(tmp_path, case):
     """Methods that change the model in place (DSR's masks, decorrelated BP's layers and R)
     do so after the harness wrapped it for DDP; the ranks must still end bit-identical."""
-    r = run_cli(["run", "configs/smoke.yaml", *TINY, "train.epochs=2", f"method.name={name}",
-                 *TINY_METHOD_OVERRIDES.get(name, []), f"output_dir={tmp_path}"], nproc=2)
+    name, over = method_overrides(case)
+    r = run_cli(["run", "configs/smoke.yaml", *TINY, "train.epochs=2", *over, f"output_dir={tmp_path}"], nproc=2)
     assert r.returncode == 0, r.stderr[-3000:]
     s = summary_in(tmp_path)
     assert s["world_size"] == 2 and s["method"] == name
