@@ -239,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bad = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
         if bad:
-            split_args(extra)            # `--train.epochs=2`: the override as it should be written
+            words = list(sys.argv[1:] if argv is None else argv)
+            for word in bad:             # `--train.epochs=2`, `--train.epochs 2`: the override as it should be written
+                split_args(words[words.index(word):words.index(word) + 2] if word in words else [word])
             p.error(f"unrecognized arguments: {' '.join(bad)}")
         if extra:
             args.overrides = list(args.overrides) + extra

@@ -332,6 +332,7 @@ SMOKE = str(REPO / "configs/smoke.yaml")
     (["train.epochs", "2"], "'train.epochs' is neither a config file nor a key=value override; "
                             "did you mean train.epochs=2?"),
     (["--train.epochs=2"], "'--train.epochs=2': overrides take no leading '-'; did you mean train.epochs=2?"),
+    (["--train.epochs", "2"], "'--train.epochs': overrides take no leading '-'; did you mean train.epochs=2?"),
     (["method.name=random_filter"], "run it with method.name=l1_filter method.importance=random"),
     (["method.name=dsr_static"], "run it with method.name=dsr method.reallocate=false"),
     (["method.name=pcnn"], "unknown method 'pcnn' (did you mean 'pcn'?)"),
