@@ -913,6 +913,8 @@ class PCNS(Method):
         params_before = sum(p.numel() for p in model.parameters())
         model, report, _ = shrink(model, self.cfg, self.ctx.calibration, self.ctx.example_inputs, target)
         params_after = sum(p.numel() for p in model.parameters())
+        n = self.ctx.num_train_images          # ctx.calibration serves at most the whole training set
+        report.update({"calib_images": min(report["calib_images"], n), "error_images": min(report["error_images"], n)})
         report.update({"epoch": epoch, "params_before": params_before, "params_after": params_after,
                        "target_met": None if target is None else
                        Target("params", target / self.ctx.dense_params, self.cfg.target_tol_frac).within(

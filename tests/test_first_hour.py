@@ -435,6 +435,20 @@ def test_snp_runs_on_small_data_with_its_defaults_and_every_recorded_key_is_expl
     assert row.params_after_transform == change["params_after"] < row.params_total
 
 
+def test_pcns_runs_on_small_data_with_its_default_calibration_and_records_what_it_used(tiny_overrides):
+    """pcns's default 2,048 calibration + 512 error images on 512 training images."""
+    cfg = load_config("configs/smoke.yaml", tiny_overrides + ["method.name=pcns", "method.transform_epochs=[1]",
+                                                              "model.act=leaky_relu", "model.leaky_slope=0.2"])
+    assert cfg.method.calibration_images + cfg.method.error_images > 512
+    lines: list[str] = []
+    summary = train(cfg, log=lines.append)
+    assert summary["status"] == "finished"
+    assert any("calibration images asked for (method.calibration_images=2048)" in line for line in lines)
+    assert any("held-out images overlap the calibration images" in line for line in lines)
+    (shrink,) = summary["method_summary"]["shrinks"]
+    assert shrink["calib_images"] == 512 and shrink["error_images"] == 512
+
+
 def test_fields_lists_history_and_summary_keys(tmp_path):
     p = bench_cli(tmp_path, "fields")
     assert p.returncode == 0, p.stderr
