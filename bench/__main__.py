@@ -1,36 +1,113 @@
-"""Command line: `python -m bench {run,suite,report,retime,compare,methods,models,datasets} ...`."""
+"""Command line: `python -m bench {run,suite,report,retime,compare,wandb-report,methods,fields,models,datasets} ...`."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from bench.config import ConfigError
+from bench.config import ConfigError, split_args
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.configure import load_config
-    from bench.train import train
-    files = [a for a in args.configs if "=" not in a]
-    overrides = [a for a in args.configs if "=" in a] + list(args.overrides)
+    files, overrides = split_args(list(args.configs) + list(args.overrides))
     if not files:
         raise ConfigError("give at least one config file, e.g. `python -m bench run configs/smoke.yaml`")
     cfg = load_config(files, overrides)
-    summary = train(cfg)
+    from bench.train import train          # heavy: only once the config is known to be valid
+    summary = train(cfg, rerun=args.rerun)
     if summary and summary.get("status") == "diverged":
         print(f"error: run {summary['run_id']} {summary['message']}", file=sys.stderr)
         return 1
     return 0
 
 
-def cmd_methods(args: argparse.Namespace) -> int:
+def first_paragraph(doc: str | None) -> str:
+    """A docstring's first paragraph as one line (a summary that wraps is not cut off)."""
+    lines = []
+    for line in (doc or "").strip().splitlines():
+        if not line.strip():
+            break
+        lines.append(line.strip())
+    return " ".join(lines)
+
+
+def method_options(cls: type) -> list[tuple[str, str, str]]:
+    """(key, default, help) of a method's options; `method.name`'s default is the method."""
     from bench.config import describe
+    return [(key, repr(cls.name) if key == "method.name" else default, help_)
+            for key, default, help_ in describe(cls.Config, "method.")]
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from bench.configure import check_method_name, suite_labels
+    labels = suite_labels()
+    if args.name and args.name not in labels:
+        check_method_name(args.name)                   # unknown: "did you mean", the list (no torch yet)
     from methods import REGISTRY
+    if args.name:
+        if args.name in labels:
+            label = labels[args.name]
+            cls = REGISTRY[label.method]
+            print(f"{label.label}: a suite label, not a method: {label.overrides()} "
+                  f"(suites: {', '.join(label.suites)})")
+            print(f"    {label.method}: {first_paragraph(cls.__doc__)}")
+            print(f"run it: {label.command()}")
+            print(f"its options: python -m bench methods {label.method}")
+            return 0
+        cls = REGISTRY[args.name]
+        print(f"{cls.name}: {first_paragraph(cls.__doc__)}")
+        for key, default, help_ in method_options(cls):
+            print(f"    {key:32s} {default:14s} {help_}")
+        print(f"run it: python -m bench run configs/smoke.yaml method.name={cls.name}")
+        used = [lab for lab in labels.values() if lab.method == cls.name]
+        if used:
+            print("suite labels built on it: " + "; ".join(f"{lab.label} = {lab.overrides()}" for lab in used))
+        return 0
     for name, cls in sorted(REGISTRY.items()):
-        doc = (cls.__doc__ or "").strip().splitlines()
-        print(f"{name:18s} {doc[0] if doc else ''}")
+        print(f"{name:18s} {first_paragraph(cls.__doc__)}")
         if args.verbose:
-            for key, default, help_ in describe(cls.Config, "method."):
+            for key, default, help_ in method_options(cls):
                 print(f"    {key:32s} {default:14s} {help_}")
+    print("\nsuite labels (a method with options, not methods of their own; `methods LABEL` for one):")
+    for label in sorted(labels.values(), key=lambda lab: lab.label):
+        print(f"{label.label:20s} = {label.overrides()}")
+    print("\none method's options and the command that runs it: python -m bench methods NAME")
+    return 0
+
+
+def field_rows() -> dict[str, list[tuple[str, str]]]:
+    """(key, meaning) of every history.csv column and summary.json key: the declared
+    metrics (bench/metrics/) and the harness's other fields (bench/metrics/fields.py)."""
+    from bench.metrics import EPOCH, FINAL, declared
+    from bench.metrics.fields import FIELDS, HISTORY, METHOD_PREFIX_HELP, SUMMARY
+    rows: dict[str, list[tuple[str, str]]] = {HISTORY: [], SUMMARY: []}
+    for where, when in ((HISTORY, EPOCH), (SUMMARY, FINAL)):
+        for m in declared(when):
+            which = (" (of the model trained in this epoch, before any change at its end)" if where == HISTORY
+                     else " (of the final model)") if EPOCH in m.when and FINAL in m.when else ""
+            rows[where].append((m.name, m.help + which))
+        rows[where] += [(f.name, f.help) for f in FIELDS.values() if where in f.where]
+    rows[HISTORY].sort(key=lambda row: row[0] != "epoch")        # the row's key first
+    rows[HISTORY].append(("METHOD/NAME", METHOD_PREFIX_HELP))
+    return rows
+
+
+def cmd_fields(args: argparse.Namespace) -> int:
+    from bench.metrics.fields import HISTORY, SUMMARY
+    rows = field_rows()
+    intro = {HISTORY: "history.csv: one row per completed epoch, describing the model trained in that epoch; the "
+                      "*_after_transform columns describe the model the method returned at the epoch's end",
+             SUMMARY: "summary.json: the run's identity and its final model (written last: it marks the run "
+                      "finished)"}
+    for where in (HISTORY, SUMMARY):
+        if args.file and args.file != where:
+            continue
+        if args.markdown:
+            print(f"### {intro[where]}\n\n| key | meaning |\n|---|---|")
+            print("\n".join(f"| `{k}` | {h} |" for k, h in rows[where]) + "\n")
+        else:
+            print(intro[where])
+            print("\n".join(f"    {k:32s} {h}" for k, h in rows[where]))
     return 0
 
 
@@ -63,6 +140,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
+    split_args(args.overrides, files_allowed=False)     # `train.epochs 2`: say how to write it
     if args.gpu_suite:              # `make bench-cifar` without PROFILE: decide here, one interpreter start
         import torch
         if torch.cuda.is_available():
@@ -118,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("configs", nargs="+", metavar="CONFIG.yaml ... key=value",
                    help="YAML files merged left to right (e.g. configs/quick-vgg.yaml configs/methods/pcn-target50.yaml),"
                         " then dotted key=value overrides (e.g. train.epochs=2 method.name=pcn)")
+    r.add_argument("--rerun", action="store_true",
+                   help="train again a run that already finished (its earlier summary is kept beside it)")
     r.set_defaults(fn=cmd_run, overrides=[])
     s = sub.add_parser("suite", help="run a grid of runs, then write the report")
     s.add_argument("config", help="suite YAML under configs/suites/")
@@ -164,21 +244,30 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--entity", required=True, help="W&B entity (user or team) that owns the project")
     w.add_argument("--project", default=None, help="W&B project (default: the runs' wandb.project)")
     w.set_defaults(fn=cmd_wandb_report)
-    m = sub.add_parser("methods", help="list registered methods")
+    m = sub.add_parser("methods", help="list registered methods and the suites' labels (a method with options)")
+    m.add_argument("name", nargs="?", default=None,
+                   help="one method or suite label: its description, options and the command that runs it")
     m.add_argument("-v", "--verbose", action="store_true", help="also list each method's options")
     m.set_defaults(fn=cmd_methods)
+    f = sub.add_parser("fields", help="what every history.csv column and summary.json key means")
+    f.add_argument("file", nargs="?", choices=("history", "summary"), help="only this file's keys")
+    f.add_argument("--markdown", action="store_true", help="as Markdown tables (for documentation)")
+    f.set_defaults(fn=cmd_fields)
     sub.add_parser("models", help="list available models").set_defaults(fn=cmd_models)
     d = sub.add_parser("datasets", help="list registered datasets (classes, image shape, sizes)")
     d.add_argument("-v", "--verbose", action="store_true", help="also list each dataset's options")
     d.set_defaults(fn=cmd_datasets)
     # Overrides may come after flags (`suite X.yaml --dry-run train.epochs=2`).
     args, extra = p.parse_known_args(argv)
-    bad = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
-    if bad:
-        p.error(f"unrecognized arguments: {' '.join(bad)}")
-    if extra:
-        args.overrides = list(args.overrides) + extra
     try:
+        bad = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+        if bad:
+            words = list(sys.argv[1:] if argv is None else argv)
+            for word in bad:             # `--train.epochs=2`, `--train.epochs 2`: the override as it should be written
+                split_args(words[words.index(word):words.index(word) + 2] if word in words else [word])
+            p.error(f"unrecognized arguments: {' '.join(bad)}")
+        if extra:
+            args.overrides = list(args.overrides) + extra
         return args.fn(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

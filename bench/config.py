@@ -21,7 +21,9 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,14 +37,47 @@ class ConfigError(ValueError):
     """A configuration problem the user can fix; the message says how."""
 
 
-def opt(default: Any, help: str, choices: Optional[tuple] = None) -> Any:
-    """A config field with help text (and optionally its allowed values)."""
+def opt(default: Any, help: str, choices: Optional[tuple] = None, range: Optional[str] = None) -> Any:
+    """A config field with help text, and optionally its allowed values or its allowed
+    range as an interval, e.g. "[1, inf)" or "(0, 1]" (checked when a value is given, so
+    that a value out of range fails before any work with one line naming the key)."""
     meta = {"help": help}
     if choices is not None:
         meta["choices"] = tuple(choices)
+    if range is not None:
+        parse_range(range)           # a malformed interval is a programming error: fail at import
+        meta["range"] = range
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def parse_range(text: str) -> tuple[bool, float, float, bool]:
+    """"[1, inf)" -> (True, 1.0, inf, False): (low closed, low, high, high closed)."""
+    m = re.fullmatch(r"\s*([\[(])\s*([^,]+?)\s*,\s*([^,]+?)\s*([\])])\s*", text)
+    if not m:
+        raise ValueError(f"range {text!r}: write an interval such as '[1, inf)' or '(0, 1]'")
+    return m.group(1) == "[", float(m.group(2)), float(m.group(3)), m.group(4) == "]"
+
+
+def range_rule(text: str) -> str:
+    """The interval as words for an error message: '>= 1', '> 0', 'in (0, 1]'."""
+    low_closed, low, high, high_closed = parse_range(text)
+    if high == math.inf:
+        return f"{'>=' if low_closed else '>'} {low:g}"
+    if low == -math.inf:
+        return f"{'<=' if high_closed else '<'} {high:g}"
+    return f"in {text.strip()}"
+
+
+def check_range(value: Any, text: str, key: str) -> None:
+    """ConfigError naming `key` and the allowed range when `value` lies outside `text`."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    low_closed, low, high, high_closed = parse_range(text)
+    inside = (value >= low if low_closed else value > low) and (value <= high if high_closed else value < high)
+    if not inside:
+        raise ConfigError(f"{key} must be {range_rule(text)}, got {value:g}")
 
 
 # --------------------------------------------------------------------------- sections
@@ -54,39 +89,40 @@ class DataConfig:
     root: str = opt("", "folder holding the dataset's files, e.g. cifar-10-batches-py/ "
                         "(empty: $BENCH_DATA_ROOT, else ./data)")
     download: bool = opt(False, "download the dataset with torchvision (md5-checked) if the root lacks it")
-    train_subset: int = opt(0, "use only the first N training images (0: all)")
+    train_subset: int = opt(0, "use only the first N training images (0: all)", range="[0, inf)")
     augment: bool = opt(True, "random crop (4-px zero padding) and horizontal flip, on the device")
     # The synthetic dataset's options stay in this shared section, where they have always
     # been, so that the hashes (and run directories) of existing runs stay the same.
-    synthetic_train_size: int = opt(2048, "synthetic dataset: number of training images")
-    synthetic_test_size: int = opt(512, "synthetic dataset: number of test images")
-    image_size: int = opt(32, "synthetic dataset: image side in pixels")
+    synthetic_train_size: int = opt(2048, "synthetic dataset: number of training images", range="[1, inf)")
+    synthetic_test_size: int = opt(512, "synthetic dataset: number of test images", range="[1, inf)")
+    image_size: int = opt(32, "synthetic dataset: image side in pixels", range="[1, inf)")
 
 
 @dataclass
 class ModelConfig:
     name: str = opt("vgg11", "model name; `python -m bench models` lists them")
-    width: float = opt(1.0, "channel multiplier applied to every layer")
+    width: float = opt(1.0, "channel multiplier applied to every layer", range="(0, inf)")
     act: str = opt("relu", "activation", choices=("relu", "leaky_relu"))
-    leaky_slope: float = opt(0.01, "negative slope when act=leaky_relu (PyTorch default)")
-    num_classes: int = opt(0, "classifier outputs (0: the dataset's class count; another value must match it)")
+    leaky_slope: float = opt(0.01, "negative slope when act=leaky_relu (PyTorch default)", range="[0, inf)")
+    num_classes: int = opt(0, "classifier outputs (0: the dataset's class count; another value must match it)",
+                           range="[0, inf)")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = opt(8, "total epoch budget, the same for every method")
-    batch_size: int = opt(256, "training batch size")
+    epochs: int = opt(8, "total epoch budget, the same for every method", range="[1, inf)")
+    batch_size: int = opt(256, "training batch size", range="[1, inf)")
     optimizer: str = opt("sgd", "optimizer", choices=("sgd", "adam"))
-    lr: float = opt(0.2, "peak learning rate")
-    momentum: float = opt(0.9, "SGD momentum (Adam: beta1)")
+    lr: float = opt(0.2, "peak learning rate", range="(0, inf)")
+    momentum: float = opt(0.9, "SGD momentum (Adam: beta1)", range="[0, 1)")
     nesterov: bool = opt(True, "Nesterov momentum (SGD only)")
-    weight_decay: float = opt(5e-4, "L2 weight decay on every parameter")
+    weight_decay: float = opt(5e-4, "L2 weight decay on every parameter", range="[0, inf)")
     schedule: str = opt("onecycle", "learning-rate schedule", choices=("onecycle", "cosine", "step", "constant"))
-    warmup_frac: float = opt(0.25, "onecycle/cosine: fraction of steps spent warming up linearly")
+    warmup_frac: float = opt(0.25, "onecycle/cosine: fraction of steps spent warming up linearly", range="[0, 1]")
     milestones: list[int] = opt([], "step schedule: epochs at which the LR is multiplied by gamma")
-    gamma: float = opt(0.2, "step schedule: LR factor at each milestone")
-    label_smoothing: float = opt(0.1, "cross-entropy label smoothing")
-    eval_batch_size: int = opt(1000, "evaluation batch size")
+    gamma: float = opt(0.2, "step schedule: LR factor at each milestone", range="(0, inf)")
+    label_smoothing: float = opt(0.1, "cross-entropy label smoothing", range="[0, 1)")
+    eval_batch_size: int = opt(1000, "evaluation batch size", range="[1, inf)")
     precision: str = opt("auto", "auto: bf16 autocast where the device runs bf16 natively (CUDA with bf16, CPUs "
                          "with AVX512-BF16/AMX), else fp32; bf16 where it is not native is an error",
                          choices=("auto", "bf16", "fp32"))
@@ -98,9 +134,9 @@ class TrainConfig:
                                     "runs so that runs finished on another machine keep the suite's precision; "
                                     "empty: the device decides")
     compile: bool = opt(False, "torch.compile the model (rebuilt after a method changes it)")
-    log_every_steps: int = opt(50, "print a progress line every N steps (0: only per epoch)")
+    log_every_steps: int = opt(50, "print a progress line every N steps (0: only per epoch)", range="[0, inf)")
     throughput_steps: int = opt(5, "timings (median and IQR over them) of batch-1 latency, inference and training "
-                                   "steps of the final model")
+                                   "steps of the final model", range="[1, inf)")
 
 
 @dataclass
@@ -164,7 +200,10 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
                 return coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
+        if len(errors) == 1:        # Optional[X]: X's own message, which says what was expected
+            raise ConfigError(errors[0] + (" (or null)" if type(None) in args else ""))
+        names = " or ".join(_type_name(a) for a in args if a is not type(None))
+        raise ConfigError(f"{key}: {value!r} is not a valid {names}" + (" or null" if type(None) in args else ""))
     if origin is list:
         (item_tp,) = typing.get_args(tp) or (Any,)
         if isinstance(value, tuple):
@@ -197,6 +236,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
+            if value.strip().endswith("%"):
+                raise ConfigError(f"{key}: expected a fraction such as 0.5, got {value!r}")
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -244,6 +285,8 @@ def build_dataclass(cls: type, raw: dict, prefix: str) -> Any:
         if choices is not None and value not in choices:
             raise ConfigError(f"{key}: '{value}' is not allowed{_suggest(str(value), choices)}; "
                               f"choose one of: {', '.join(map(str, choices))}")
+        if "range" in f.metadata:
+            check_range(value, f.metadata["range"], key)
         kwargs[name] = value
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
@@ -265,6 +308,41 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except yaml.YAMLError:
         parsed = value
     return key.split("."), parsed
+
+
+def _is_key(text: str) -> bool:
+    """Whether `text` reads as a config key (`train.epochs`, `seed`) rather than a file."""
+    head = text.split(".", 1)[0]
+    return bool(re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", text)) and head in {f.name for f in dataclasses.fields(RunConfig)}
+
+
+def split_args(args: list[str], files_allowed: bool = True) -> tuple[list[str], list[str]]:
+    """Command-line words as (config files, key=value overrides), keeping their order.
+
+    A word that names a config key but lacks its `=` (`train.epochs 2`), or carries an
+    option's leading dashes (`--train.epochs=2`), is an error that shows the override
+    as it should be written, rather than a missing file or an unknown flag."""
+    files, overrides = [], []
+    for i, arg in enumerate(args):
+        bare = arg.lstrip("-")
+        if arg.startswith("-") and _is_key(bare.split("=", 1)[0]):
+            fixed = bare if "=" in bare else f"{bare}={_value_after(args, i)}"
+            raise ConfigError(f"'{arg}': overrides take no leading '-'; did you mean {fixed}?")
+        if "=" in arg:
+            overrides.append(arg)
+        elif _is_key(arg) and not Path(arg).exists():
+            raise ConfigError(f"'{arg}' is neither a config file nor a key=value override; "
+                              f"did you mean {arg}={_value_after(args, i)}?")
+        elif not files_allowed:
+            raise ConfigError(f"override '{arg}' must look like key=value (e.g. train.epochs=2)")
+        else:
+            files.append(arg)
+    return files, overrides
+
+
+def _value_after(args: list[str], i: int) -> str:
+    nxt = args[i + 1] if i + 1 < len(args) else ""
+    return nxt if nxt and "=" not in nxt and not nxt.startswith("-") and not nxt.endswith((".yaml", ".yml")) else "VALUE"
 
 
 def merge(base: dict, update: dict) -> dict:

@@ -63,8 +63,8 @@ def measure(config: str, overrides: list[str], rounds: int) -> dict[str, float]:
     other_mf = torch.contiguous_format if rt.channels_last else torch.channels_last
     other_model = copy.deepcopy(model).to(memory_format=other_mf)
     example = rt.prepare(data.normalize(data.train_x[:1]))
-    ctx = build_context(cfg, data, model, rt, example, lambda m: 0.0)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    ctx = build_context(cfg, data, model, rt, example, lambda m: 0.0, criterion)
     trainer = Trainer(cfg, data, rt, get_method("dense")(cfg.method, ctx), ctx, model, criterion)
     bare_opt, fp32_opt = make_optimizer(bare_model, cfg.train), make_optimizer(fp32_model, cfg.train)
     other_opt = make_optimizer(other_model, cfg.train)

@@ -234,6 +234,21 @@ class RunDir:
     def read_summary(self) -> dict:
         return json.loads(self.summary_path.read_text())
 
+    def retire_summary(self) -> Path:
+        """Set a finished run's summary.json aside as summary.before-rerun[-N].json (the
+        report reads summary.json only), so that the run trains again in its folder."""
+        n = sum(1 for _ in self.path.glob("summary.before-rerun*.json"))
+        kept = self.path / (f"summary.before-rerun-{n + 1}.json" if n else "summary.before-rerun.json")
+        self.summary_path.replace(kept)
+        return kept
+
+    def remove_if_unused(self) -> None:
+        """Remove the run's folder if it holds nothing but its lock file (a run that stopped
+        before it wrote anything), so that a failed start leaves nothing behind."""
+        if self.path.is_dir() and {p.name for p in self.path.iterdir()} <= {".lock"}:
+            (self.path / ".lock").unlink(missing_ok=True)
+            self.path.rmdir()
+
     def prepare(self, cfg: RunConfig, env: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         write_text(self.path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -14,6 +14,7 @@ clocks) sits behind `bench.device.Runtime`; the CPU path is the tested one.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from bench.metrics import measure
 from bench.models import build_model
 from bench.optim import lr_at, make_optimizer
 from bench.progress import EpochBar, bars_enabled
-from bench.runs import STATE_FORMAT, RunDir, checkpoint_dict, environment, plain_data, run_lock, run_path
+from bench.runs import STATE_FORMAT, RunDir, checkpoint_dict, environment, git_commit, plain_data, run_lock, run_path
 from bench.wandb_log import WandbLogger
 from methods import Context, Method, get_method
 
@@ -340,8 +341,48 @@ class Trainer:
                 "epoch_s": seconds, "after_step_s": hook_s, "images": seen, "lr": lr}
 
 
+def calibration_source(cfg: RunConfig, data: DeviceData, rt: Runtime,
+                       log: Callable[[str], None] = print) -> Callable[..., Any]:
+    """`ctx.calibration(n_images, batch_size=500, heldout=False, labels=False)`: unaugmented training
+    images for a method's statistics. A request for more images than the training set
+    holds (pcn's 5,000 on the smoke config's 1,024) takes the whole set, with a one-line
+    note naming the option; a request that fits is served exactly as asked."""
+    available = len(data.train_x)
+    noted: set[tuple[int, bool]] = set()
+
+    def note(key: tuple[int, bool], text: str) -> None:
+        if key not in noted and dist.is_main():
+            log(text)
+        noted.add(key)
+
+    def calibration(n_images: int, batch_size: int = 500, heldout: bool = False, labels: bool = False):
+        if n_images > available:
+            note((n_images, heldout), f"note: {n_images} {'held-out ' if heldout else ''}calibration images asked "
+                                      f"for ({_calibration_option(cfg, n_images, heldout)}) but the training set "
+                                      f"has {available}: using all {available}")
+            n_images = available
+        if heldout and any(not h for _, h in noted):     # the calibration set was the whole training set
+            note((-1, True), f"note: the {n_images} held-out images overlap the calibration images, which are "
+                             f"the whole training set")
+        # Under torchrun each rank sees its shard of every calibration batch; statistics
+        # are sums, all-reduced by bench.activations, so every rank gets the full-set result.
+        # With `labels` a batch is (images, labels), for criteria that need a loss (Taylor).
+        return ((rt.prepare(dist.shard(b[0])), dist.shard(b[1])) if labels else rt.prepare(dist.shard(b))
+                for b in data.calibration_batches(n_images, batch_size, heldout, cfg.seed, labels))
+    return calibration
+
+
+def _calibration_option(cfg: RunConfig, n_images: int, heldout: bool) -> str:
+    """The method option behind a calibration request, for the note above."""
+    for key in (("error_images", "calibration_images") if heldout else ("calibration_images",)):
+        if getattr(cfg.method, key, None) == n_images:
+            return f"method.{key}={n_images}"
+    return "the method's calibration size"
+
+
 def build_context(cfg: RunConfig, data: DeviceData, model: nn.Module, rt: Runtime,
-                  example: torch.Tensor, evaluate_fn: Callable, criterion: Optional[nn.Module] = None) -> Context:
+                  example: torch.Tensor, evaluate_fn: Callable, criterion: Optional[nn.Module] = None,
+                  log: Callable[[str], None] = print) -> Context:
     dense_macs, _ = count_macs(model, example)
     return Context(
         device=rt.device, seed=cfg.seed, model_name=cfg.model.name, num_train_images=len(data.train_x),
@@ -349,28 +390,37 @@ def build_context(cfg: RunConfig, data: DeviceData, model: nn.Module, rt: Runtim
         steps_per_epoch=data.steps_per_epoch(cfg.train.batch_size), example_inputs=example,
         dense_params=param_counts(model)["params_total"], dense_macs=dense_macs,
         generator=torch.Generator().manual_seed(cfg.seed + 1),
-        # Under torchrun each rank sees its shard of every calibration batch; statistics
-        # are sums, all-reduced by bench.activations, so every rank gets the full-set result.
-        calibration=lambda n_images, batch_size=500, heldout=False, labels=False: (
-            (rt.prepare(dist.shard(b[0])), dist.shard(b[1])) if labels else rt.prepare(dist.shard(b))
-            for b in data.calibration_batches(n_images, batch_size, heldout, cfg.seed, labels)),
+        calibration=calibration_source(cfg, data, rt, log),
         evaluate=evaluate_fn, criterion=criterion,
     )
 
 
-def train(cfg: RunConfig, max_epochs: Optional[int] = None, log: Callable[[str], None] = print) -> Optional[dict]:
+def train(cfg: RunConfig, max_epochs: Optional[int] = None, log: Callable[[str], None] = print,
+          rerun: bool = False) -> Optional[dict]:
     """Run (or resume, or skip if finished) one configured run; return its summary.
 
     `max_epochs` stops after that many epochs in this call, leaving a resumable run
-    (used by tests to simulate an interruption); the return value is then None."""
+    (used by tests to simulate an interruption); the return value is then None.
+    `rerun` trains a finished run again from scratch in its folder, its earlier summary
+    kept beside it (`RunDir.retire_summary`). The run folder is written only once the
+    method has accepted the run (its constructor and `on_train_start`), and a folder this
+    call made is removed again when the run stops before that, so a run that stops before
+    training leaves nothing behind."""
     rd = RunDir(run_path(cfg))
     run_id = rd.path.name
-    if not rd.finished():
-        with run_lock(rd.path):      # RunningElsewhere if another process trains it
-            if not rd.finished():    # (or finished it since the check above)
-                return _train(cfg, rd, run_id, max_epochs, log)
+    if not rd.finished() or rerun:
+        made = not rd.path.exists()
+        try:
+            with run_lock(rd.path):      # RunningElsewhere if another process trains it
+                if not rd.finished() or rerun:    # (or finished it since the check above)
+                    return _train(cfg, rd, run_id, max_epochs, log)
+        except BaseException:
+            if made:
+                rd.remove_if_unused()
+            raise
     done = rd.read_summary()
-    log(f"{run_id}: already {done.get('status', 'finished')}, skipping ({rd.summary_path})")
+    log(f"{run_id}: already {done.get('status', 'finished')} in {rd.path}, skipping "
+        f"(--rerun trains it again){code_change_note(rd)}")
     return done
 
 
@@ -388,12 +438,10 @@ def _train(cfg: RunConfig, rd: RunDir, run_id: str, max_epochs: Optional[int], l
     example = rt.prepare(data.normalize(data.train_x[:1]))
     env = {**environment(device), **rt.describe(), "world_size": dist.world_size(),
            "data_fingerprint": data_fingerprint(cfg.data, cfg.model.num_classes)}
-    if main:
-        rd.prepare(cfg, env)
 
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     ctx = build_context(cfg, data, model, rt, example, lambda m: evaluate(
-        m, lambda: data.eval_batches(cfg.train.eval_batch_size), rt.prepare, rt.autocast), criterion)
+        m, lambda: data.eval_batches(cfg.train.eval_batch_size), rt.prepare, rt.autocast), criterion, log)
     method = get_method(cfg.method.name)(cfg.method, ctx)
     trainer = Trainer(cfg, data, rt, method, ctx, model, criterion)
 
@@ -407,6 +455,10 @@ def _train(cfg: RunConfig, rd: RunDir, run_id: str, max_epochs: Optional[int], l
         trainer.times["transform_s"] += s
         row: dict = {}
         trainer.maybe_replace(new, s, row, "train_start")
+    if main:
+        if rd.finished():                     # --rerun, now that the method has accepted the run
+            log(f"{run_id}: training again (--rerun); the earlier summary is kept as {rd.retire_summary()}")
+        rd.prepare(cfg, env)
 
     logger = WandbLogger(cfg, rd.path, run_id, method.target(), enabled=main)
     steps_per_epoch, epochs = ctx.steps_per_epoch, cfg.train.epochs
@@ -435,6 +487,11 @@ def _train(cfg: RunConfig, rd: RunDir, run_id: str, max_epochs: Optional[int], l
         new, s = trainer.run_hook("on_epoch_end", epoch + 1)
         trainer.times["transform_s"] += s
         trainer.maybe_replace(new, s, row, f"epoch_end_{epoch + 1}")
+        if "acc_after_transform" in row:     # the sizes of the model that accuracy was measured on
+            after = param_counts(trainer.model)
+            row.update({"params_after_transform": after["params_total"],
+                        "params_nonzero_after_transform": after["params_nonzero"],
+                        "macs_after_transform": count_macs(trainer.model, example)[0]})
         row.update(method.epoch_metrics(trainer.model))
         row.update(compute_all(EPOCH, MetricInput(trainer.model, example, epoch + 1, trainer.history)))
         row.update({"train_wall_s_cum": trainer.times["train_s"] + trainer.times["transform_s"],
@@ -462,6 +519,22 @@ def _train(cfg: RunConfig, rd: RunDir, run_id: str, max_epochs: Optional[int], l
     log(f"{run_id}: test acc {summary['test_acc']:.4f}, {summary['params_total']:,} params, "
         f"{summary['macs']:,} MACs, {summary['train_wall_s']:.1f}s -> {rd.path}")
     return summary
+
+
+def code_change_note(rd: RunDir) -> str:
+    """'; it ran on code abc123, this checkout is def456-dirty' when the code a finished run
+    recorded (env.json's git_commit, '-dirty' for uncommitted changes) is not the code here;
+    '' when they match or either is unknown."""
+    try:
+        then = json.loads((rd.path / "env.json").read_text()).get("git_commit", "unknown")
+    except (OSError, ValueError):
+        return ""
+    now = git_commit()
+    if "unknown" in (then, now) or (then == now and not now.endswith("-dirty")):
+        return ""
+    if then == now:
+        return f"; it ran on {then} and this checkout is {now}: the uncommitted changes may differ"
+    return f"; it ran on code {then}, this checkout is {now}"
 
 
 def stop_diverged(trainer: Trainer, rd: RunDir, logger: WandbLogger, env: dict, d: Diverged, total_steps: int,

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bench.config import RunConfig, flatten, to_dict
-from bench.metrics import EPOCH, declared
 
 
 ONLINE_INIT_TIMEOUT_S = 10.0   # wandb's own default is 90 s per run
@@ -34,6 +33,7 @@ def wandb_mode(cfg: RunConfig) -> str:
 def define_metrics(run: Any) -> None:
     """The summaries and axes the epoch metrics declare (bench.metrics.core: best and last
     test accuracy, lowest and last training loss, accuracy over the training wall-clock)."""
+    from bench.metrics import EPOCH, declared     # torch: not needed to probe the server (wandb-report)
     for m in declared(EPOCH):
         if m.wandb_summary:
             run.define_metric(m.name, **({"step_metric": m.wandb_step} if m.wandb_step else {}),

@@ -13,12 +13,14 @@ Building needs no network (`build_report`, tested offline); only saving does.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
 from bench.config import ConfigError
 
 DEFAULT_PROJECT = "compress-bench"
+DEFAULT_BASE_URL = "https://api.wandb.ai"          # W&B's own default for $WANDB_BASE_URL
 GROUPING = ["config.method", "config.target"]
 
 
@@ -66,8 +68,30 @@ def build_report(suite: str, entity: str, project: str):
         ])
 
 
+def local_report(results_dir: Path) -> str:
+    """Where the suite's local report is, or the command that writes it."""
+    readme = results_dir / "README.md"
+    return (f"the local report is {readme}" if readme.is_file()
+            else f"`python -m bench report {results_dir}` writes the local report")
+
+
 def save_report(results_dir: str, entity: str, project: Optional[str] = None) -> str:
-    suite, found_project = suite_of(Path(results_dir))
+    """Save the suite's W&B report and return its URL. Without a reachable W&B server, or
+    when W&B refuses the save, a ConfigError says so in one line and where the local
+    report is (the server is probed first, within the W&B logger's preflight timeout)."""
+    from bench.wandb_log import server_unreachable
+    folder = Path(results_dir)
+    suite, found_project = suite_of(folder)
+    base_url = os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
+    why = server_unreachable(base_url)
+    if why is not None:
+        raise ConfigError(f"the W&B server cannot be reached ({why}); no W&B report was saved, "
+                          f"{local_report(folder)}")
     report = build_report(suite, entity, project or found_project)
-    report.save()
+    try:
+        report.save()
+    except Exception as e:  # noqa: BLE001 - W&B's errors (auth, permissions, server) as one line
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"W&B did not save the report ({type(e).__name__}: {detail}); check the W&B key "
+                          f"(`wandb login`) and --entity {entity}; {local_report(folder)}") from None
     return report.url

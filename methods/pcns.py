@@ -892,9 +892,8 @@ class PCNS(Method):
         if cfg.transform_epochs[-1] > ctx.epochs:
             raise ConfigError(f"method.transform_epochs={cfg.transform_epochs} go past the budget of {ctx.epochs} "
                               f"epochs; keep them <= train.epochs")
-        if cfg.calibration_images + cfg.error_images > ctx.num_train_images:
-            raise ConfigError(f"method.calibration_images + error_images = {cfg.calibration_images + cfg.error_images} "
-                              f"exceed the {ctx.num_train_images} training images; lower them")
+        # More calibration or error images than the training set holds: ctx.calibration takes
+        # the whole set (the held-out error images then overlap the calibration ones).
         self.shrinks: list[dict[str, Any]] = []
 
     def on_train_start(self, model: nn.Module) -> None:
@@ -914,6 +913,8 @@ class PCNS(Method):
         params_before = sum(p.numel() for p in model.parameters())
         model, report, _ = shrink(model, self.cfg, self.ctx.calibration, self.ctx.example_inputs, target)
         params_after = sum(p.numel() for p in model.parameters())
+        n = self.ctx.num_train_images          # ctx.calibration serves at most the whole training set
+        report.update({"calib_images": min(report["calib_images"], n), "error_images": min(report["error_images"], n)})
         report.update({"epoch": epoch, "params_before": params_before, "params_after": params_after,
                        "target_met": None if target is None else
                        Target("params", target / self.ctx.dense_params, self.cfg.target_tol_frac).within(

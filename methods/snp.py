@@ -251,9 +251,7 @@ class SNP(ScheduledPruning):
     def __init__(self, cfg: "SNP.Config", ctx):
         super().__init__(cfg, ctx)
         self.events = prune_schedule(cfg.transform_epoch, ctx.epochs)
-        if cfg.calibration_images > ctx.num_train_images:
-            raise ConfigError(f"method.calibration_images={cfg.calibration_images} exceeds the {ctx.num_train_images} "
-                              f"training images; lower it")
+        # More calibration images than the training set holds: ctx.calibration takes the whole set.
 
     # ---- the pruning -----------------------------------------------------------------
     def prune(self, model: nn.Module, k: int = 1, n: int = 1) -> tuple[nn.Module, dict[str, Any]]:

@@ -87,3 +87,47 @@ def test_the_cli_takes_several_config_files(tmp_path):
 def test_a_renamed_option_names_its_new_name():
     with pytest.raises(ConfigError, match="'method.prune_epoch' was renamed to 'method.transform_epoch'"):
         load_config("configs/smoke.yaml", ["method.name=l1_filter", "method.prune_epoch=1"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=0", "train.epochs must be >= 1, got 0"),
+    ("train.momentum=1", "train.momentum must be in [0, 1), got 1"),
+    ("train.eval_batch_size=0", "train.eval_batch_size must be >= 1, got 0"),
+    ("data.synthetic_train_size=0", "data.synthetic_train_size must be >= 1, got 0"),
+    ("method.target_params=50%", "expected a fraction such as 0.5, got '50%'"),
+])
+def test_ranges_and_percentages_are_checked_where_the_value_is_given(override, message):
+    extra = ["method.name=pcn"] if override.startswith("method.target") else []
+    with pytest.raises(ConfigError) as e:
+        load_config("configs/smoke.yaml", extra + [override])
+    assert message in str(e.value)
+
+
+def test_a_range_is_an_interval_and_a_malformed_one_fails_at_declaration():
+    from bench.config import check_range, opt, range_rule
+    assert range_rule("[1, inf)") == ">= 1" and range_rule("(0, inf)") == "> 0" and range_rule("(0, 1]") == "in (0, 1]"
+    check_range(1, "[1, inf)", "k")
+    check_range(None, "[1, inf)", "k")                   # an optional left unset
+    with pytest.raises(ConfigError, match="k must be in \\(0, 1\\], got 0"):
+        check_range(0.0, "(0, 1]", "k")
+    with pytest.raises(ValueError, match="write an interval"):
+        opt(1, "help", range="1..5")
+
+
+def test_command_line_words_split_into_files_and_overrides_with_hints():
+    from bench.config import split_args
+    assert split_args(["configs/smoke.yaml", "train.epochs=2", "seed=1"]) == (["configs/smoke.yaml"],
+                                                                              ["train.epochs=2", "seed=1"])
+    with pytest.raises(ConfigError, match="did you mean seed=3\\?"):
+        split_args(["configs/smoke.yaml", "seed", "3"])
+    with pytest.raises(ConfigError, match="did you mean train.epochs=VALUE\\?"):
+        split_args(["configs/smoke.yaml", "train.epochs"])
+    with pytest.raises(ConfigError, match="overrides take no leading '-'; did you mean model.width=0.5\\?"):
+        split_args(["--model.width", "0.5"])
+    with pytest.raises(ConfigError, match="must look like key=value"):
+        split_args(["configs/smoke.yaml"], files_allowed=False)
+
+
+def test_an_optional_value_of_the_wrong_type_says_what_was_expected():
+    with pytest.raises(ConfigError, match="method.transform_epoch: expected an integer, got 'soon' \\(or null\\)"):
+        load_config("configs/smoke.yaml", ["method.name=pcn", "method.transform_epoch=soon"])

@@ -1,5 +1,8 @@
-"""A user's first hour (issue 17): the profile follows the device, suites announce their
-size and progress, runs never lie about divergence, W&B never blocks and never loses.
+"""A user's first hour: the profile follows the device, suites announce their size and
+progress, runs never lie about divergence, W&B never blocks and never loses; a mistake
+costs a fraction of a second and one line that names the fix, every method runs on the
+smoke config as it is, a run that stops before training leaves nothing behind, and the
+CLI explains methods, suite labels and every recorded key.
 
 Nothing here sends traffic off the machine: "no network" is proxies and W&B URLs
 pointing at a closed local port (or a local server that answers 503)."""
@@ -292,3 +295,224 @@ def test_wandb_metrics_have_best_and_last_accuracy_over_wall_clock():
     assert calls["test_acc"]["step_metric"] == "train_wall_s_cum"
     assert set(calls["test_acc"]["summary"].split(",")) == {"max", "last"}
     assert "train_wall_s_cum" in calls
+
+
+# --------------------------------------------------------------------------- mistakes cost one line
+def bench_cli(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m bench ARGS` from an empty folder (the repository on the path), W&B off."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "BENCH_PROGRESS": "plain"}
+    return subprocess.run([PYTHON, "-m", "bench", *args], cwd=tmp_path, capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def one_line_error(p: subprocess.CompletedProcess) -> str:
+    """The one `error:` line of a failed command (stderr may hold a library's import warning)."""
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr and "usage:" not in p.stderr, p.stderr
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and p.stderr.strip().splitlines()[-1] == errors[0], p.stderr
+    return errors[0]
+
+
+SMOKE = str(REPO / "configs/smoke.yaml")
+
+
+@pytest.mark.parametrize("words, message", [
+    (["train.epoch=2"], "unknown config key 'train.epoch' (did you mean 'epochs'?)"),
+    (["train.epochs=0"], "train.epochs must be >= 1, got 0"),
+    (["train.epochs=-1"], "train.epochs must be >= 1, got -1"),
+    (["train.batch_size=0"], "train.batch_size must be >= 1, got 0"),
+    (["train.lr=0"], "train.lr must be > 0, got 0"),
+    (["train.warmup_frac=1.5"], "train.warmup_frac must be in [0, 1], got 1.5"),
+    (["train.label_smoothing=1"], "train.label_smoothing must be in [0, 1), got 1"),
+    (["data.train_subset=-5"], "data.train_subset must be >= 0, got -5"),
+    (["model.width=0"], "model.width must be > 0, got 0"),
+    (["train.epochs=three"], "train.epochs: expected an integer, got 'three'"),
+    (["train.epochs", "2"], "'train.epochs' is neither a config file nor a key=value override; "
+                            "did you mean train.epochs=2?"),
+    (["--train.epochs=2"], "'--train.epochs=2': overrides take no leading '-'; did you mean train.epochs=2?"),
+    (["--train.epochs", "2"], "'--train.epochs': overrides take no leading '-'; did you mean train.epochs=2?"),
+    (["method.name=random_filter"], "run it with method.name=l1_filter method.importance=random"),
+    (["method.name=dsr_static"], "run it with method.name=dsr method.reallocate=false"),
+    (["method.name=pcnn"], "unknown method 'pcnn' (did you mean 'pcn'?)"),
+])
+def test_a_config_mistake_is_one_line_before_any_heavy_import(tmp_path, words, message):
+    """The CLI answers in one line with exit 2 and writes nothing; in-process, the same
+    mistakes are found before torch, timm or the methods are imported (the seconds a
+    mistake costs are the interpreter's start, not the imports)."""
+    out = tmp_path / "runs"
+    p = bench_cli(tmp_path, "run", SMOKE, *words, f"output_dir={out}")
+    assert message in one_line_error(p)
+    assert not out.exists() and not any(tmp_path.iterdir())
+    probe = ("import sys; from bench.__main__ import main; rc = main(sys.argv[1:]); "
+             "heavy = [m for m in ('torch', 'timm', 'torch_pruning', 'methods') if m in sys.modules]; "
+             "print(rc, heavy)")
+    q = subprocess.run([PYTHON, "-c", probe, "run", SMOKE, *words, f"output_dir={out}"], cwd=tmp_path,
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert q.stdout.strip().splitlines()[-1] == "2 []", (q.stdout, q.stderr)
+
+
+@pytest.mark.parametrize("words, message", [
+    (["method.name=pcn", "method.target_params=50%"], "method.target_params: expected a fraction such as 0.5, got '50%'"),
+    (["method.name=pcn", "method.calibration_images=1"], "method.calibration_images must be >= 2"),
+    (["model.name=vgg17"], "unknown model 'vgg17'"),
+])
+def test_a_method_or_model_mistake_is_one_line(tmp_path, words, message):
+    out = tmp_path / "runs"
+    assert message in one_line_error(bench_cli(tmp_path, "run", SMOKE, *words, f"output_dir={out}"))
+    assert not out.exists()
+
+
+def test_a_suite_override_without_its_equals_sign_shows_how_to_write_it(tmp_path):
+    p = bench_cli(tmp_path, "suite", str(REPO / "configs/suites/cifar10-smoke.yaml"), "train.epochs", "2",
+                  "--results-dir", str(tmp_path / "out"))
+    assert "did you mean train.epochs=2?" in one_line_error(p)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_that_stops_before_training_leaves_no_folder(tmp_path):
+    out = tmp_path / "runs"
+    p = bench_cli(tmp_path, "run", SMOKE, "method.name=pcn", "method.transform_epoch=5", "train.epochs=2",
+                  "data.synthetic_train_size=256", f"output_dir={out}")
+    assert "method.transform_epoch=5 is past the budget" in one_line_error(p)
+    assert not out.exists() or not any(out.iterdir())
+
+
+# --------------------------------------------------------------------------- every method on the smoke config
+def test_methods_parse_their_registered_names_without_importing():
+    from bench.configure import declared_method_names
+    from methods import REGISTRY
+    assert declared_method_names() == tuple(sorted(REGISTRY))
+
+
+def test_a_calibration_request_larger_than_the_training_set_takes_it_all_with_a_note():
+    from bench.data import DeviceData
+    from bench.train import calibration_source
+    n = 40
+    data = DeviceData(torch.zeros(n, 3, 4, 4, dtype=torch.uint8), torch.zeros(n, dtype=torch.long),
+                      torch.zeros(8, 3, 4, 4, dtype=torch.uint8), torch.zeros(8, dtype=torch.long),
+                      torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1), 10, "synthetic")
+
+    class Rt:
+        prepare = staticmethod(lambda x: x)
+
+    cfg = load_config("configs/smoke.yaml", ["method.name=pcn"])
+    notes: list[str] = []
+    calibration = calibration_source(cfg, data, Rt(), notes.append)
+    assert sum(len(x) for x in calibration(30, 16)) == 30 and notes == []        # a request that fits: as asked
+    assert sum(len(x) for x in calibration(5000, 16)) == n
+    assert sum(len(x) for x in calibration(5000, 16)) == n
+    assert notes == [f"note: 5000 calibration images asked for (method.calibration_images=5000) but the training "
+                     f"set has {n}: using all {n}"]                                # once
+    assert sum(len(x) for x in calibration(8, 16, heldout=True)) == 8
+    assert "held-out images overlap the calibration images" in notes[-1]
+
+
+def test_snp_runs_on_small_data_with_its_defaults_and_every_recorded_key_is_explained(tiny_overrides):
+    """snp's default 5,000 calibration images on 512 training images: the run finishes (the
+    whole set calibrates), and `python -m bench fields` explains every key it wrote."""
+    from bench.__main__ import field_rows
+    cfg = load_config("configs/smoke.yaml", tiny_overrides + ["method.name=snp", "method.transform_epoch=1"])
+    assert cfg.method.calibration_images > 512
+    lines: list[str] = []
+    summary = train(cfg, log=lines.append)
+    assert summary["status"] == "finished"
+    assert any(line.startswith("note: 5000 calibration images asked for (method.calibration_images=5000)")
+               for line in lines)
+    run_dir = Path(cfg.output_dir) / summary["run_id"]
+    rows = field_rows()
+    explained = {where: {k for k, _ in rows[where]} for where in rows}
+    import pandas as pd
+    history = pd.read_csv(run_dir / "history.csv")
+    missing = [c for c in history.columns if c not in explained["history"] and not c.startswith("snp/")]
+    assert missing == []
+    written = json.loads((run_dir / "summary.json").read_text())
+    assert [k for k in written if k not in explained["summary"]] == []
+    # The transform row: the accuracy after the change sits beside the size of that same model.
+    row = history[history.acc_after_transform.notna()].iloc[0]
+    (change,) = written["transforms"]
+    assert row.params_after_transform == change["params_after"] < row.params_total
+
+
+def test_pcns_runs_on_small_data_with_its_default_calibration_and_records_what_it_used(tiny_overrides):
+    """pcns's default 2,048 calibration + 512 error images on 512 training images."""
+    cfg = load_config("configs/smoke.yaml", tiny_overrides + ["method.name=pcns", "method.transform_epochs=[1]",
+                                                              "model.act=leaky_relu", "model.leaky_slope=0.2"])
+    assert cfg.method.calibration_images + cfg.method.error_images > 512
+    lines: list[str] = []
+    summary = train(cfg, log=lines.append)
+    assert summary["status"] == "finished"
+    assert any("calibration images asked for (method.calibration_images=2048)" in line for line in lines)
+    assert any("held-out images overlap the calibration images" in line for line in lines)
+    (shrink,) = summary["method_summary"]["shrinks"]
+    assert shrink["calib_images"] == 512 and shrink["error_images"] == 512
+
+
+def test_fields_lists_history_and_summary_keys(tmp_path):
+    p = bench_cli(tmp_path, "fields")
+    assert p.returncode == 0, p.stderr
+    text = p.stdout
+    for key in ("compression", "speed_cpu_load", "params_after_transform", "sparsity"):
+        assert f"    {key} " in text
+    assert text.startswith("history.csv: one row per completed epoch")
+
+
+# --------------------------------------------------------------------------- methods and suite labels
+def test_methods_name_shows_one_method_with_its_own_defaults(tmp_path):
+    p = bench_cli(tmp_path, "methods", "pcn")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("pcn: Principal Component Networks")
+    assert any(line.split()[:2] == ["method.name", "'pcn'"] for line in lines)
+    assert "run it: python -m bench run configs/smoke.yaml method.name=pcn" in p.stdout
+    assert "dsr:" not in p.stdout
+
+
+def test_methods_lists_suite_labels_as_a_method_with_options(tmp_path):
+    p = bench_cli(tmp_path, "methods")
+    assert p.returncode == 0, p.stderr
+    assert "the control any compression method at the same parameter target has to beat." in p.stdout
+    assert "random_filter        = method.name=l1_filter method.importance=random" in p.stdout
+    assert "dense_leaky          = method.name=dense model.act=leaky_relu model.leaky_slope=0.2" in p.stdout
+    one = bench_cli(tmp_path, "methods", "dsr_static")
+    assert one.returncode == 0, one.stderr
+    assert "run it: python -m bench run configs/smoke.yaml method.name=dsr method.reallocate=false" in one.stdout
+    assert "unknown method 'pcnn'" in one_line_error(bench_cli(tmp_path, "methods", "pcnn"))
+
+
+# --------------------------------------------------------------------------- re-running a finished run
+def test_a_finished_run_names_itself_the_rerun_flag_and_a_code_change(tmp_path, tiny_overrides):
+    overrides = tiny_overrides + ["train.epochs=1", "save_checkpoint=false"]
+    cfg = load_config("configs/smoke.yaml", overrides)
+    first = train(cfg, log=lambda _: None)
+    run_dir = Path(cfg.output_dir) / first["run_id"]
+    env = json.loads((run_dir / "env.json").read_text())
+    env["git_commit"] = "0123abc"                                    # as if run on other code
+    (run_dir / "env.json").write_text(json.dumps(env))
+    p = bench_cli(tmp_path, "run", SMOKE, *overrides)
+    assert p.returncode == 0, p.stderr
+    (line,) = [line for line in p.stdout.splitlines() if "skipping" in line]
+    assert f"already finished in {run_dir}, skipping (--rerun trains it again)" in line
+    assert "it ran on code 0123abc, this checkout is" in line
+    from bench.__main__ import main
+    assert main(["run", SMOKE, *overrides, "--rerun"]) == 0
+    assert (run_dir / "summary.before-rerun.json").is_file() and (run_dir / "summary.json").is_file()
+    assert json.loads((run_dir / "env.json").read_text())["git_commit"] != "0123abc"
+
+
+# --------------------------------------------------------------------------- W&B report without network
+def test_wandb_report_without_network_is_one_line_naming_the_local_report(tmp_path):
+    suite = tmp_path / "results" / "s1"
+    suite.mkdir(parents=True)
+    (suite / "suite.json").write_text(json.dumps({"suite": "s1"}))
+    (suite / "README.md").write_text("# s1\n")
+    env = offline_env(tmp_path, closed_port(), WANDB_BASE_URL=f"http://127.0.0.1:{closed_port()}",
+                      PYTHONPATH=str(REPO))
+    t0 = time.monotonic()
+    p = subprocess.run([PYTHON, "-m", "bench", "wandb-report", str(suite), "--entity", "E"], cwd=tmp_path,
+                       capture_output=True, text=True, env=env, timeout=120)
+    elapsed = time.monotonic() - t0
+    error = one_line_error(p)
+    assert "the W&B server cannot be reached" in error and f"the local report is {suite / 'README.md'}" in error
+    assert elapsed < 60, elapsed       # the probe's own limit is seconds; the rest is the interpreter on a loaded box
