@@ -82,6 +82,9 @@ for _name, _where, _help in (
     ("precision", S, "what train.precision resolved to (fp32 or bf16)"),
     ("memory_format", S, "what train.memory_format resolved to (contiguous or channels_last)"),
     ("compile", S, "whether the model ran under torch.compile"),
+    ("compile_s", S, "compiled runs: seconds spent compiling (untimed warm-up steps), not part of train_wall_s"),
+    ("architecture", S, "the deployed network as a record of layer shapes (bench.architecture): rebuilt, "
+                        "without the method's code, by `bench retime` and load_checkpoint"),
     ("world_size", S, "processes that trained the run (1; more under torchrun)"),
     ("rank_weight_checksums", S, "one sum of the final weights per rank: equal values mean the ranks agree"),
     ("rank_buffer_checksums", S, "one digest of the final buffers per rank: equal values mean the ranks agree"),
