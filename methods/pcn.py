@@ -97,7 +97,7 @@ from torch import nn
 
 from bench.config import ConfigError, opt
 from bench.metrics import param_counts
-from bench.models import ConvBN, model_defaults, structure_of
+from bench.models import RESIDUAL, model_defaults, structure_of
 from bench.stats import PCA, CovarianceAccumulator, collect_covariances
 from bench.surgery import get_module, set_module, substitute_inputs
 from bench.targets import TOL_FRAC, TargetError, bisect_fraction
@@ -198,7 +198,8 @@ class Graph:
 
 def analyse(model: nn.Module) -> Graph:
     """Sites (transformable inputs) and streams (prunable channel sets) from the model's
-    published structure (bench.models.structure_of).
+    published structure: its channel sets are the streams, its reads the sites
+    (`Structure.channel_sets`, `Structure.reads`).
 
     A stream is written by the stem or a block's last conv (with the shortcut, where there is
     a projection; a residual block without one adds into the stream it read) and by each conv
@@ -210,38 +211,21 @@ def analyse(model: nn.Module) -> Graph:
         raise ConfigError(f"pcn: the {st.family} model has no conv besides its classifier; nothing to transform")
     first_late = len(st.stages) - st.defaults.get("pcn.late_stages", LATE_STAGES)
     g = Graph({}, {})
-
-    def stream(unit: ConvBN, stage: int, residual: bool = False, name: Optional[str] = None,
-               extra: Optional[ConvBN] = None) -> Stream:
-        producers = ([(extra.conv, extra.bn)] if extra else []) + [(unit.conv, unit.bn)]
-        new = Stream(name or unit.conv, producers, _width(get_module(model, unit.conv), "out"), residual, stage)
-        g.streams[new.name] = new
-        return new
-
-    def site(consumers: list[str], current: Stream, late: bool, classifier: bool = False) -> None:
-        for c in consumers:
+    sets = {c.name: c for c in st.channel_sets()}
+    for c in sets.values():
+        g.streams[c.name] = Stream(c.name, [(p.conv, p.bn) for p in c.producers],
+                                   _width(get_module(model, c.producers[0].conv), "out"), c.role == RESIDUAL, c.stage)
+    for r in st.reads():                               # forward order: the order `dims` follows
+        current = g.streams[r.channels]
+        for c in r.layers:
             d = _width(get_module(model, c), "in")
             if d != current.width:
                 raise ConfigError(f"pcn: {c} reads {d} features, not the {current.width} channels of {current.name} "
                                   f"(a flatten over space?); this model is not supported")
-        g.add_site(Site(consumers[0], consumers, current.name, late=late, classifier=classifier))
-
-    current = None if st.stem is None else stream(st.stem, 0, residual=st.blocks()[0].residual)
-    for s, stage in enumerate(st.stages):
-        for b, block in enumerate(stage.blocks):
-            readers = [block.body[0].conv] + ([block.shortcut.conv] if block.shortcut else [])
-            if current is not None:    # a residual stream is read, never rotated in itself
-                site(readers, current, s >= first_late and (not current.residual or current.stage >= first_late))
-            for unit, nxt in zip(block.body, block.body[1:]):   # block-internal: conv -> bn -> act -> conv
-                site([nxt.conv], stream(unit, s), s >= first_late)
-            if not block.residual:
-                current = stream(block.body[-1], s)
-            elif block.shortcut is not None:
-                current = stream(block.body[-1], s, residual=True, extra=block.shortcut,
-                                 name=(stage.name if b == 0 else block.name) or block.body[-1].conv)
-            else:
-                current.producers.append((block.body[-1].conv, block.body[-1].bn))
-    site([st.classifier], current, late=False, classifier=True)
+        # a residual stream is read, never rotated in itself; late if read (and, for a residual
+        # stream, written) inside the last stages
+        late = not r.classifier and r.stage >= first_late and (not current.residual or current.stage >= first_late)
+        g.add_site(Site(r.layers[0], list(r.layers), current.name, late=late, classifier=r.classifier))
     return g
 
 

@@ -1,4 +1,4 @@
-"""PCNS (methods/pcns.py): the draft's algebra on tiny tensors and models, and one run through the harness."""
+"""PCNS (methods/pcns/): the draft's algebra on tiny tensors and models, and one run through the harness."""
 from __future__ import annotations
 
 import copy
