@@ -147,14 +147,19 @@ class Structure:
                 return c.role
         raise KeyError(f"{layer} is not a weighted layer of this {self.family} structure")
 
-    def between(self, unit: ConvBN, consumer: str) -> tuple[str, ...]:
-        """Modules of a chain network strictly between `unit`'s last module (activation, else
-        norm, else conv) and `consumer`, in forward order; () outside a chain network (a
-        block's body convs follow one another directly)."""
-        if not self.chain:
-            return ()
-        last = unit.act or unit.bn or unit.conv
-        return self.chain[self.chain.index(last) + 1:self.chain.index(consumer)]
+    def between(self, unit: ConvBN, consumer: str) -> Optional[tuple[str, ...]]:
+        """Modules strictly between `unit`'s last module (activation, else norm, else conv) and
+        `consumer`, in forward order: from the chain of a chain network; () when `consumer` is
+        the next conv of the same block body (they follow one another directly); None where
+        the structure does not say (across blocks of a network that publishes no chain)."""
+        if self.chain:
+            last = unit.act or unit.bn or unit.conv
+            return self.chain[self.chain.index(last) + 1:self.chain.index(consumer)]
+        for block in self.blocks():
+            for a, b in zip(block.body, block.body[1:]):
+                if a.conv == unit.conv and b.conv == consumer:
+                    return ()
+        return None
 
 
 def _walk(st: Structure) -> tuple[list[ChannelSet], list[Read]]:

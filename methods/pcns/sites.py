@@ -85,7 +85,11 @@ def find_sites(model: nn.Module) -> tuple[list[Site], list[str]]:
         if unit.act is None:
             skipped.append(f"{unit.conv}: no ReLU/LeakyReLU right after it")
             continue
-        rest = [(n, get_module(model, n)) for n in st.between(unit, consumer)]
+        between = st.between(unit, consumer)
+        if between is None:
+            skipped.append(f"{unit.conv}: the model does not publish what lies between it and {consumer}")
+            continue
+        rest = [(n, get_module(model, n)) for n in between]
         pools = [n for n, m in rest if isinstance(m, POOLS_MAX + (MixPool,))]
         if len(pools) > 1 or not all(_is_linear_between(m) or n in pools for n, m in rest):
             skipped.append(f"{unit.conv}: unsupported modules between it and {consumer}")
