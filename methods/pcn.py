@@ -1,6 +1,6 @@
 """PCN: Principal Component Networks (Waleffe & Rekatsinas, arXiv 2006.13347; journal version:
 "Principal Component Networks: Utilizing Low-Rank Activation Structure to Reduce Parameters Early
-in Training", ACM/IMS J. Data Science 2024). Specification: METHODS.md sec. 1; the authors'
+in Training", ACM/IMS J. Data Science 2024). Description: docs/methods/pcn.md; the authors'
 TensorFlow code is github rogerwaleffe/Principal-Component-Networks, `src/pcns/` (read, not copied).
 
 Train the full network for `transform_epoch` epochs, then in one step (`pcn_transform`):
@@ -38,9 +38,9 @@ Parameters of a site (the tensor some consumers read, one PCA) as a function of 
 `k (sum_c out_c kh_c kw_c + d + 1) + sum_c out_c` rotated (k inputs per consumer, the frozen
 `d x k` projection and its k biases, a bias per consumer absorbing `W mu`), against the
 consumers' parameters as they are. A site whose k is at or above this break-even is left as it is
-(no projection, original layers; METHODS.md sec. 1) and listed in `skipped_sites`.
+(no projection, original layers) and listed in `skipped_sites`.
 
-Choices where the sources are silent or differ (METHODS.md "choice"):
+Choices where the sources are silent or differ (docs/methods/pcn.md):
 - How many components: `dims` (explicit, as the authors' configs), else `target_params` (the total
   parameter count, frozen projections included, within `target_tol_frac` (relative) of the target fraction of the dense
   count), else `energy` (per-layer explained-variance threshold, 0.99 if unset). The code's
@@ -52,7 +52,7 @@ Choices where the sources are silent or differ (METHODS.md "choice"):
   `threshold`, one explained-variance threshold shared by all sites, bisected (the authors'
   style). A site the ranking takes to its break-even is left as it is.
 - The classifier's input: never in `all` or `late`; it can be named in a list of layers, and
-  then keeps k >= num_classes (out_features; METHODS.md sec. 1). With a bias,
+  then keeps k >= num_classes (out_features). With a bias,
   `k (out + d + 1) + out >= d out + out` for every k >= out, so a named classifier is always at
   its break-even and left as it is: cutting it never saves parameters. Consequently the
   classifier's input stream (VGG's last conv, a ResNet's last stage) keeps all its channels.
@@ -106,7 +106,7 @@ from methods.base import Method, TargetConfig, register
 CALIBRATION_IMAGES = 5000          # NUM_SAMPLES_FOR_COMPRESSION in vgg16.py and resnet/cifar10.py
 TRANSFORM_EPOCH = 1                # a family's "pcn.transform_epoch" default where it sets none
 LATE_STAGES = 1                    # a family's "pcn.late_stages" default where it sets none
-ENERGY_DEFAULT = 0.99              # METHODS.md sec. 1 example, when neither dims nor target_params is set
+ENERGY_DEFAULT = 0.99              # the usual 99% of the variance, when neither dims nor target_params is set
 
 
 # --------------------------------------------------------------------------- PCN layers
@@ -590,7 +590,7 @@ class PCN(Method):
                                             "conv blocks, ResNet last stage) or a list of layer names; the "
                                             "classifier only when named (then k >= num_classes)")
         energy: Optional[float] = opt(None, "per-layer explained-variance fraction to keep, without dims or "
-                                      "target_params; null: 0.99 (METHODS.md sec. 1 example)")
+                                      "target_params; null: 0.99")
         dims: list[int] = opt([], "explicit components per selected layer, in forward order of the layers "
                               "`layers` selects (the summary lists them); authors' VGG-16: late + "
                               "[64, 64, 64, 32, 32, 32]")

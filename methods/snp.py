@@ -1,6 +1,5 @@
 """Gram-Schmidt node pruning: Offergeld, van Gerven, Ahmad, "Subspace Node Pruning",
-arXiv 2405.17506 (seed: the first abstract of seeds/snp-and-decorrelated-bp-abstracts.txt;
-no public code). METHODS.md sec. 4; numbers below are that section's steps.
+arXiv 2405.17506 (no public code). Description: docs/methods/snp.md; numbers below are its steps.
 
 For every prunable layer, on a calibration set (one eval-mode pass of the unpruned
 network, float64 statistics from bench.stats):
@@ -226,12 +225,12 @@ class SNP(ScheduledPruning):
         tau: Optional[float] = opt(None, "instead of a target: the global threshold (each layer keeps units "
                                          "until the dropped tail's share of sum D_ii would exceed 1 - tau); "
                                          "set target_params: null")
-        ordering: str = opt("nonredundant", "unit order before the LDL: nonredundant = 1/(C^-1)_ii (METHODS.md "
-                                            "sec. 4 choice), zca = 1/((C^-1/2)_ii)^2, natural = none (ablation)",
+        ordering: str = opt("nonredundant", "unit order before the LDL: nonredundant = 1/(C^-1)_ii "
+                                            "(the variance no other unit explains), zca = 1/((C^-1/2)_ii)^2, natural = none (ablation)",
                             choices=("nonredundant", "zca", "natural"))
         compensate: bool = opt(True, "fold the least-squares reconstruction of removed units into the consumer "
                                      "(false: the paper's prune-only ablation)")
-        calibration_images: int = opt(5000, "calibration images (one eval-mode pass), as PCN (METHODS.md sec. 1)")
+        calibration_images: int = opt(5000, "calibration images (one eval-mode pass), as PCN")
         calibration_batch_size: int = opt(500, "calibration batch size (memory only; the statistics are exact sums)")
         min_channels: int = opt(1, "every pruned layer keeps at least this many channels")
 
