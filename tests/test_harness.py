@@ -114,9 +114,14 @@ def test_cli_output_dir_and_bad_input(tmp_path):
     missing = cli("run", "configs/smoke.yaml", f"output_dir={tmp_path}/m", "data.name=cifar10",
                   f"data.root={tmp_path}/none")
     assert missing.returncode == 2 and "no CIFAR-10 at" in missing.stderr
-    listed = {line.split()[0] for line in cli("methods").stdout.splitlines() if line.strip()}
+
+
+def test_cli_lists_methods_and_models(capsys):
+    from bench.__main__ import main                         # in-process: no interpreter start-up to pay
+    assert main(["methods"]) == 0
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert {"dense", "dense_small", "pcn", "pcns", "l1_filter", "snp", "dsr", "decorrelated_bp"} <= listed
-    assert "resnet56" in cli("models").stdout
+    assert main(["models"]) == 0 and "resnet56" in capsys.readouterr().out
 
 
 def test_offline_wandb_run_is_written_under_the_run_directory(tiny_overrides):
