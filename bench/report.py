@@ -44,7 +44,7 @@ from bench.runs import write_text
 
 DENSE_LABEL = "dense"
 # Controls that run at each target and that every method row at that target is also compared
-# with, beside its declared control (issue 18, METHODS.md sec. 7): the small dense model
+# with, beside its declared control (docs/protocol.md, "Controls"): the small dense model
 # trained from scratch (Liu et al., ICLR 2019) and random structured pruning.
 EXTRA_CONTROLS = ("dense_small", "random_filter")
 CONFIDENCE = 0.95

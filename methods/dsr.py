@@ -1,7 +1,7 @@
 """DSR: dynamic sparse reparameterization (Mostafa & Wang, ICML 2019, arXiv 1902.05967).
 
 Trains a sparse network directly: a fixed budget of non-zero weights is moved within
-and across layers during training (METHODS.md sec. 5, the paper's Algorithm 1; the
+and across layers during training (docs/methods/dsr.md, the paper's Algorithm 1; the
 authors' code is github IntelAI/dynamic-reparameterization).
 
 What is sparse: every Conv2d except the first one (in execution order) and except
@@ -56,7 +56,7 @@ steps from epochs 0, 25, 80, 140; no reallocation from epoch 190):
     paper; a short budget makes fewer reallocations in total (8 epochs: about 15
     instead of about 370).
 **Choices** where the sources are silent or differ:
-  - regrowth excludes the positions just pruned (METHODS.md; so does the authors'
+  - regrowth excludes the positions just pruned (as the paper says; so does the authors'
     `grow_random`, which draws among the zeros minus `pruned_indices`). Where all other
     zero positions together cannot hold K (only at near-zero sparsity) the authors grow
     fewer and the count drops; we regrow the rest into just-pruned positions (at w = 0),

@@ -1,5 +1,5 @@
 """L1-norm filter pruning: Li, Kadav, Durdanovic, Samet, Graf, "Pruning Filters for
-Efficient ConvNets", ICLR 2017 (arXiv 1608.08710). METHODS.md sec. 3.
+Efficient ConvNets", ICLR 2017 (arXiv 1608.08710). Description: docs/methods/l1_filter.md.
 
 A filter's importance is the sum of its absolute kernel weights, `s_j = sum |F_j|`
 (paper sec. 3.1); in each pruned layer the filters with the smallest `s_j` are removed
