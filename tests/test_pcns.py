@@ -17,7 +17,7 @@ from bench.configure import load_config
 from bench.models import build_model
 from bench.surgery import substitute_inputs
 from bench.train import train
-from methods.pcns import PCNS, MixPool, param_split, shrink, sigma, sigma_inv
+from methods.pcns import PCNS, MixPool, Stopwatch, param_split, shrink, sigma, sigma_inv
 
 
 # --------------------------------------------------------------------------- helpers
@@ -290,6 +290,22 @@ def test_maxpool_modes_and_the_param_split_of_the_summary(mode):
         assert new.head.fc.in_features == shrunk["features.25"]["n_after"]   # P moved past the pool
         assert split["untouched"] == 0                              # every conv, BN and the classifier resized
     assert split["shrunk"] == sum(p.numel() for name in report["resized"] for p in new.get_submodule(name).parameters())
+
+
+def test_stopwatch_synchronises_cuda_before_every_clock_reading(monkeypatch):
+    """Kernels are queued asynchronously on CUDA: a phase's time is only its own if the device is
+    synchronised before the clock is read, at its start and at its end."""
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
+    monkeypatch.setattr("methods.pcns.shrinking.time.perf_counter", lambda: events.append("clock") or float(len(events)))
+    clock = Stopwatch(torch.device("cuda", 0))
+    with clock("gram_s"):
+        events.append("work")
+    clock.total()
+    assert events == ["sync", "clock", "sync", "clock", "work", "sync", "clock", "sync", "clock"]
+    events.clear()
+    Stopwatch(torch.device("cpu")).total()
+    assert events == ["clock", "clock"]                              # no synchronisation off CUDA
 
 
 @pytest.mark.parametrize("refit", [False, True])

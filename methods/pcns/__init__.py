@@ -8,7 +8,7 @@ numbers the draft's sections as docs/methods/pcns.md cites them.
 Modules by job: `sites` (where PCNS applies, from the model's Structure), `algebra` (the
 activation, im2col, Gram PCA, normal equations), `planning` (layers, widths, parameter
 projection), `passes` (the calibration passes and solves), `surgery` (new layers, P into the
-consumer), `diagnostics` (error table, parameter split), `shrink` (one shrink, pass by pass),
+consumer), `diagnostics` (error table, parameter split), `shrinking` (one shrink, pass by pass),
 `method` (the registered `pcns` method).
 
 For one hidden layer l, notation of the draft's sec. 1.4 (bias = weight on a trailing input 1):
@@ -97,7 +97,7 @@ from methods.pcns.diagnostics import error_table, layer_errors, logit_errors, mi
 from methods.pcns.method import PCNS
 from methods.pcns.passes import draft_ls_pass, gram_pass, refit_pass, solve_layer
 from methods.pcns.planning import LayerPlan, choose_widths, plan_layers, projected_params
-from methods.pcns.shrink import Diagnostics, Stopwatch, shrink, shrink_model
+from methods.pcns.shrinking import Diagnostics, Stopwatch, shrink, shrink_model
 from methods.pcns.sites import MixPool, Site, act_slope, check_site, find_sites
 from methods.pcns.surgery import apply_surgery, new_producer
 

@@ -13,7 +13,7 @@ from methods.base import Method, TargetConfig, register
 from methods.pcns.algebra import LS_RIDGE_FRAC
 from methods.pcns.diagnostics import mix_consumer_excess, param_split
 from methods.pcns.planning import CALIB_BATCH, ERROR_IMAGES, MIN_CONV_IMAGES, SAMPLES_PER_UNIT
-from methods.pcns.shrink import Diagnostics, shrink_model
+from methods.pcns.shrinking import Diagnostics, shrink_model
 from methods.pcns.sites import act_slope, find_sites
 
 
