@@ -4,7 +4,7 @@ Channel means and covariances are accumulated batch by batch in float64 (sums
 of x and of x x^T), never by holding all activations: a VGG-16 over 5,000 CIFAR
 images would need tens of GB. For conv activations `[N, C, H, W]` every spatial
 position of every image is one sample, so the statistics are over channels
-(METHODS.md, "Common notation"): `X` is `C x (N*H*W)`.
+(docs/protocol.md): `X` is `C x (N*H*W)`.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def as_samples(x: torch.Tensor) -> torch.Tensor:
 class CovarianceAccumulator:
     """Running sum, sum of outer products and count, in float64.
 
-    `mean` and `cov` (unbiased, `Xc Xc^T / (s - 1)` as in METHODS.md sec. 1) equal the
+    `mean` and `cov` (unbiased, `Xc Xc^T / (s - 1)` as in docs/methods/pcn.md) equal the
     statistics of all samples at once. The sums can be all-reduced across processes
     before reading them (they are plain sums)."""
 

@@ -2,7 +2,7 @@
 affine re-parametrisation of a layer's inputs.
 
 `substitute_inputs` is the one operation behind PCN's rotation (x = V z + mu,
-METHODS.md sec. 1) and node pruning's compensation (x_pruned = B x_kept + c,
+docs/methods/pcn.md) and node pruning's compensation (x_pruned = B x_kept + c,
 sec. 4): if the layer's input is replaced by an affine function `x = M z + s`
 of a new input `z`, the layer reading `z` has weights `W M` at every kernel
 position and bias `b + sum_ij W[:, :, i, j] s`.

@@ -1,8 +1,8 @@
-"""Size targets (METHODS.md sec. 7): one vocabulary, range, tolerance and error for every method.
+"""Size targets (docs/protocol.md, "Matched targets"): one vocabulary, range, tolerance and error for every method.
 
 A target is a kept fraction of the dense model's parameters (`target_params`) or MACs per
 image (`target_macs`), in (0, 1]. It is met when the achieved fraction is within
-`target_tol_frac` of it, *relative to the target* (issue 7's "within 2%": 0.02 at a target
+`target_tol_frac` of it, *relative to the target* ("within 2%": 0.02 at a target
 of 0.25 accepts 0.245-0.255). A method that cannot meet it raises `TargetError`, one line
 saying what was reached and what to change.
 

@@ -17,7 +17,6 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np

@@ -31,7 +31,7 @@ from bench.models import structure_of
 from methods.base import Method, TargetConfig
 
 # Share of the budget spent before pruning when `transform_epoch` is not given:
-# torch-pruning's ResNet-56 CIFAR-10 reproduction (METHODS.md sec. 3) pretrains 200
+# torch-pruning's ResNet-56 CIFAR-10 reproduction (docs/methods/l1_filter.md) pretrains 200
 # epochs and fine-tunes 100, i.e. prunes after 2/3 of 300 epochs.
 DEFAULT_PRUNE_AT_FRAC = 2 / 3
 
@@ -44,7 +44,7 @@ class PruningConfig(TargetConfig):
               "of train.epochs; null: round(2/3 of train.epochs), torch-pruning's ResNet-56 recipe "
               "(200 training + 100 fine-tuning epochs)")
     target_params: Optional[float] = opt(
-        0.5, "kept parameters as a fraction of the dense model (METHODS.md sec. 7 operating points "
+        0.5, "kept parameters as a fraction of the dense model (the suites' operating points "
              "0.5/0.25/0.1); null to use target_macs or a fixed setting (l1_filter: pruning_ratio, snp: tau)")
 
     def validate(self) -> None:

@@ -58,16 +58,16 @@ class MethodConfig:
 
 @dataclass
 class TargetConfig(MethodConfig):
-    """Options of a method that meets a size target (METHODS.md sec. 7), with the same names,
+    """Options of a method that meets a size target (docs/protocol.md, "Matched targets"), with the same names,
     range and tolerance meaning in every such method (bench.targets). A method narrows
     `target_kinds` to what it can meet and may redeclare a field to change its default."""
     target_kinds: ClassVar[tuple[str, ...]] = ("params", "macs")
     target_params: Optional[float] = opt(None, "kept parameters as a fraction of the dense model's, in (0, 1] "
-                                               "(METHODS.md sec. 7 operating points 0.5/0.25/0.1)")
+                                               "(the suites' operating points: 0.5, 0.25, 0.1)")
     target_macs: Optional[float] = opt(None, "kept MACs per image as a fraction of the dense model's, in (0, 1] "
                                              "(set target_params: null)")
     target_tol_frac: float = opt(TOL_FRAC, "a target is met within this distance relative to the target "
-                                           "(0.02: 'within 2%', issue 7)")
+                                           "(0.02: 'within 2%')")
 
     def validate(self) -> None:
         self.target()

@@ -3,7 +3,7 @@
 Every Conv2d and Linear (the first conv and the classifier included, as the authors
 did) reads its input through a decorrelation matrix R (d x d, d = fan-in: C_in*k*k
 for a conv, acting on each input patch), initialised to I and learned by its own
-local rule, not by autograd (METHODS.md sec. 6; the authors' code is github
+local rule, not by autograd (docs/methods/decorrelated_bp.md; the authors' code is github
 artcogsys/decorbp, `decorrelation/decorrelation.py`).
 
 Forward: `y = (W R) x`, computed as ONE ordinary conv/linear with the merged weight
@@ -88,7 +88,7 @@ from bench.metrics import IntervalTimer
 from bench.surgery import set_module
 from methods.base import Method, MethodConfig, register
 
-# Authors' CIFAR ResNet-18 settings (METHODS.md sec. 6): Adam lr 1e-4, batch 128.
+# Authors' CIFAR ResNet-18 settings (docs/methods/decorrelated_bp.md): Adam lr 1e-4, batch 128.
 AUTHORS_DECOR_LR = 1e-4
 AUTHORS_KAPPA = 0.01
 AUTHORS_DOWNSAMPLE_FRAC = 0.1

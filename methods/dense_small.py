@@ -1,6 +1,6 @@
 """The small dense control: the same family at a narrower width, trained from scratch with
 the same budget (Liu et al., "Rethinking the Value of Network Pruning", ICLR 2019;
-Blalock et al. 2020; METHODS.md sec. 7).
+Blalock et al. 2020; docs/methods/dense_small.md).
 
 A method that compresses a network to a parameter target has to beat this network to show
 that its procedure adds anything: a dense model of the same family whose width multiplier

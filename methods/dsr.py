@@ -1,7 +1,7 @@
 """DSR: dynamic sparse reparameterization (Mostafa & Wang, ICML 2019, arXiv 1902.05967).
 
 Trains a sparse network directly: a fixed budget of non-zero weights is moved within
-and across layers during training (the paper's Algorithm 1; the authors' code is
+and across layers during training (docs/methods/dsr.md, the paper's Algorithm 1; the authors' code is
 github IntelAI/dynamic-reparameterization). Built on the family's mask engine
 (methods/_sparse.py), which holds what every sparse-training method shares: which
 layers are sparse, the target and its allocation, masks as buffers, the masking of
@@ -39,9 +39,9 @@ steps from epochs 0, 25, 80, 140; no reallocation from epoch 190):
     paper; a short budget makes fewer reallocations in total (8 epochs: about 15
     instead of about 370).
 **Choices** where the sources are silent or differ:
-  - regrowth excludes the positions just pruned (so does the authors' `grow_random`,
-    which draws among the zeros minus `pruned_indices`). Where all other zero
-    positions together cannot hold K (only at near-zero sparsity) the authors grow
+  - regrowth excludes the positions just pruned (as the paper says; so does the authors'
+    `grow_random`, which draws among the zeros minus `pruned_indices`). Where all other
+    zero positions together cannot hold K (only at near-zero sparsity) the authors grow
     fewer and the count drops; we regrow the rest into just-pruned positions (at w = 0),
     keeping the count constant;
   - the weight a layer keeps when H would empty it: its largest |w| (ties: the first

@@ -1,6 +1,6 @@
 """PCN: Principal Component Networks (Waleffe & Rekatsinas, arXiv 2006.13347; journal version:
 "Principal Component Networks: Utilizing Low-Rank Activation Structure to Reduce Parameters Early
-in Training", ACM/IMS J. Data Science 2024). Specification: METHODS.md sec. 1; the authors'
+in Training", ACM/IMS J. Data Science 2024). Description: docs/methods/pcn.md; the authors'
 TensorFlow code is github rogerwaleffe/Principal-Component-Networks, `src/pcns/` (read, not copied).
 
 Train the full network for `transform_epoch` epochs, then in one step (`pcn_transform`):
@@ -38,9 +38,9 @@ Parameters of a site (the tensor some consumers read, one PCA) as a function of 
 `k (sum_c out_c kh_c kw_c + d + 1) + sum_c out_c` rotated (k inputs per consumer, the frozen
 `d x k` projection and its k biases, a bias per consumer absorbing `W mu`), against the
 consumers' parameters as they are. A site whose k is at or above this break-even is left as it is
-(no projection, original layers; METHODS.md sec. 1) and listed in `skipped_sites`.
+(no projection, original layers) and listed in `skipped_sites`.
 
-Choices where the sources are silent or differ (METHODS.md "choice"):
+Choices where the sources are silent or differ (docs/methods/pcn.md):
 - How many components: `dims` (explicit, as the authors' configs), else `target_params` (the total
   parameter count, frozen projections included, within `target_tol_frac` (relative) of the target fraction of the dense
   count), else `energy` (per-layer explained-variance threshold, 0.99 if unset). The code's
@@ -52,7 +52,7 @@ Choices where the sources are silent or differ (METHODS.md "choice"):
   `threshold`, one explained-variance threshold shared by all sites, bisected (the authors'
   style). A site the ranking takes to its break-even is left as it is.
 - The classifier's input: never in `all` or `late`; it can be named in a list of layers, and
-  then keeps k >= num_classes (out_features; METHODS.md sec. 1). With a bias,
+  then keeps k >= num_classes (out_features). With a bias,
   `k (out + d + 1) + out >= d out + out` for every k >= out, so a named classifier is always at
   its break-even and left as it is: cutting it never saves parameters. Consequently the
   classifier's input stream (VGG's last conv, a ResNet's last stage) keeps all its channels.
@@ -95,9 +95,9 @@ import torch_pruning as tp
 from torch import nn
 
 from bench.config import ConfigError, opt
-from bench.metrics import Clock, param_counts
-from bench.models import ConvBN, model_defaults, structure_of
 from bench.activations import PCA, CovarianceAccumulator, collect_covariances
+from bench.metrics import Clock, param_counts
+from bench.models import RESIDUAL, model_defaults, structure_of
 from bench.surgery import get_module, set_module, substitute_inputs
 from bench.targets import TOL_FRAC, TargetError, bisect_fraction
 from methods.base import Method, TargetConfig, register
@@ -105,7 +105,7 @@ from methods.base import Method, TargetConfig, register
 CALIBRATION_IMAGES = 5000          # NUM_SAMPLES_FOR_COMPRESSION in vgg16.py and resnet/cifar10.py
 TRANSFORM_EPOCH = 1                # a family's "pcn.transform_epoch" default where it sets none
 LATE_STAGES = 1                    # a family's "pcn.late_stages" default where it sets none
-ENERGY_DEFAULT = 0.99              # METHODS.md sec. 1 example, when neither dims nor target_params is set
+ENERGY_DEFAULT = 0.99              # the usual 99% of the variance, when neither dims nor target_params is set
 
 
 # --------------------------------------------------------------------------- PCN layers
@@ -197,7 +197,8 @@ class Graph:
 
 def analyse(model: nn.Module) -> Graph:
     """Sites (transformable inputs) and streams (prunable channel sets) from the model's
-    published structure (bench.models.structure_of).
+    published structure: its channel sets are the streams, its reads the sites
+    (`Structure.channel_sets`, `Structure.reads`).
 
     A stream is written by the stem or a block's last conv (with the shortcut, where there is
     a projection; a residual block without one adds into the stream it read) and by each conv
@@ -209,38 +210,21 @@ def analyse(model: nn.Module) -> Graph:
         raise ConfigError(f"pcn: the {st.family} model has no conv besides its classifier; nothing to transform")
     first_late = len(st.stages) - st.defaults.get("pcn.late_stages", LATE_STAGES)
     g = Graph({}, {})
-
-    def stream(unit: ConvBN, stage: int, residual: bool = False, name: Optional[str] = None,
-               extra: Optional[ConvBN] = None) -> Stream:
-        producers = ([(extra.conv, extra.bn)] if extra else []) + [(unit.conv, unit.bn)]
-        new = Stream(name or unit.conv, producers, _width(get_module(model, unit.conv), "out"), residual, stage)
-        g.streams[new.name] = new
-        return new
-
-    def site(consumers: list[str], current: Stream, late: bool, classifier: bool = False) -> None:
-        for c in consumers:
+    sets = {c.name: c for c in st.channel_sets()}
+    for c in sets.values():
+        g.streams[c.name] = Stream(c.name, [(p.conv, p.bn) for p in c.producers],
+                                   _width(get_module(model, c.producers[0].conv), "out"), c.role == RESIDUAL, c.stage)
+    for r in st.reads():                               # forward order: the order `dims` follows
+        current = g.streams[r.channels]
+        for c in r.layers:
             d = _width(get_module(model, c), "in")
             if d != current.width:
                 raise ConfigError(f"pcn: {c} reads {d} features, not the {current.width} channels of {current.name} "
                                   f"(a flatten over space?); this model is not supported")
-        g.add_site(Site(consumers[0], consumers, current.name, late=late, classifier=classifier))
-
-    current = None if st.stem is None else stream(st.stem, 0, residual=st.blocks()[0].residual)
-    for s, stage in enumerate(st.stages):
-        for b, block in enumerate(stage.blocks):
-            readers = [block.body[0].conv] + ([block.shortcut.conv] if block.shortcut else [])
-            if current is not None:    # a residual stream is read, never rotated in itself
-                site(readers, current, s >= first_late and (not current.residual or current.stage >= first_late))
-            for unit, nxt in zip(block.body, block.body[1:]):   # block-internal: conv -> bn -> act -> conv
-                site([nxt.conv], stream(unit, s), s >= first_late)
-            if not block.residual:
-                current = stream(block.body[-1], s)
-            elif block.shortcut is not None:
-                current = stream(block.body[-1], s, residual=True, extra=block.shortcut,
-                                 name=(stage.name if b == 0 else block.name) or block.body[-1].conv)
-            else:
-                current.producers.append((block.body[-1].conv, block.body[-1].bn))
-    site([st.classifier], current, late=False, classifier=True)
+        # a residual stream is read, never rotated in itself; late if read (and, for a residual
+        # stream, written) inside the last stages
+        late = not r.classifier and r.stage >= first_late and (not current.residual or current.stage >= first_late)
+        g.add_site(Site(r.layers[0], list(r.layers), current.name, late=late, classifier=r.classifier))
     return g
 
 
@@ -610,7 +594,7 @@ class PCN(Method):
                                             "conv blocks, ResNet last stage) or a list of layer names; the "
                                             "classifier only when named (then k >= num_classes)")
         energy: Optional[float] = opt(None, "per-layer explained-variance fraction to keep, without dims or "
-                                      "target_params; null: 0.99 (METHODS.md sec. 1 example)")
+                                      "target_params; null: 0.99")
         dims: list[int] = opt([], "explicit components per selected layer, in forward order of the layers "
                               "`layers` selects (the summary lists them); authors' VGG-16: late + "
                               "[64, 64, 64, 32, 32, 32]")

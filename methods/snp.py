@@ -1,6 +1,5 @@
 """Gram-Schmidt node pruning: Offergeld, van Gerven, Ahmad, "Subspace Node Pruning",
-arXiv 2405.17506 (seed: the first abstract of seeds/snp-and-decorrelated-bp-abstracts.txt;
-no public code). METHODS.md sec. 4; numbers below are that section's steps.
+arXiv 2405.17506 (no public code). Description: docs/methods/snp.md; numbers below are its steps.
 
 For every prunable layer, on a calibration set (one eval-mode pass of the unpruned
 network, float64 statistics from bench.activations):
@@ -51,9 +50,10 @@ Deviations and choices:
   conv2; in a Bottleneck also conv2 -> conv3). Residual-stream channels (stem, every
   block's last conv, projection shortcuts) are not pruned: the simplest honest choice,
   since compensating them would mean regressing a channel of the stream for every
-  reader at once. The same rule is applied by structure, not by name: a Torch-Pruning
-  group is prunable when exactly one conv produces its channels and exactly one
-  Conv/Linear reads them.
+  reader at once. The rule is applied by the model's structure, not by name
+  (`find_slots`: `chain` and `block_internal` channel sets with one producing conv and
+  one reading Conv/Linear), which is exactly Torch-Pruning's grouping of the same
+  channels (tests/test_sites.py).
 """
 from __future__ import annotations
 
@@ -66,10 +66,11 @@ from torch import nn
 from bench.config import ConfigError, opt
 from bench.activations import collect_covariances
 from bench.metrics import Clock
+from bench.models import BLOCK_INTERNAL, CHAIN, structure_of
 from bench.surgery import get_module, substitute_inputs
 from bench.targets import TargetError, first_at_most
-from methods._pruning import (PruningConfig, ScheduledPruning, build_graph, channel_table, channels, classifier_of,
-                              dense_value, detached_copy, is_out_pruning, measure,
+from methods._pruning import (PruningConfig, ScheduledPruning, build_graph, channel_table, channels, dense_value,
+                              detached_copy, measure,
                               prune_out_channels, prune_schedule, sizes)
 from methods.base import register
 
@@ -160,28 +161,25 @@ class Slot:
     consumer: nn.Module       # Conv2d or Linear
 
 
-def find_slots(graph, model: nn.Module) -> tuple[list[Slot], list[list[str]]]:
-    """Torch-Pruning groups with exactly one producing conv and one reading Conv/Linear
-    (block-internal and VGG channels); the others (residual stream) are returned as
-    skipped, by the names of their producers."""
-    names = {m: n for n, m in model.named_modules()}
-    position = {n: i for i, n in enumerate(names.values())}
+def find_slots(model: nn.Module) -> tuple[list[Slot], list[list[str]]]:
+    """Prunable channel sets from the model's structure (`Structure.channel_sets`): a `chain`
+    or `block_internal` set written by one ungrouped conv and read by one ungrouped Conv/Linear
+    (VGG's convs, a residual block's inner convs). The others (a residual stream, a Linear
+    producer) are returned as skipped, each by the sorted names of its producers."""
+    st = structure_of(model)
     weighted = (nn.Conv2d, nn.Linear)
+    position = {n: i for i, (n, _) in enumerate(model.named_modules())}
     slots, skipped = [], []
-    for group in graph.get_all_groups(ignored_layers=[classifier_of(model)], root_module_types=weighted):
-        outs, ins = [], []
-        for dep, _ in group:
-            m = dep.target.module
-            if isinstance(m, weighted):
-                bucket = outs if is_out_pruning(graph, dep) else ins
-                if all(m is not x for x in bucket):
-                    bucket.append(m)
-        simple = (len(outs) == 1 and len(ins) == 1 and isinstance(outs[0], nn.Conv2d)
-                  and all(getattr(m, "groups", 1) == 1 for m in outs + ins))
+    for cs in st.channel_sets():
+        producers = [get_module(model, p.conv) for p in cs.producers]
+        readers = [name for r in cs.reads for name in r.layers]
+        ins = [get_module(model, n) for n in readers]
+        simple = (cs.role in (CHAIN, BLOCK_INTERNAL) and len(readers) == 1 and isinstance(producers[0], nn.Conv2d)
+                  and isinstance(ins[0], weighted) and all(getattr(m, "groups", 1) == 1 for m in producers + ins))
         if simple:
-            slots.append(Slot(names[outs[0]], names[ins[0]], outs[0], ins[0]))
+            slots.append(Slot(cs.producer.conv, readers[0], producers[0], ins[0]))
         else:
-            skipped.append(sorted(names[m] for m in outs))
+            skipped.append(sorted(p.conv for p in cs.producers))
     slots.sort(key=lambda s: position[s.name])
     return slots, sorted(skipped)
 
@@ -227,12 +225,12 @@ class SNP(ScheduledPruning):
         tau: Optional[float] = opt(None, "instead of a target: the global threshold (each layer keeps units "
                                          "until the dropped tail's share of sum D_ii would exceed 1 - tau); "
                                          "set target_params: null")
-        ordering: str = opt("nonredundant", "unit order before the LDL: nonredundant = 1/(C^-1)_ii (METHODS.md "
-                                            "sec. 4 choice), zca = 1/((C^-1/2)_ii)^2, natural = none (ablation)",
+        ordering: str = opt("nonredundant", "unit order before the LDL: nonredundant = 1/(C^-1)_ii "
+                                            "(the variance no other unit explains), zca = 1/((C^-1/2)_ii)^2, natural = none (ablation)",
                             choices=("nonredundant", "zca", "natural"))
         compensate: bool = opt(True, "fold the least-squares reconstruction of removed units into the consumer "
                                      "(false: the paper's prune-only ablation)")
-        calibration_images: int = opt(5000, "calibration images (one eval-mode pass), as PCN (METHODS.md sec. 1)")
+        calibration_images: int = opt(5000, "calibration images (one eval-mode pass), as PCN")
         calibration_batch_size: int = opt(500, "calibration batch size (memory only; the statistics are exact sums)")
         min_channels: int = opt(1, "every pruned layer keeps at least this many channels")
 
@@ -272,7 +270,7 @@ class SNP(ScheduledPruning):
             last["t"] = now
 
         graph = build_graph(model, example)
-        slots, skipped = find_slots(graph, model)
+        slots, skipped = find_slots(model)
         if not slots:
             raise ConfigError(f"snp: {type(model).__name__} has no prunable channels (a conv read by one layer)")
         accs = collect_covariances(model, {s.name: s.consumer for s in slots},

@@ -26,7 +26,7 @@ TINY_METHOD_OVERRIDES: dict[str, list[str]] = {
     "pcn": ["method.calibration_images=256"],
     "snp": ["method.calibration_images=256"],
     # Slope 0.2: at PyTorch's 0.01, sigma^-1 scales negative targets by 100 and this tiny
-    # net diverges after a shrink (see methods/pcns.py); the contract is about the harness.
+    # net diverges after a shrink (see docs/methods/pcns.md); the contract is about the harness.
     "pcns": ["model.act=leaky_relu", "model.leaky_slope=0.2", "method.transform_epochs=[1, 2]", "method.calibration_images=64",
              "method.error_images=32", "method.maxpool=explicit"],
     "taylor": ["method.calibration_images=128", "method.calibration_batch_size=32"],

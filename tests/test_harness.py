@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from importlib import metadata
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +46,8 @@ def test_a_short_run_on_synthetic_data_learns_and_writes_its_files(tiny_override
     assert 0 < summary["latency_b1_ms_median"] < summary["infer_batch_ms_median"]   # 1 image vs a batch
     assert summary["speed_batch_sizes"] == {"latency": 1, "infer": 128, "train": 64}
     assert summary["method"] == "dense" and summary["model"] == "vgg11" and summary["seed"] == 0
-    assert summary["env"]["versions"]["torch"] == torch.__version__.split("+")[0] or summary["env"]["versions"]["torch"]
+    assert summary["env"]["versions"]["torch"] == metadata.version("torch")            # the installed torch
+    assert summary["env"]["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
     # Training MACs: 3 x forward MACs x images seen, summed over epochs.
     assert summary["train_macs"] == pytest.approx(3 * summary["macs"] * hist["images"].sum())
     # An epoch's row describes the model as trained in it, at the epoch's end: every weight of a
@@ -90,10 +92,14 @@ def test_an_old_format_resume_state_is_refused_in_one_line_and_the_run_starts_ag
 def test_a_finished_run_is_skipped(tiny_overrides):
     cfg = load_config("configs/smoke.yaml", tiny_overrides + ["train.epochs=1"])
     first = train(cfg, **quiet)
+    files = {p.name: p.read_bytes() for p in run_dir(cfg).iterdir() if p.is_file()}
     lines = []
     second = train(cfg, log=lines.append)
-    assert second == json.loads(json.dumps(first, default=str)) or second["run_id"] == first["run_id"]
-    assert any("already finished" in line for line in lines)
+    # The stored summary, as written (JSON turns tuples into lists), and nothing trained or rewritten.
+    assert second == json.loads(json.dumps(first, default=str))
+    assert second == json.loads((run_dir(cfg) / "summary.json").read_text())
+    assert {p.name: p.read_bytes() for p in run_dir(cfg).iterdir() if p.is_file()} == files
+    assert len(lines) == 1 and "already finished" in lines[0]
 
 
 def test_lr_schedules_are_pure_functions_of_the_step():
@@ -125,8 +131,14 @@ def test_cli_output_dir_and_bad_input(tmp_path):
     missing = cli("run", "configs/smoke.yaml", f"output_dir={tmp_path}/m", "data.name=cifar10",
                   f"data.root={tmp_path}/none")
     assert missing.returncode == 2 and "no CIFAR-10 at" in missing.stderr
-    assert cli("methods").stdout.split()[0] and "dense" in cli("methods").stdout
-    assert "resnet56" in cli("models").stdout
+
+
+def test_cli_lists_methods_and_models(capsys):
+    from bench.__main__ import main                         # in-process: no interpreter start-up to pay
+    assert main(["methods"]) == 0
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert {"dense", "dense_small", "pcn", "pcns", "l1_filter", "snp", "dsr", "decorrelated_bp"} <= listed
+    assert main(["models"]) == 0 and "resnet56" in capsys.readouterr().out
 
 
 def test_offline_wandb_run_is_written_under_the_run_directory(tiny_overrides):

@@ -1,4 +1,4 @@
-"""PCNS (methods/pcns.py): the draft's algebra on tiny tensors and models, and one run through the harness."""
+"""PCNS (methods/pcns/): the draft's algebra on tiny tensors and models, and one run through the harness."""
 from __future__ import annotations
 
 import copy
@@ -18,7 +18,7 @@ from bench.configure import load_config
 from bench.models import build_model
 from bench.surgery import substitute_inputs
 from bench.train import train
-from methods.pcns import PCNS, MixPool, param_split, shrink, sigma, sigma_inv
+from methods.pcns import PCNS, MixPool, Stopwatch, param_split, shrink, sigma, sigma_inv
 
 
 # --------------------------------------------------------------------------- helpers
@@ -225,7 +225,7 @@ def test_repeated_shrinking_keeps_resnet_trainable_and_counts_exact():
     opt.step()
 
 
-# --------------------------------------------------------------------------- max pools (review issue 5)
+# --------------------------------------------------------------------------- max pools
 def pooled_and_plain(model: nn.Module) -> tuple[list[str], list[str]]:
     """VGG convs with a max pool before their consumer, and those without."""
     feats = list(model.features)
@@ -293,6 +293,45 @@ def test_maxpool_modes_and_the_param_split_of_the_summary(mode):
     assert split["shrunk"] == sum(p.numel() for name in report["resized"] for p in new.get_submodule(name).parameters())
 
 
+def test_stopwatch_synchronises_cuda_before_every_clock_reading(monkeypatch):
+    """Kernels are queued asynchronously on CUDA: a phase's time is only its own if the device is
+    synchronised before the clock is read, at its start and at its end."""
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
+    monkeypatch.setattr("methods.pcns.shrinking.time.perf_counter", lambda: events.append("clock") or float(len(events)))
+    clock = Stopwatch(torch.device("cuda", 0))
+    with clock("gram_s"):
+        events.append("work")
+    clock.total()
+    assert events == ["sync", "clock", "sync", "clock", "work", "sync", "clock", "sync", "clock"]
+    events.clear()
+    Stopwatch(torch.device("cpu")).total()
+    assert events == ["clock", "clock"]                              # no synchronisation off CUDA
+
+
+@pytest.mark.parametrize("refit", [False, True])
+def test_diagnostics_run_after_the_timed_hook_and_equal_the_inline_ones(refit):
+    """on_epoch_end (timed) leaves the error table out; epoch_metrics (untimed) adds it, with the
+    same values as a shrink that computes it at once, and changes nothing in the model."""
+    torch.manual_seed(8)
+    model, pool = leaky_vgg(slope=0.2), torch.randn(48, 3, 32, 32)
+    inline_model, inline, _ = shrink(copy.deepcopy(model), config(energy=0.9, refit=refit, samples_per_unit=1),
+                                     calibration_from(pool), pool[:1])
+    method, new = method_with_one_shrink(model, pool, energy=0.9, refit=refit)
+    (report,) = method.shrinks
+    keys = {"logit_err_cal", "logit_err_heldout", "top1_agreement_cal", "diagnostics_s"} | (
+        {"logit_err_cal_norefit"} if refit else set())
+    assert not keys & set(report) and "out_err_cal" not in report["layers"][0] and method.pending is not None
+    before = {k: v.clone() for k, v in new.state_dict().items()}
+    metrics = method.epoch_metrics(new)
+    assert keys <= set(report) and method.pending is None and metrics["pcns/logit_err_cal"] == report["logit_err_cal"]
+    assert all(torch.equal(before[k], v) for k, v in new.state_dict().items())
+    for k in keys - {"diagnostics_s"}:
+        assert report[k] == inline[k], k
+    for row, row_inline in zip(report["layers"], inline["layers"]):
+        assert row["out_err_heldout"] == row_inline["out_err_heldout"] and row["next_err_cal"] == row_inline["next_err_cal"]
+
+
 def test_param_split_counts_each_module_once():
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU(),
                           MixPool(nn.Conv2d(4, 4, 1, bias=False), nn.MaxPool2d(2)), nn.Conv2d(4, 2, 1))
@@ -300,7 +339,7 @@ def test_param_split_counts_each_module_once():
     assert split == {"shrunk": 16 + 8, "mix": 16, "untouched": 10}
 
 
-# --------------------------------------------------------------------------- refit (review issue 6)
+# --------------------------------------------------------------------------- refit
 def planted_two_layer_mlp(seed: int = 0) -> nn.Module:
     """Layer '0' cannot be fitted exactly (slope 0.1, 4 inputs for 12 neurons), layer '2' is linear
     (slope 1) and reads its errors; the classifier follows it directly."""

@@ -24,7 +24,7 @@ from bench.models import build_model
 from bench.train import train
 from methods import get_method
 from methods.base import Dense
-from methods.dense_small import forward_macs, scratch_b_epochs
+from methods.dense_small import scratch_b_epochs
 
 ROWS = ("depgraph", "slimming", "taylor", "fpgm")
 

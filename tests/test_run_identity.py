@@ -7,14 +7,13 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from bench.configure import build_config, load_config
+from bench.configure import load_config
 from bench.datasets import data_fingerprint, dataset_for
 from bench.datasets.base import array_fingerprint
 from bench.runs import RunningElsewhere, run_lock, run_name, run_path, write_json

@@ -18,7 +18,6 @@ from bench.models import build_model
 from bench.runs import load_checkpoint, run_name
 from bench.train import train
 from methods import get_method
-from methods._pruning import build_graph
 from methods.snp import drops_for, find_slots, ldl, regression, tail_shares, unit_order
 
 SNP = get_method("snp")
@@ -159,7 +158,7 @@ def test_resnet_prunes_block_internal_channels_only_and_shifts_bn_when_the_consu
     plant_sum(block.conv1, block.bn1, 0, 1, 2, beta=50.0, intercept=3.0)
     x = torch.randn(32, 3, 32, 32, generator=g, dtype=torch.float64)
 
-    slots, skipped = find_slots(build_graph(model, x[:1]), model)
+    slots, skipped = find_slots(model)
     assert [(s.name, s.consumer_name) for s in slots] == [
         (f"layer{i}.{j}.conv1", f"layer{i}.{j}.conv2") for i in (1, 2, 3) for j in range(3)]
     assert len(skipped) == 3 and ["conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"] in skipped

@@ -16,7 +16,7 @@ no root given (`data.root` empty and `$BENCH_DATA_ROOT` unset) the root is `./da
 and a missing copy is fetched there through torchvision, which checks the archive's
 md5 (a short socket timeout makes a machine without network fail within seconds, with
 a one-line message naming the URL, the root and both fixes). A root that is given is
-read as it is (no checksum: mirrors and re-encodings such as ../shared/data/cifar10
+read as it is (no checksum: mirrors and re-encodings such as a JPEG copy of CIFAR-10
 fail torchvision's md5 check) and never downloaded into, unless `data.download=true`
 asks for it.
 """

@@ -11,12 +11,13 @@ import pkgutil
 from bench.models.base import (DEFAULT_NUM_CLASSES, MODEL_DEFAULTS, MODEL_NOTES, MODELS, LeakyReLULayer, act_layer,
                                build_model, check_model_name, count_params, model_defaults, register_model, scaled,
                                structure_of)
-from bench.models.structure import Block, ConvBN, Stage, Structure, chain_structure
+from bench.models.structure import (BLOCK_INTERNAL, CHAIN, CLASSIFIER, RESIDUAL, Block, ChannelSet, ConvBN, Read, Stage,
+                                    Structure, chain_structure)
 
 for _info in pkgutil.iter_modules(__path__):
     if not _info.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["DEFAULT_NUM_CLASSES", "MODEL_DEFAULTS", "MODEL_NOTES", "MODELS", "Block", "ConvBN", "LeakyReLULayer",
+__all__ = ["BLOCK_INTERNAL", "CHAIN", "CLASSIFIER", "RESIDUAL", "ChannelSet", "Read", "DEFAULT_NUM_CLASSES", "MODEL_DEFAULTS", "MODEL_NOTES", "MODELS", "Block", "ConvBN", "LeakyReLULayer",
            "Stage", "Structure", "act_layer", "build_model", "chain_structure", "check_model_name", "count_params",
            "model_defaults", "register_model", "scaled", "structure_of"]
