@@ -23,8 +23,7 @@ from bench.activations import PCA, CovarianceAccumulator, collect_covariances
 from bench.surgery import get_module, substitute_inputs
 from bench.train import train
 from methods.pcn import (PCN, PCNConv, PCNLinear, Plan, SiteCost, analyse, build_pcn, calibrate, channel_scores,
-                         fit_target, make_projection, pcn_layer, pcn_transform, retained_share, select_sites,
-                         site_costs)
+                         fit_target, make_projection, pcn_layer, pcn_transform, retained_share, select_sites)
 
 REPO = Path(__file__).resolve().parents[1]
 quiet = dict(log=lambda s: None)
