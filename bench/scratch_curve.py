@@ -132,7 +132,7 @@ def _target_key(t) -> float:
 def curves(runs: pd.DataFrame) -> dict[tuple[str, float], Curve]:
     """(model, target) -> the scratch curve from the finished dense_small runs of `runs`
     (one point per epoch count; see the module docstring)."""
-    if runs.empty or "method" not in runs:
+    if runs.empty or "method" not in runs or "epochs" not in runs:
         return {}
     sub = runs[(runs["method"] == CURVE_METHOD) & runs["test_acc"].notna()]
     if "status" in sub:
