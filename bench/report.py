@@ -738,12 +738,12 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None) -> O
         print(f"report: every run under {out}/runs diverged -> {out / 'README.md'}")
         return out / "README.md"
     write_text(out / "histories.csv", all_histories(runs, histories).to_csv(index=False))
-    agg = aggregate(runs, histories)
     from bench import scratch_curve    # the compute-matched comparison (it imports this module's statistics)
-    matched = scratch_curve.compute_matched(agg, runs)
+    every_run, runs = runs, scratch_curve.equal_epoch_runs(runs)   # the curve's longer runs: their own section
+    agg = aggregate(runs, histories)
+    matched = scratch_curve.compute_matched(agg, every_run)
     agg = scratch_curve.add_columns(agg, matched)
     write_text(out / "table.csv", agg.to_csv(index=False))
-    every_row, agg = agg, scratch_curve.equal_epoch_rows(agg)    # the curve's longer runs: their own section
     plots = plot(agg, runs, histories, out)
     name = suite_name or meta.get("suite") or out.name
     lines = [f"# Results: {name}", ""]
@@ -767,15 +767,14 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None) -> O
               STATISTICS_NOTE, ""]
     published = load_published()
     for model in dict.fromkeys(agg["model"]):
-        matched_lines, matched_plot = scratch_curve.section(matched, runs, every_row, model, out,
-                                                            reference_labels(every_row))
+        matched_lines, matched_plot = scratch_curve.section(matched, every_run, agg, model, out, reference_labels(agg))
         plots += [matched_plot] if matched_plot else []
         lines += [f"## {model}", "", *highlights(agg, model), *ranking_lines(agg, runs, model), "",
                   markdown_table(agg, model), *speed_section(agg, model), *controls_section(agg, model),
                   *matched_lines, *published_section(agg, model, published)]
     lines += diverged + ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     write_text(out / "README.md", "\n".join(lines))
-    log_to_wandb(name, runs, plots, out, wandb_cfg)
+    log_to_wandb(name, every_run, plots, out, wandb_cfg)
     print(f"report: {len(runs)} runs -> {out / 'README.md'}")
     return out / "README.md"
 

@@ -54,6 +54,7 @@ import pandas as pd
 from scipy import stats
 
 CURVE_METHOD = "dense_small"          # the method whose runs make the curve
+DENSE_LABEL = "dense"                 # the full model's row, marked on the plot (dense at E)
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
 BEYOND = "beyond the curve"
@@ -301,10 +302,11 @@ def add_columns(agg: pd.DataFrame, cm: pd.DataFrame) -> pd.DataFrame:
     return agg.merge(own, on=["model", "label", "target_key"], how="left")
 
 
-def equal_epoch_rows(agg: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the equal-epoch comparison: `agg` without the curve's added points
-    (scratch_<m>x, trained for other budgets); they are in the compute-matched section."""
-    return agg[~agg["label"].map(is_added_curve_label)]
+def equal_epoch_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the equal-epoch comparison: `runs` without the curve's added points
+    (scratch_<m>x, trained for other budgets), which would otherwise join its tables,
+    rankings and comparison families; they are the compute-matched section's."""
+    return runs[~runs["label"].map(is_added_curve_label)]
 
 
 # --------------------------------------------------------------------------- the README section
@@ -349,7 +351,7 @@ def plot(cm: pd.DataFrame, curves_: dict[tuple[str, float], Curve], agg: pd.Data
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from bench.report import DENSE_LABEL, mean_ci, pareto_front
+    from bench.report import mean_ci, pareto_front
 
     targets = sorted((t for (m, t) in curves_ if m == model), reverse=True)
     if not targets:
