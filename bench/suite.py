@@ -16,17 +16,6 @@ A suite file (configs/suites/*.yaml) is validated like a run config:
     targets: [0.5, 0.25]             # method.target_params, for methods that take one
     seeds: [0]
     control: dense                   # the methods' default control (the default: dense)
-    scratch_curve: {epochs: [1, 2, 4]}   # dense_small also at 2x and 4x the epochs (see below)
-
-The scratch curve (`scratch_curve: {epochs: [m1, m2, ...]}`, multiples of the budget E,
-the dense_small row's train.epochs) adds, per model, target and seed, the suite's
-`dense_small` row trained for m x E epochs (the learning-rate schedule is a function of
-the step and the step count, so it stretches), labelled `scratch_<m>x`: the points the
-report's compute-matched comparison (bench/scratch_curve.py) interpolates between. A
-multiple whose run is already a cell of the suite is not added again: 1x is dense_small
-itself, and a Scratch-B row whose rule gives m x E epochs is the same run (same config
-but for its label, which is not hashed), so it is trained once, under that row's label.
-Existing cells are untouched: adding the entry changes no other cell's run hash.
 
 Each method row of the report is compared with its control, another label of the
 suite: `control:` of its entry, else the suite's `control`, else `dense`. The
@@ -41,6 +30,16 @@ picks up where it stopped; a cell whose loss diverged is recorded as such (its
 summary.json says `status: diverged`), the others go on, and a plain re-invocation
 keeps it as diverged (`--retry-failed` runs it again). The report is written at
 the end.
+
+The scratch curve (e.g. `scratch_curve: {epochs: [m1, m2, ...]}`, multiples of the budget E,
+the dense_small row's train.epochs) adds, per model, target and seed, the suite's
+`dense_small` row trained for m x E epochs (the learning-rate schedule is a function of
+the step and the step count, so it stretches), labelled `scratch_<m>x`: the points the
+report's compute-matched comparison (bench/scratch_curve.py) interpolates between. A
+multiple whose run is already a cell of the suite is not added again: 1x is dense_small
+itself, and a Scratch-B row whose rule gives m x E epochs is the same run (same config
+but for its label, which is not hashed), so it is trained once, under that row's label.
+Existing cells are untouched: adding the entry changes no other cell's run hash.
 """
 from __future__ import annotations
 
@@ -92,10 +91,10 @@ class SuiteConfig:
     seeds: list[int] = opt([0], "seeds; every cell runs once per seed")
     control: str = opt("", f"label of the method the others are compared with in the report, unless their entry "
                            f"names its own (`control:`); default: {DENSE_LABEL}")
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     scratch_curve: dict[str, Any] = opt({}, f"{{epochs: [1, 2, 4]}}: the {CURVE_BASE} row also trained for these "
                                             f"multiples of its epochs (labels scratch_<m>x), the report's scratch "
                                             f"curve; runs already in the suite are reused")
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def validate(self) -> None:
         if not self.name:
@@ -112,12 +111,9 @@ class SuiteConfig:
                                   f"{_suggest(str(control), self.methods)}; labels: {', '.join(self.methods)}")
 
     def controls(self) -> dict[str, str]:
-        """Method label -> the label of its control: what the report compares its row with
-        (the scratch curve's rows have dense_small's)."""
-        out = {label: (entry or {}).get("control") or self.control or DENSE_LABEL
-               for label, entry in self.methods.items()}
-        out.update({label: out[CURVE_BASE] for label in curve_multiples(self)})
-        return out
+        """Method label -> the label of its control: what the report compares its row with."""
+        return {label: (entry or {}).get("control") or self.control or DENSE_LABEL
+                for label, entry in self.methods.items()}
 
 
 

@@ -198,13 +198,17 @@ def test_scratch_curve_expands_to_the_runs_at_multiples_of_the_budget_reusing_th
                      ("scratch_b", 0.5, 4), ("scratch_b", 0.25, 4)]        # 2E is scratch_b's run: not twice
     assert len(cells) == 2 * len(seed0)
     four = next(c for c in cells if c.label == "scratch_4x")
-    assert four.cfg.method.name == "dense_small" and four.cfg.control == "dense" and four.cfg.label == "scratch_4x"
+    assert four.cfg.method.name == "dense_small" and four.cfg.label == "scratch_4x"
+    assert four.cfg.control == small_control(cells)                         # dense_small's control, recorded in the run
     # scratch_2x would be the very run scratch_b is (same identity, so the same run folder).
     b = next(c for c in cells if c.label == "scratch_b" and c.target == 0.5 and c.seed == 0)
     small = next(c for c in cells if c.label == "dense_small" and c.target == 0.5 and c.seed == 0)
     two = build_config(merge(small.raw, {"train": {"epochs": 4}, "label": "scratch_2x"}))
     assert run_identity(two) == run_identity(b.cfg) and run_identity(two) != run_identity(small.cfg)
-    assert suite.controls()["scratch_4x"] == "dense" and "scratch_2x" in suite.controls()
+
+
+def small_control(cells) -> str:
+    return next(c for c in cells if c.label == "dense_small").cfg.control
 
 
 def test_without_a_coinciding_row_each_multiple_is_its_own_cell_and_1x_is_dense_small(tmp_path):
