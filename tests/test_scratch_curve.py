@@ -2,6 +2,7 @@
 placement of dense-kernel rows, the suite's scratch_curve expansion and the report's section."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -227,7 +228,10 @@ def test_adding_the_scratch_curve_changes_no_existing_cells_run():
     kept = [c for c in with_curve if not sc.is_added_curve_label(c.label)]
     assert [(c.label, run_identity(c.cfg)) for c in kept] == [(c.label, run_identity(c.cfg)) for c in without]
     added = sorted((c.label, c.target, c.cfg.train.epochs) for c in with_curve if sc.is_added_curve_label(c.label))
-    assert added == [("scratch_2x", 0.25, 6), ("scratch_2x", 0.5, 6), ("scratch_4x", 0.25, 12), ("scratch_4x", 0.5, 12)]
+    # 2E = 6 epochs is added unless a Scratch-B row of the suite already trains dense_small for 6 there.
+    scratch_b = {c.target: c.cfg.train.epochs for c in with_curve if c.label == "scratch_b"}
+    assert added == sorted([("scratch_2x", t, 6) for t in (0.25, 0.5) if scratch_b.get(t) != 6]
+                           + [("scratch_4x", 0.25, 12), ("scratch_4x", 0.5, 12)])
 
 
 @pytest.mark.parametrize("entry,message", [
@@ -241,3 +245,21 @@ def test_a_malformed_scratch_curve_fails_when_the_suite_is_loaded(tmp_path, entr
 def test_a_scratch_curve_needs_the_dense_small_row(tmp_path):
     with pytest.raises(ConfigError, match="does not have"):
         load_suite(str(write_suite(tmp_path, methods={"dense": {}})))
+
+
+def test_scratch_bs_run_stands_for_the_curve_point_its_rule_gives(tmp_path):
+    """Scratch-B (dense_small with match_dense_macs) resolves to dense_small at E_B epochs when
+    its config is built; where E_B = 2E, scratch_2x is that run and is not added."""
+    from methods import get_method
+    if "match_dense_macs" not in {f.name for f in dataclasses.fields(get_method("dense_small").Config)}:
+        pytest.skip("this tree has no Scratch-B rule (method.match_dense_macs)")
+    path = write_suite(tmp_path, targets=[0.25], seeds=[0], methods={
+        "dense": {}, "dense_small": {}, "scratch_b": {"name": "dense_small", "match_dense_macs": True}})
+    cells = expand(*load_suite(str(path)), [])
+    b = next(c for c in cells if c.label == "scratch_b")
+    assert b.cfg.train.epochs == 4                     # a quarter of the parameters: E_B capped at 2E
+    assert [(c.label, c.cfg.train.epochs) for c in cells] == [("dense", 2), ("dense_small", 2), ("scratch_4x", 8),
+                                                              ("scratch_b", 4)]
+    small = next(c for c in cells if c.label == "dense_small")
+    two = build_config(merge(small.raw, {"train": {"epochs": 4}, "label": "scratch_2x"}))
+    assert run_identity(two) == run_identity(b.cfg)
