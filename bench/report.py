@@ -775,7 +775,7 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None) -> O
     lines += diverged + ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     write_text(out / "README.md", "\n".join(lines))
     log_to_wandb(name, every_run, plots, out, wandb_cfg)
-    print(f"report: {len(runs)} runs -> {out / 'README.md'}")
+    print(f"report: {len(every_run)} runs -> {out / 'README.md'}")
     return out / "README.md"
 
 
