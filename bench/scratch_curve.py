@@ -133,7 +133,7 @@ def _target_key(t) -> float:
 def curves(runs: pd.DataFrame) -> dict[tuple[str, float], Curve]:
     """(model, target) -> the scratch curve from the finished dense_small runs of `runs`
     (one point per epoch count; see the module docstring)."""
-    if runs.empty or "method" not in runs or "epochs" not in runs:
+    if runs.empty or not {"method", "epochs", "train_macs", "test_acc"} <= set(runs):
         return {}
     sub = runs[(runs["method"] == CURVE_METHOD) & runs["test_acc"].notna()]
     if "status" in sub:
@@ -254,7 +254,7 @@ def compute_matched(agg: pd.DataFrame, runs: pd.DataFrame, correction: Optional[
     epochs from the report's table, where it has one). `correction` corrects the p-values
     of each (model, curve target) family (see adjust)."""
     found = curves(runs)
-    seeds = row_seeds(runs)
+    seeds = row_seeds(runs) if found else {}
     on_curve = set(runs.loc[runs["method"] == CURVE_METHOD, "label"]) if "method" in runs else set()
     records = []
     for (model, t), curve in found.items():
