@@ -68,9 +68,11 @@ def test_the_gaps_interval_equals_a_hand_computation():
     assert g.p == pytest.approx(2 * stats.t.sf(0.0133333 / se, df), rel=1e-4)
     # The same test, independently: Welch's two-sample t-test on the row and the per-seed curve.
     assert g.p == pytest.approx(stats.ttest_ind([0.75, 0.74, 0.77], [0.73, 0.745, 0.745], equal_var=False).pvalue)
-    # Interpolating per seed keeps the neighbours' covariance: independent neighbours would give
-    # s_c^2/n = (1/4)(s_a^2 + s_b^2)/3 = 5e-5 / 3, not 7.5e-5 / 3.
-    assert vc != pytest.approx((0.25 * (1e-4 + 1e-4)) / 3)
+    # Interpolating per seed keeps the neighbours' covariance: treating them as independent would
+    # give s_c^2/n = (1/4)(s_a^2 + s_b^2)/3 = 5e-5 / 3 (s_a^2 = s_b^2 = 1e-4), a narrower interval.
+    vi = 0.25 * (1e-4 + 1e-4) / 3
+    independent = stats.t.ppf(0.975, (vr + vi) ** 2 / (vr ** 2 / 2 + vi ** 2 / 2)) * math.sqrt(vr + vi)
+    assert g.hi - g.gap == pytest.approx(half, rel=1e-5) and g.hi - g.gap != pytest.approx(independent, rel=1e-2)
 
 
 def test_one_seed_gives_a_gap_without_interval_or_verdict():
