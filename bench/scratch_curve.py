@@ -87,10 +87,6 @@ class Curve:
     """Points in increasing training MACs."""
     points: tuple[CurvePoint, ...]
 
-    @property
-    def span(self) -> tuple[float, float]:
-        return self.points[0].macs, self.points[-1].macs
-
     def locate(self, x: float) -> Optional[tuple[int, int, float]]:
         """(i, j, w): x lies between points i and j at weight w in log MACs (i == j, w = 0 at
         a point); None outside the curve's range or for a non-positive / NaN x."""
@@ -194,10 +190,12 @@ def gap(row_acc: Mapping[int, float], curve: Curve, macs: float, level: float = 
     if where is None or not vals:
         return Gap(NAN, NAN, NAN, NAN, NAN, len(vals), 0, BEYOND)
     i, j, _ = where
-    c = curve.at(macs)
-    d, lo, hi, p, df = welch(vals, list(c.values()), level)
     pts = curve.points
     text = f"at {pts[i].label}" if i == j else f"between {pts[i].label} and {pts[j].label}"
+    c = curve.at(macs)
+    if not c:                        # the two neighbours share no seed
+        return Gap(NAN, NAN, NAN, NAN, NAN, len(vals), 0, text)
+    d, lo, hi, p, df = welch(vals, list(c.values()), level)
     return Gap(d, lo, hi, p, df, len(vals), len(c), text)
 
 
@@ -205,6 +203,8 @@ def verdict(p: float, d: float, n_row: int, n_curve: int, beyond: bool, alpha: f
     """better / worse than the curve when p < alpha, else not distinguishable."""
     if beyond:
         return BEYOND
+    if n_curve == 0:
+        return "no seed common to the curve's neighbours"
     if min(n_row, n_curve) < 2:
         return "1 seed: cannot tell"
     if p != p:

@@ -82,6 +82,13 @@ def test_one_seed_gives_a_gap_without_interval_or_verdict():
     assert sc.verdict(g.p, g.gap, g.n_row, g.n_curve, g.beyond) == "1 seed: cannot tell"
 
 
+def test_neighbours_without_a_common_seed_give_no_gap():
+    curve = sc.Curve((sc.CurvePoint(4, 1e12, {0: 0.7, 1: 0.7}, "a"), sc.CurvePoint(8, 2e12, {2: 0.8, 3: 0.8}, "b")))
+    g = sc.gap({0: 0.9, 1: 0.8}, curve, 1.5e12)
+    assert g.n_curve == 0 and g.gap != g.gap and g.where == "between a and b"
+    assert sc.verdict(g.p, g.gap, g.n_row, g.n_curve, g.beyond) == "no seed common to the curve's neighbours"
+
+
 def test_verdicts_follow_the_p_value_and_its_correction():
     assert sc.verdict(0.01, 0.02, 3, 3, False) == "better" and sc.verdict(0.01, -0.02, 3, 3, False) == "worse"
     assert sc.verdict(0.2, 0.02, 3, 3, False) == "not distinguishable"
