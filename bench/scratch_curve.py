@@ -449,3 +449,81 @@ def section(cm: pd.DataFrame, runs: pd.DataFrame, agg: pd.DataFrame, model: str,
                          f"| {nonzero} |")
         lines.append("")
     return lines, path
+
+
+# --------------------------------------------------------------------------- several budgets on one plane
+def budget_points(results_dirs: Iterable[str | Path]) -> pd.DataFrame:
+    """Every row and curve point of several suites (e.g. one model at a 4-epoch and a
+    16-epoch budget) on one plane: one line per (suite folder, model, target, label) with
+    the suite's budget E (its dense rows' epochs), the row's mean executed training MACs
+    and mean top-1, and whether it is a point of that suite's scratch curve. Rows without
+    a target are repeated at each target of their model."""
+    from bench.report import load_runs
+    records = []
+    for folder in results_dirs:
+        runs, _ = load_runs(Path(folder))
+        if runs.empty or not {"method", "epochs", "train_macs", "test_acc"} <= set(runs):
+            continue
+        if "status" in runs:
+            runs = runs[runs["status"].fillna("finished") == "finished"]
+        dense = runs.loc[runs["label"] == DENSE_LABEL, "epochs"]
+        budget = int(dense.mode().iloc[0]) if len(dense) else int(runs["epochs"].mode().iloc[0])
+        found = curves(runs)
+        for (model, t), curve in found.items():
+            for p in curve.points:
+                records.append({"suite": str(folder), "budget": budget, "model": model, "target": t, "label": p.label,
+                                "epochs": p.epochs, "macs": p.macs, "acc": p.mean, "curve": True})
+            on_curve = set(runs.loc[runs["method"] == CURVE_METHOD, "label"])
+            keys = runs["target"].map(_target_key)
+            rows = runs[(runs["model"] == model) & keys.isin([t, -1.0]) & ~runs["label"].isin(on_curve)
+                        & ~runs["label"].map(is_added_curve_label)]
+            for label, g in rows.groupby("label"):
+                records.append({"suite": str(folder), "budget": budget, "model": model, "target": t, "label": label,
+                                "epochs": int(g["epochs"].mode().iloc[0]), "macs": float(g["train_macs"].mean()),
+                                "acc": float(g["test_acc"].mean()), "curve": False})
+    return pd.DataFrame(records, columns=["suite", "budget", "model", "target", "label", "epochs", "macs", "acc",
+                                          "curve"])
+
+
+def budgets_plot(results_dirs: Iterable[str | Path], out: str | Path) -> list[Path]:
+    """scratch_curve_budgets_<model>.png in `out`, one per model, one panel per target:
+    every suite's scratch curve (a line per budget E) and rows (colour: label; marker:
+    budget) against executed training MACs (log x), means over seeds; see budget_points."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    pts = budget_points(results_dirs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    markers, styles = "os^Dv", ["-", "--", ":", "-."]
+    labels = sorted(set(pts.loc[~pts["curve"], "label"]))
+    palette = [c for k, c in enumerate(plt.get_cmap("tab20").colors) if k > 1]       # the blues are the curves'
+    colour = {lab: ("black" if lab == DENSE_LABEL else palette[k % len(palette)]) for k, lab in enumerate(labels)}
+    paths = []
+    for model in dict.fromkeys(pts["model"]):
+        sub = pts[pts["model"] == model]
+        targets = sorted(set(sub["target"]), reverse=True)
+        budgets = sorted(set(sub["budget"]))
+        fig, axes = plt.subplots(1, len(targets), figsize=(6.5 * len(targets), 4.8), squeeze=False)
+        for ax, t in zip(axes[0], targets):
+            for k, b in enumerate(budgets):
+                at = sub[(sub["target"] == t) & (sub["budget"] == b)]
+                c = at[at["curve"]].sort_values("macs")
+                ax.plot(c["macs"], 100 * c["acc"], color="tab:blue", linestyle=styles[k % len(styles)],
+                        marker=markers[k % len(markers)], label=f"scratch curve, budget E = {b} ep")
+                for _, r in at[~at["curve"]].iterrows():
+                    ax.plot([r["macs"]], [100 * r["acc"]], linestyle="none", marker=markers[k % len(markers)],
+                            color=colour[r["label"]], label=f"{r['label']} (E = {b})")
+            ax.set_xscale("log")
+            ax.set_xlabel("training MACs, executed (log)")
+            ax.set_ylabel("top-1 test accuracy (%), mean over seeds")
+            ax.set_title(f"{model} at {t:.0%} of the parameters: budgets {', '.join(map(str, budgets))} epochs",
+                         fontsize=8)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        path = out / f"scratch_curve_budgets_{model}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -272,3 +272,29 @@ def test_scratch_bs_run_stands_for_the_curve_point_its_rule_gives(tmp_path):
     small = next(c for c in cells if c.label == "dense_small")
     two = build_config(merge(small.raw, {"train": {"epochs": 4}, "label": "scratch_2x"}))
     assert run_identity(two) == run_identity(b.cfg)
+
+
+def write_planted(folder: Path, runs: pd.DataFrame) -> None:
+    for _, r in runs.iterrows():
+        run_dir = folder / "runs" / r["run_id"]
+        run_dir.mkdir(parents=True)
+        summary = {k: (None if k == "target" and (v is None or v != v) else v) for k, v in r.items()}
+        summary.update(env={"device": "cpu"}, config={"wandb": {"mode": "disabled"}})
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def test_two_budgets_of_a_model_share_one_plane(tmp_path):
+    short = planted_runs()
+    long = planted_runs().assign(epochs=lambda d: d["epochs"] * 4, train_macs=lambda d: d["train_macs"] * 4,
+                                 test_acc=lambda d: d["test_acc"] + 0.05)
+    write_planted(tmp_path / "e4", short)
+    write_planted(tmp_path / "e16", long)
+    pts = sc.budget_points([tmp_path / "e4", tmp_path / "e16"])
+    assert sorted(set(pts["budget"])) == [4, 16]                           # each suite's dense epochs
+    curve16 = pts[pts["curve"] & (pts["budget"] == 16)].sort_values("macs")
+    assert list(curve16["epochs"]) == [16, 32, 64] and list(curve16["macs"]) == [4e12, 8e12, 16e12]
+    assert list(curve16["acc"]) == pytest.approx([0.76, 0.81, 0.84])
+    rows4 = pts[~pts["curve"] & (pts["budget"] == 4)].set_index("label")
+    assert sorted(rows4.index) == ["dense", "dsr", "pcn"] and rows4.loc["dsr", "macs"] == 2.5e12   # executed MACs
+    (path,) = sc.budgets_plot([tmp_path / "e4", tmp_path / "e16"], tmp_path / "out")
+    assert path.name == "scratch_curve_budgets_vgg11.png" and path.is_file()
