@@ -34,6 +34,16 @@ picks up where it stopped; a cell whose loss diverged is recorded as such (its
 summary.json says `status: diverged`), the others go on, and a plain re-invocation
 keeps it as diverged (`--retry-failed` runs it again). The report is written at
 the end.
+
+The scratch curve (e.g. `scratch_curve: {epochs: [m1, m2, ...]}`, multiples of the budget E,
+the dense_small row's train.epochs) adds, per model, target and seed, the suite's
+`dense_small` row trained for m x E epochs (the learning-rate schedule is a function of
+the step and the step count, so it stretches), labelled `scratch_<m>x`: the points the
+report's compute-matched comparison (bench/scratch_curve.py) interpolates between. A
+multiple whose run is already a cell of the suite is not added again: 1x is dense_small
+itself, and a Scratch-B row whose rule gives m x E epochs is the same run (same config
+but for its label, which is not hashed), so it is trained once, under that row's label.
+Existing cells are untouched: adding the entry changes no other cell's run hash.
 """
 from __future__ import annotations
 
@@ -49,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import (DEFAULT_CONTROL, ConfigError, RunConfig, _suggest, build_dataclass, merge, opt,
+from bench.config import (DEFAULT_CONTROL, ConfigError, RunConfig, _suggest, build_dataclass, config_hash, merge, opt,
                           raw_from_sources, read_yaml)
 from bench.configure import build_config
 from bench.datasets import dataset_for
@@ -57,6 +67,9 @@ from bench.metrics.base import fmt_si
 from bench.progress import SuiteProgress, hms
 from bench.runs import RunDir, RunningElsewhere, locked_elsewhere, run_name, run_path, write_json
 from methods import get_method
+
+
+CURVE_BASE = "dense_small"     # the suite row the scratch curve stretches
 
 
 @dataclass
@@ -84,12 +97,16 @@ class SuiteConfig:
     comparators: list[str] = opt([], "labels of this suite every row is also compared with in the report, at its "
                                      "target (e.g. the small dense model and random pruning)")
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    scratch_curve: dict[str, Any] = opt({}, f"{{epochs: [1, 2, 4]}}: the {CURVE_BASE} row also trained for these "
+                                            f"multiples of its epochs (labels scratch_<m>x), the report's scratch "
+                                            f"curve; runs already in the suite are reused")
 
     def validate(self) -> None:
         if not self.name:
             raise ConfigError("suite: 'name' is required (it names the W&B group and results/<name>/)")
         if not self.models or not self.methods:
             raise ConfigError("suite: 'models' and 'methods' must each list at least one entry")
+        curve_multiples(self)                       # a malformed scratch_curve fails when the suite is loaded
         declared = {"suite.control": self.control} if self.control else {}
         declared.update({f"suite.methods.{label}.control": (entry or {})["control"]
                          for label, entry in self.methods.items() if "control" in (entry or {})})
@@ -103,6 +120,63 @@ class SuiteConfig:
         """Method label -> the label of its control: what the report compares its row with."""
         return {label: (entry or {}).get("control") or self.control or DEFAULT_CONTROL
                 for label, entry in self.methods.items()}
+
+
+
+def curve_label(multiple: int) -> str:
+    return f"scratch_{multiple}x"
+
+
+def curve_multiples(suite: SuiteConfig) -> dict[str, int]:
+    """Label -> epoch multiple of the scratch curve's added rows (1x is dense_small's own
+    row, so it adds none); empty without `scratch_curve`. A malformed entry is a ConfigError."""
+    entry = suite.scratch_curve
+    if not entry:
+        return {}
+    if not isinstance(entry, dict) or set(entry) != {"epochs"}:
+        raise ConfigError(f"suite.scratch_curve: expected {{epochs: [1, 2, 4]}} (multiples of the budget), got {entry!r}")
+    multiples = entry["epochs"]
+    if (not isinstance(multiples, list) or not multiples
+            or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in multiples)):
+        raise ConfigError(f"suite.scratch_curve.epochs: expected a list of whole multiples >= 1 of the suite's "
+                          f"epochs, e.g. [1, 2, 4]; got {multiples!r}")
+    if CURVE_BASE not in suite.methods:
+        raise ConfigError(f"suite.scratch_curve: the curve stretches the suite's '{CURVE_BASE}' row, which this "
+                          f"suite does not have; methods: {', '.join(suite.methods)}")
+    return {curve_label(m): m for m in dict.fromkeys(multiples) if m != 1}
+
+
+def run_identity(cfg: RunConfig) -> str:
+    """What a run computes, as far as the config tells (its hash without the data's
+    fingerprint, which every cell of one suite shares): two cells with the same identity
+    are one run."""
+    return config_hash(cfg, "")
+
+
+def add_scratch_curve(suite: SuiteConfig, cells: list[Cell]) -> list[Cell]:
+    """`cells` with the scratch curve's cells inserted after each dense_small cell: the
+    same cell at m x its train.epochs for every multiple m of `scratch_curve`, labelled
+    scratch_<m>x, unless a cell of the suite already is that run (dense_small itself at
+    1x; a Scratch-B row whose rule gives m x E), which then stands for the point."""
+    multiples = curve_multiples(suite)
+    if not multiples:
+        return cells
+    have = {run_identity(c.cfg) for c in cells}
+    out = []
+    for c in cells:
+        out.append(c)
+        if c.label != CURVE_BASE:
+            continue
+        for label, m in multiples.items():
+            raw = merge(c.raw, {"train": {"epochs": m * c.cfg.train.epochs}, "label": label})
+            try:
+                cfg = build_config(raw)
+            except ConfigError as e:
+                raise ConfigError(f"suite cell {label}/{c.model}/target={c.target}/seed={c.seed}: {e}") from None
+            if (ident := run_identity(cfg)) not in have:
+                have.add(ident)
+                out.append(Cell(label, c.model, c.target, c.seed, cfg, raw))
+    return out
 
 
 
@@ -188,7 +262,7 @@ def expand(suite: SuiteConfig, folder: Path, cli_overrides: list[str]) -> list[C
                     except ConfigError as e:
                         raise ConfigError(f"suite cell {label}/{model_label}/target={target}/seed={seed}: {e}") from None
                     cells.append(Cell(label, model_label, target, seed, cfg, raw))
-    return cells
+    return add_scratch_curve(suite, cells)
 
 
 def estimate(cell: Cell) -> tuple[float, float]:

@@ -7,6 +7,10 @@ row label), `target` and `seed`:
   method and target (one point per target, seeds averaged);
 - test accuracy over the training wall-clock (`train_wall_s_cum`), grouped by method and
   target, mean with its standard error over seeds (time to accuracy);
+- top-1 against executed training MACs (log x), the scratch curve (every dense_small
+  run: `method_name` in the run's config) as its own runset beside the other rows, each
+  point a (label, target) group: the plane of the local report's compute-matched section
+  (bench/scratch_curve.py; its interpolated gaps and intervals are in the local report only);
 - the runs table, one row per (method, target) group.
 Building needs no network (`build_report`, tested offline); only saving does.
 """
@@ -22,6 +26,7 @@ from bench.config import ConfigError
 DEFAULT_PROJECT = "compress-bench"
 DEFAULT_BASE_URL = "https://api.wandb.ai"          # W&B's own default for $WANDB_BASE_URL
 GROUPING = ["config.method", "config.target"]
+CURVE_METHOD = "dense_small"     # the runs of the scratch curve (bench.scratch_curve.CURVE_METHOD)
 
 
 def suite_of(results_dir: Path) -> tuple[str, str]:
@@ -41,8 +46,9 @@ def build_report(suite: str, entity: str, project: str):
     """The report object (unsaved)."""
     import wandb_workspaces.reports.v2 as wr
 
-    def runset(name: str) -> "wr.Runset":
-        return wr.Runset(entity=entity, project=project, name=name, filters=f"Group = '{suite}'", groupby=GROUPING)
+    def runset(name: str, where: str = "") -> "wr.Runset":
+        return wr.Runset(entity=entity, project=project, name=name, filters=f"Group = '{suite}'" + where,
+                         groupby=GROUPING)
 
     size = wr.PanelGrid(runsets=[runset("methods x targets")], panels=[
         wr.ScatterPlot(title="top-1 accuracy vs non-zero parameters", x="params_nonzero", y="test_acc", log_x=True),
@@ -55,6 +61,13 @@ def build_report(suite: str, entity: str, project: str):
         wr.LinePlot(title="test accuracy per epoch", x="Step", y=["test_acc"],
                     groupby="method", groupby_aggfunc="mean", groupby_rangefunc="stderr"),
     ])
+    compute = wr.PanelGrid(runsets=[
+        runset("scratch curve", f" and Config('method_name') = '{CURVE_METHOD}'"),
+        runset("other rows", f" and Config('method_name') != '{CURVE_METHOD}'"),
+    ], panels=[
+        wr.ScatterPlot(title="top-1 accuracy vs training MACs (executed): rows against the scratch curve",
+                       x="train_macs", y="test_acc", log_x=True),
+    ])
     table = wr.PanelGrid(runsets=[runset("runs table")], panels=[wr.RunComparer(diff_only="split")])
     return wr.Report(
         entity=entity, project=project, title=f"{suite}: compression methods compared"[:128],
@@ -62,6 +75,7 @@ def build_report(suite: str, entity: str, project: str):
         blocks=[
             wr.H1(text="Accuracy against size and cost"), size,
             wr.H1(text="Time to accuracy"), time,
+            wr.H1(text="Accuracy against training compute"), compute,
             wr.H1(text="Runs"), table,
             wr.P(text="Built by `python -m bench wandb-report`; the local report (tables with confidence "
                       "intervals) is results/<suite>/README.md."),

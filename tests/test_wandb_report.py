@@ -19,9 +19,9 @@ def test_the_report_compares_the_suites_runs_grouped_by_method_and_target():
     assert (report.entity, report.project) == ("lab", "compress-bench")
     panels = [p for g in grids(report) for p in g.panels]
     for g in grids(report):
-        (rs,) = g.runsets
-        assert rs.filters == "Group = 'cifar10-quick'"                      # only this suite's runs
-        assert rs.groupby == ["config.method", "config.target"]             # seeds aggregated
+        for rs in g.runsets:
+            assert rs.filters.startswith("Group = 'cifar10-quick'")          # only this suite's runs
+            assert rs.groupby == ["config.method", "config.target"]         # seeds aggregated
     scatter = {(p.x, p.y) for p in panels if isinstance(p, wr.ScatterPlot)}
     assert {("params_nonzero", "test_acc"), ("macs", "test_acc")} <= scatter
     lines = [p for p in panels if isinstance(p, wr.LinePlot)]
@@ -39,3 +39,17 @@ def test_suite_and_project_come_from_the_results_folder(tmp_path):
 def test_a_folder_without_a_suite_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="no suite.json"):
         suite_of(tmp_path)
+
+
+def test_the_scratch_curve_is_its_own_runset_on_the_training_compute_plane():
+    from wandb_workspaces.expr import expr_to_filters
+    report = build_report("cifar10-quick", "lab", "compress-bench")
+    (grid,) = [g for g in grids(report) if any(isinstance(p, wr.ScatterPlot) and p.x == "train_macs" for p in g.panels)]
+    (panel,) = grid.panels
+    assert (panel.y, panel.log_x) == ("test_acc", True)
+    curve, rest = grid.runsets
+    assert curve.name == "scratch curve" and rest.name == "other rows"
+    # Both filters parse offline into (group) AND (method_name = / != dense_small).
+    for rs, op in ((curve, "="), (rest, "!=")):
+        leaves = expr_to_filters(rs.filters).filters
+        assert [(f.key.name, f.op, f.value) for f in leaves[1:]] == [("method_name", op, "dense_small")]

@@ -6,13 +6,14 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from bench import timing
+from bench import scratch_curve, timing
 from bench.config import DEFAULT_CONTROL
 from bench.report.aggregation import (REACH_TOL, aggregate, all_histories, assign_controls, load_runs,
-                                      split_diverged, suite_plan)
+                                      reference_labels, split_diverged, suite_plan)
 from bench.report.plots import plot
+from bench.report.statistics import CORRECTION
 from bench.report.published import load_published, published_section
-from bench.report.rendering import (comparators_section, data_line, highlights, markdown_table, ranking_lines,
+from bench.report.rendering import (comparators_section, correction_name, data_line, highlights, markdown_table, ranking_lines,
                                     speed_section, statistics_note)
 from bench.report.wandb_summary import log_to_wandb
 from bench.runs import write_text
@@ -41,7 +42,11 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None,
         print(f"report: every run under {src}/runs diverged -> {out / 'README.md'}")
         return out / "README.md"
     write_text(out / "histories.csv", all_histories(runs, histories).to_csv(index=False))
+    # The scratch curve's longer runs get their own section (the compute-matched comparison).
+    every_run, runs = runs, scratch_curve.equal_epoch_runs(runs)
     agg = aggregate(runs, histories)
+    matched = scratch_curve.compute_matched(agg, every_run, CORRECTION)
+    agg = scratch_curve.add_columns(agg, matched)
     write_text(out / "table.csv", agg.drop(columns=["tta_s_seeds"], errors="ignore").to_csv(index=False))
     plots = plot(agg, runs, histories, out)
     lines = [f"# Results: {name}", ""]
@@ -71,12 +76,15 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None,
               statistics_note(), "", *data_line(agg)]
     published = load_published()
     for model in dict.fromkeys(agg["model"]):
+        matched_lines, matched_plot = scratch_curve.section(matched, every_run, agg, model, out,
+                                                            reference_labels(agg), correction_name())
+        plots += [matched_plot] if matched_plot else []
         lines += [f"## {model}", "", *highlights(agg, model, runs), *ranking_lines(agg, runs, model), "",
                   markdown_table(agg, model), *speed_section(agg, model), *comparators_section(agg, model),
-                  *published_section(agg, model, published)]
+                  *matched_lines, *published_section(agg, model, published)]
     lines += timing.report_lines(src)       # the speed table of `bench retime`, where retime.json exists
     lines += diverged + ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     write_text(out / "README.md", "\n".join(lines))
-    log_to_wandb(name, runs, plots, out, wandb_cfg)
-    print(f"report: {len(runs)} runs -> {out / 'README.md'}")
+    log_to_wandb(name, every_run, plots, out, wandb_cfg)
+    print(f"report: {len(every_run)} runs -> {out / 'README.md'}")
     return out / "README.md"
