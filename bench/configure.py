@@ -74,10 +74,11 @@ def load_config(paths: Union[str, list[str], None] = None, overrides: Optional[l
 # --------------------------------------------------------------------------- names without imports
 @lru_cache(maxsize=1)
 def declared_method_names() -> tuple[str, ...]:
-    """The method names registered by methods/*.py, read from their `@register("name")`
-    lines without importing them (tests/test_first_hour.py checks this equals the registry)."""
+    """The method names registered by methods/*.py and methods/<package>/*.py, read from
+    their `@register("name")` lines without importing them (tests/test_first_hour.py checks
+    this equals the registry)."""
     names = []
-    for path in sorted(METHODS_DIR.glob("*.py")):
+    for path in sorted([*METHODS_DIR.glob("*.py"), *METHODS_DIR.glob("[!_]*/*.py")]):
         names += re.findall(r'^@register\(\s*["\'](\w+)["\']\s*\)', path.read_text(), re.MULTILINE)
     return tuple(sorted(names))
 
