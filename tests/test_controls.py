@@ -151,12 +151,14 @@ SPARSE = {"dsr", "dsr_static", "set", "rigl", "gmp"}          # the sparse-train
 METHODS = {"dense", "dense_leaky", "pcn", "pcns", "l1_filter", "snp", "decorrelated_bp"} | CONTROLS | SPARSE
 # The structured-pruning baselines and the compute-matched small network (quick and smoke suites).
 BASELINES = {"depgraph", "depgraph_nosl", "slimming", "taylor", "fpgm", "scratch_b"}
+# The scratch curve's added point: dense_small at 4x its epochs (its 2x point is scratch_b's run).
+CURVE = {"scratch_4x"}
 
 
 @pytest.mark.parametrize("suite,seeds,targets,sparse_targets,labels", [
-    ("cifar10-quick", {0, 1, 2}, {0.5, 0.25}, {0.5, 0.25, 0.1}, METHODS | BASELINES),   # sparse also at 90%
+    ("cifar10-quick", {0, 1, 2}, {0.5, 0.25}, {0.5, 0.25, 0.1}, METHODS | BASELINES | CURVE),   # sparse also at 90%
     ("cifar10", {0, 1, 2}, {0.5, 0.25, 0.1}, {0.5, 0.25, 0.1}, METHODS),
-    ("cifar10-smoke", {0}, {0.5, 0.25}, {0.5, 0.25}, METHODS | BASELINES)])
+    ("cifar10-smoke", {0}, {0.5, 0.25}, {0.5, 0.25}, METHODS | BASELINES | CURVE)])
 def test_every_profile_runs_every_method_and_control_at_every_target(suite, seeds, targets, sparse_targets, labels):
     grid = cells(suite)
     assert {c.label for c in grid} == labels and {c.seed for c in grid} == seeds

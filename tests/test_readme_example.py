@@ -39,8 +39,10 @@ def load_example(heading: str, path: Path, registry: dict, name: str) -> None:
     assert name in registry
 
 
-def test_readme_method_example_registers_and_trains(tmp_path, tiny_overrides):
-    load_example("## Add a method", tmp_path / "freeze_early.py", REGISTRY, "freeze_early")
+def test_readme_method_example_registers_and_trains(tmp_path, tiny_overrides, monkeypatch):
+    from methods import base
+    monkeypatch.setattr(base, "REGISTRY", dict(REGISTRY))              # the registration ends with the test
+    load_example("## Add a method", tmp_path / "freeze_early.py", base.REGISTRY, "freeze_early")
     cfg = load_config("configs/smoke.yaml", tiny_overrides + ["train.epochs=2", "method.name=freeze_early",
                                                               "method.n_layers=3"])
     summary = train(cfg, log=lambda s: None)
