@@ -1,5 +1,6 @@
-"""The README's "Add a method" and "Add a dataset" examples are complete: load each as a
-file in a package like methods/ or bench/datasets/, register it, and train with it."""
+"""The README's "Add a method" example and docs/extending.md's dataset and metric examples
+are complete: load each as a file in a package like methods/ or bench/datasets/, register
+it, and train with it."""
 from __future__ import annotations
 
 import importlib.util
@@ -18,13 +19,16 @@ from bench.train import train
 from methods import REGISTRY
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+EXTENDING = README.parent / "docs" / "extending.md"
 
 
 def readme_example(heading: str = "## Add a method") -> str:
-    text = README.read_text()
+    """The python block of the section `heading` of README.md or, for the other plugins,
+    docs/extending.md."""
+    text = next(t for t in (README.read_text(), EXTENDING.read_text()) if heading in t)
     section = text.split(heading, 1)[1].split("\n## ", 1)[0]
     match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, f"README's '{heading[3:]}' section has no python block"
+    assert match, f"the '{heading[3:]}' section has no python block"
     return match.group(1)
 
 
