@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-# `make bench-cifar [PROFILE=full|quick|smoke] [data.root=../shared/data/cifar10]`:
+# `make bench-cifar [PROFILE=full|quick|smoke] [data.root=/path/to/cifar10]`:
 # PROFILE picks the suite file; without it (PROFILE=auto) the paper-scale suite runs
 # where CUDA is available and the quick one on a CPU-only machine. Every other
 # VAR=value given on the command line whose name contains a dot is passed through
