@@ -54,6 +54,7 @@ mean training step (taken from the epoch's wall-clock, not from per-step clocks)
 """
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
@@ -66,7 +67,7 @@ from bench.metrics import Clock
 from bench.models import structure_of
 from bench.activations import capture
 from bench.targets import check_fraction
-from methods.base import Method, MethodConfig
+from methods.base import Method, MethodConfig, last_epoch_metrics
 
 MASK = "sparse_mask"                  # buffer name on each sparse layer (DSR keeps its own, methods/dsr.py)
 ALLOCATIONS = ("uniform", "erk")
@@ -274,8 +275,10 @@ class SparseTraining(Method):
 
     def update(self, layers: list[tuple[str, nn.Module]]) -> dict[str, Any]:
         """Change masks (and weights) in place; return a record with at least `dropped`
-        and `grown`. The masks are re-applied to weights and optimizer state afterwards."""
-        raise NotImplementedError
+        and `grown`. The masks are re-applied to weights and optimizer state afterwards.
+        Called only on the steps `due` names: a member whose masks never move (static, the
+        default `due`) keeps this no-op."""
+        return {"dropped": 0, "grown": 0}
 
     def schedule_info(self) -> dict[str, Any]:
         """The resolved schedule, for the summary."""
@@ -376,12 +379,7 @@ class SparseTraining(Method):
 
     # ---- reporting ---------------------------------------------------------------------
     def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
-        if not self.epochs_log:
-            return {}
-        rec = self.epochs_log[-1]
-        out = {f"{self.name}/{k}": v for k, v in rec.items() if k not in ("active", "epoch") and v is not None}
-        out.update({f"{self.name}/active/{n}": v for n, v in rec["active"].items()})
-        return out
+        return last_epoch_metrics(self.name, self.epochs_log, "active")
 
     def summary(self, model: nn.Module) -> dict[str, Any]:
         layers = self.layers(model)
@@ -435,7 +433,7 @@ class DropGrowConfig(SparseConfig):
             raise ConfigError(f"method.stop_frac={self.stop_frac} must be in (0, 1]")
 
 
-class DropGrow(SparseTraining):
+class DropGrow(SparseTraining, abc.ABC):
     """Per layer, at update step t (Evci et al. 2020 sec. 3, Algorithm 1; Mocanu et al. 2018):
     n = floor(f_t * active_l) active weights of smallest |w| are dropped and n positions
     among the layer's inactive ones (those just dropped included) are grown by `grow`;
@@ -470,9 +468,10 @@ class DropGrow(SparseTraining):
     def due(self, step: int) -> bool:
         return 0 < step < self.stop_step and step % self.period == 0
 
+    @abc.abstractmethod
     def grow(self, layer: nn.Module, candidates: torch.Tensor, n: int) -> torch.Tensor:
-        """Flat bool mask of the `n` positions to grow among `candidates` (flat bool)."""
-        raise NotImplementedError
+        """Flat bool mask of the `n` positions to grow among `candidates` (flat bool): the
+        member's criterion (SET: at random; RigL: largest dense gradient)."""
 
     @torch.no_grad()
     def update(self, layers: list[tuple[str, nn.Module]]) -> dict[str, Any]:

@@ -179,6 +179,18 @@ REGISTRY: dict[str, type[Method]] = {}
 IN_PLACE_HOOKABLE = frozenset({"on_train_start", "on_epoch_end"})
 
 
+def last_epoch_metrics(prefix: str, epochs_log: list[dict[str, Any]], per_layer: str) -> dict[str, Any]:
+    """A method's `epoch_metrics` from its per-epoch records: the last record's scalars
+    as `<prefix>/<key>` (None and the epoch left out) and its per-layer dict `per_layer`
+    as `<prefix>/<per_layer>/<layer>`; empty before the first record."""
+    if not epochs_log:
+        return {}
+    rec = epochs_log[-1]
+    out = {f"{prefix}/{k}": v for k, v in rec.items() if k not in (per_layer, "epoch") and v is not None}
+    out.update({f"{prefix}/{per_layer}/{n}": v for n, v in rec[per_layer].items()})
+    return out
+
+
 def register(name: str) -> Callable[[type[Method]], type[Method]]:
     """Class decorator: `@register("pcn")` makes the method available as method.name=pcn."""
     def deco(cls: type[Method]) -> type[Method]:

@@ -86,7 +86,7 @@ from bench.config import ConfigError, opt
 from bench.device import to_device
 from bench.metrics import IntervalTimer
 from bench.surgery import set_module
-from methods.base import Method, MethodConfig, register
+from methods.base import Method, MethodConfig, last_epoch_metrics, register
 
 # Authors' CIFAR ResNet-18 settings (docs/methods/decorrelated_bp.md): Adam lr 1e-4, batch 128.
 AUTHORS_DECOR_LR = 1e-4
@@ -349,12 +349,7 @@ class DecorrelatedBP(Method):
 
     # ---- reporting -----------------------------------------------------------------------
     def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
-        if not self.epochs_log:
-            return {}
-        rec = self.epochs_log[-1]
-        out = {f"decorrelated_bp/{k}": v for k, v in rec.items() if k not in ("loss", "epoch") and v is not None}
-        out.update({f"decorrelated_bp/loss/{n}": v for n, v in rec["loss"].items()})
-        return out
+        return last_epoch_metrics("decorrelated_bp", self.epochs_log, "loss")
 
     def summary(self, model: nn.Module) -> dict[str, Any]:
         first = self.first_loss

@@ -2,7 +2,6 @@
 placement of dense-kernel rows, the suite's scratch_curve expansion and the report's section."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -259,9 +258,6 @@ def test_a_scratch_curve_needs_the_dense_small_row(tmp_path):
 def test_scratch_bs_run_stands_for_the_curve_point_its_rule_gives(tmp_path):
     """Scratch-B (dense_small with match_dense_macs) resolves to dense_small at E_B epochs when
     its config is built; where E_B = 2E, scratch_2x is that run and is not added."""
-    from methods import get_method
-    if "match_dense_macs" not in {f.name for f in dataclasses.fields(get_method("dense_small").Config)}:
-        pytest.skip("this tree has no Scratch-B rule (method.match_dense_macs)")
     path = write_suite(tmp_path, targets=[0.25], seeds=[0], methods={
         "dense": {}, "dense_small": {}, "scratch_b": {"name": "dense_small", "match_dense_macs": True}})
     cells = expand(*load_suite(str(path)), [])
