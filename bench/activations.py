@@ -129,7 +129,8 @@ class PCA:
         """Smallest k whose components explain at least `energy` of the variance."""
         if energy >= 1.0:
             return len(self.eigenvalues)
-        k = int(torch.searchsorted(self.explained(), torch.tensor(energy, dtype=torch.float64)).item()) + 1
+        explained = self.explained()
+        k = int(torch.searchsorted(explained, explained.new_tensor(energy)).item()) + 1
         return min(max(k, 1), len(self.eigenvalues))
 
 

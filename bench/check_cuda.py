@@ -15,6 +15,10 @@ Short checks on synthetic data, each printed as PASS, FAIL or SKIP with its step
 A check FAILs, with one line saying why, when a command fails, a run diverged or wrote
 no summary, or what it recorded is wrong; the later checks run regardless. Exit 0 when
 none failed. On a machine without CUDA it refuses in one line (exit 2).
+
+`python -m bench.check_cuda [--timeout S]`: each command of a check is stopped after S
+seconds (default 900) and the check FAILs, so that one hung check cannot take the time
+of the ones after it.
 """
 from __future__ import annotations
 
@@ -81,13 +85,22 @@ def not_finished(summaries: list[dict]) -> Optional[str]:
     return None
 
 
-def check(name: str, cmds: list[list[str]], out: Path, verify: Verify = lambda summaries: None) -> str:
-    """Run `cmds` in turn (stopping at the first that fails), then judge the summaries they
-    wrote under `out`; print one PASS/FAIL line (and why) and return the status."""
+def check(name: str, cmds: list[list[str]], out: Path, verify: Verify = lambda summaries: None,
+          timeout_s: float = 900.0) -> str:
+    """Run `cmds` in turn (stopping at the first that fails or outlasts `timeout_s`), then
+    judge the summaries they wrote under `out`; print one PASS/FAIL line (and why) and
+    return the status."""
     t0 = time.time()
     log, problem = [], None
     for cmd in cmds:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
+        try:
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
+                                  env={**os.environ, "WANDB_MODE": "disabled"})
+        except subprocess.TimeoutExpired as e:
+            text = lambda b: b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+            log.append(f"$ {' '.join(cmd)}\n{text(e.stdout)}{text(e.stderr)}")
+            problem = f"timed out after {timeout_s:.0f} s (--timeout)"
+            break
         log.append(f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
         if proc.returncode:
             problem = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
@@ -165,6 +178,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:
         return train_main(argv[1:])
+    timeout_s = 900.0
+    if argv[:1] == ["--timeout"] and len(argv) == 2 and argv[1].replace(".", "", 1).isdigit():
+        timeout_s = float(argv[1])
+    elif argv:
+        print(f"error: unknown arguments {' '.join(argv)}; usage: python -m bench.check_cuda [--timeout SECONDS]",
+              file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("error: check-cuda needs a CUDA GPU and torch.cuda.is_available() is False here; "
               "on a CPU-only machine run `make test` instead", file=sys.stderr)
@@ -179,7 +199,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             report("SKIP", name, "", 0.0, skip)
             statuses.append("SKIP")
         else:
-            statuses.append(check(name, cmds, tmp / folder, verify))
+            statuses.append(check(name, cmds, tmp / folder, verify, timeout_s))
     passed, skipped = statuses.count("PASS"), statuses.count("SKIP")
     print(f"{passed}/{len(statuses) - skipped} checks passed" + (f", {skipped} skipped" if skipped else "")
           + f"; outputs in {tmp}")

@@ -84,7 +84,7 @@ def unit_order(cov: torch.Tensor, ordering: str) -> torch.Tensor:
     """Unit indices, most important first (step 2). Ties keep the natural order."""
     d = cov.shape[0]
     if ordering == "natural":
-        return torch.arange(d)
+        return torch.arange(d, device=cov.device)
     vals, vecs = torch.linalg.eigh(cov)
     vals = vals.clamp_min(RANK_RTOL * vals.max().clamp_min(torch.finfo(cov.dtype).tiny))
     if ordering == "nonredundant":
@@ -125,7 +125,7 @@ def tail_shares(d: torch.Tensor) -> torch.Tensor:
 
 def drops_for(tails: torch.Tensor, share: float, max_drop: int) -> int:
     """Longest tail whose share is at most `share` (= 1 - tau), at most `max_drop` units (step 5)."""
-    k = int(torch.searchsorted(tails, torch.tensor([share], dtype=tails.dtype), right=True)) - 1
+    k = int(torch.searchsorted(tails, tails.new_tensor([share]), right=True)) - 1
     return max(0, min(k, max_drop))
 
 

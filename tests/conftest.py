@@ -7,6 +7,11 @@ import pytest
 import torch
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+# The test-suite is the CPU path's: `device=auto` must mean the CPU here, in this process
+# and in the runs it starts, also on a GPU machine (`make check-cuda` is the GPU's check).
+# BENCH_TEST_GPU=1 leaves the GPUs visible, for the few tests that need CUDA (NCCL).
+if os.environ.get("BENCH_TEST_GPU") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 @pytest.fixture

@@ -210,7 +210,7 @@ def test_peak_memory_is_reset_at_the_start_of_every_run(tiny_overrides, tmp_path
     for i in range(2):
         train(load_config("configs/smoke.yaml", tiny_overrides + ["train.epochs=1", f"output_dir={tmp_path}/{i}"]),
               log=lambda s: None)
-    assert calls == [CPU, CPU]
+    assert calls == [resolve_device("auto")] * 2
     seen = []
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: seen.append(device))
     measure.reset_peak_memory(torch.device("cuda", 1))
@@ -443,3 +443,20 @@ def test_check_cuda_refuses_in_one_line_without_cuda(monkeypatch, capsys):
     assert check_cuda.main([]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "needs a CUDA GPU" in err
+
+
+def test_a_hung_check_fails_on_its_timeout_and_the_next_checks_still_run(one_gpu, monkeypatch, capsys):
+    plant = planting(one_gpu, {"compile": [{**FINISHED, "compile": True, "compile_s": 3.0}], "resume": [FINISHED],
+                               "resnet": [FINISHED]}, [])
+
+    def run(cmd, **kw):
+        if "suite" in cmd:
+            assert kw["timeout"] == 5.0
+            raise subprocess.TimeoutExpired(cmd, kw["timeout"], output=b"epoch 1/3", stderr=None)
+        return plant(cmd, **kw)
+    monkeypatch.setattr(check_cuda.subprocess, "run", run)
+    assert check_cuda.main(["--timeout", "5"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  smoke suite" in out and "timed out after 5 s" in out
+    assert "PASS  torch.compile" in out and "PASS  ResNet-18" in out
+    assert "epoch 1/3" in (one_gpu / "suite" / "log.txt").read_text()

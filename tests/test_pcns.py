@@ -432,7 +432,7 @@ def test_statistics_ignore_autocast_and_channels_last(refit):
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs CUDA: NCCL's all-reduce takes device tensors only"))])
+    not torch.cuda.is_available(), reason="needs CUDA (BENCH_TEST_GPU=1 on a GPU machine): NCCL's all-reduce takes device tensors only"))])
 @pytest.mark.parametrize("refit", [False, True])
 def test_sums_are_all_reduced_by_the_shared_accumulator_on_the_data_device(monkeypatch, device, refit):
     """Under torchrun every Gram and normal-equation sum, counts included, is all-reduced by

@@ -65,7 +65,9 @@ def layer_macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, dic
     # so every call would count twice, plus a warning on stdout. Count an unshared copy.
     counted = unshare_modules(model)
     with contextlib.redirect_stdout(io.StringIO()):
-        macs, _, per_layer, _ = tp.utils.count_ops_and_params(counted, example_inputs[:1], layer_wise=True)
+        weight = next(counted.parameters(), None)       # the input goes where the model is
+        x = example_inputs[:1] if weight is None else example_inputs[:1].to(weight.device)
+        macs, _, per_layer, _ = tp.utils.count_ops_and_params(counted, x, layer_wise=True)
     model.train(was_training)
     return int(macs), per_layer
 
