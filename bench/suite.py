@@ -179,6 +179,12 @@ def add_scratch_curve(suite: SuiteConfig, cells: list[Cell]) -> list[Cell]:
     return out
 
 
+def run_order(cells: list[Cell]) -> list[Cell]:
+    """The order in which cells train: seed-major, and within a seed every cell at its
+    shortest budget before the longer ones (the scratch curve's 2x and 4x, Scratch-B), so
+    that a suite stopped part-way already holds every row once. Grid order otherwise."""
+    return sorted(cells, key=lambda c: (c.seed, c.cfg.train.epochs))
+
 
 @dataclass
 class Cell:
@@ -428,7 +434,7 @@ def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, result
             if st == "diverged":     # kept beside the run, out of the way of a fresh attempt
                 RunDir(c.run_dir).summary_path.replace(c.run_dir / "summary.diverged.json")
         status = ["todo" if st == "diverged" else st for st in status]
-    todo = [c for c, st in zip(cells, status) if st == "todo"]
+    todo = run_order([c for c, st in zip(cells, status) if st == "todo"])
     n_diverged, n_running = status.count("diverged"), status.count("running")
     print(f"suite {suite.name}: {len(cells)} runs ({status.count('finished')} finished"
           + (f", {n_running} running elsewhere" if n_running else "")
@@ -436,7 +442,7 @@ def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, result
           flush=True)
     pin_auto_precision(cells, status)
     if dry_run:
-        return _dry_run(cells)
+        return _dry_run(run_order(cells))
 
     from bench.report import write_report
     ensure_data(todo)

@@ -15,7 +15,7 @@ from scipy import stats
 from bench import scratch_curve as sc
 from bench.config import ConfigError, merge
 from bench.configure import build_config
-from bench.suite import expand, load_suite, run_identity
+from bench.suite import expand, load_suite, run_identity, run_order
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -214,6 +214,12 @@ def test_scratch_curve_expands_to_the_runs_at_multiples_of_the_budget_reusing_th
     small = next(c for c in cells if c.label == "dense_small" and c.target == 0.5 and c.seed == 0)
     two = build_config(merge(small.raw, {"train": {"epochs": 4}, "label": "scratch_2x"}))
     assert run_identity(two) == run_identity(b.cfg) and run_identity(two) != run_identity(small.cfg)
+
+    # They train seed-major, every row at the base budget before the longer cells of its seed.
+    assert [(c.seed, c.label, c.target) for c in run_order(cells)][:7] == [
+        (0, "dense", None), (0, "dense_small", 0.5), (0, "dense_small", 0.25),
+        (0, "scratch_b", 0.5), (0, "scratch_b", 0.25), (0, "scratch_4x", 0.5), (0, "scratch_4x", 0.25)]
+    assert [c.seed for c in run_order(cells)] == [0] * 7 + [1] * 7
 
 
 def small_control(cells) -> str:
