@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bench.report import (aggregate, comparators_section, fit_family, markdown_table, mean_ci, pareto_front,
-                          ranking_lines)
+from bench.report import (aggregate, comparators_section, fit_family, highlights, markdown_table, mean_ci,
+                          pareto_front, ranking_lines)
 
 # Two-sided 95% quantiles of Student's t, t_{0.975, df}, from the printed tables.
 T975 = {1: 12.7062047, 2: 4.3026527, 3: 3.1824463, 4: 2.7764451}
@@ -259,6 +259,20 @@ def test_the_readme_shows_letters_the_resolvable_difference_and_the_comparators(
     assert "| method | target | n | Δ top-1 vs dense_small | p (Holm) | vs dense_small | Δ top-1 vs random_filter |" in section
     assert "| pcn | 50% | 3 | -1.50 | " in section and "| worse | " in section and "| not distinguishable |" in section
     assert "| dense_small | 50%" not in section and "| random_filter | 50%" not in section   # comparators are not candidates
+
+
+def test_rows_with_fewer_seeds_than_the_family_are_marked_provisional():
+    runs = planted()
+    runs = runs[~((runs["label"] == "pcn") & (runs["seed"] > 0))]          # pcn has finished seed 0 only
+    (line,) = ranking_lines(aggregate(runs, {}), runs, "m")
+    assert "pcn (1 seed) " in line and "dense_small 82.50 a" in line and "dense_small (" not in line
+    assert "rows marked with fewer than 3 seeds: their letters rest on the pooled σ alone" in line
+    assert "dense_small 82.50" in highlights(aggregate(runs, {}), "m", runs)[0]
+    runs = planted()
+    runs = runs[~((runs["label"] == "dense_small") & (runs["seed"] > 0))]  # the best row has one seed
+    assert "dense_small (1 seed, provisional) " in highlights(aggregate(runs, {}), "m", runs)[0]
+    (full,) = ranking_lines(aggregate(planted(), {}), planted(), "m")
+    assert "seed)" not in full and "provisional" not in full
 
 
 def test_a_single_seed_suite_says_it_cannot_separate_methods():

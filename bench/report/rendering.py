@@ -237,11 +237,14 @@ def accuracy_highlight(at: pd.DataFrame, fam: Optional[Family]) -> str:
         return f"- {where}, no row is resolved from the others (not tested: too few seeds): {listing}."
     tied = [r for _, r in others.iterrows()
             if (c := fam.compare(best["label"], r["label"])) is None or not c.resolved]
+    most = int(at["seeds"].max())
+    name = lambda r: r["label"] + (f" ({int(r['seeds'])} seed{'s' if r['seeds'] > 1 else ''}, provisional)"
+                                   if r["seeds"] < most else "")
     if not tied:
-        return (f"- {where}, **{best['label']}** keeps the most accuracy: {100 * best['test_acc']:.2f}%, "
+        return (f"- {where}, **{name(best)}** keeps the most accuracy: {100 * best['test_acc']:.2f}%, "
                 f"resolved from every other row at this target ({correction_name(fam.method)}).")
-    names = ", ".join(f"{r['label']} {100 * r['test_acc']:.2f}" for r in tied)
-    return (f"- {where}, tied for the most accuracy: {best['label']} {100 * best['test_acc']:.2f}, {names} "
+    names = ", ".join(f"{name(r)} {100 * r['test_acc']:.2f}" for r in tied)
+    return (f"- {where}, tied for the most accuracy: {name(best)} {100 * best['test_acc']:.2f}, {names} "
             f"(not resolved from the best, {correction_name(fam.method)}; {len(others) - len(tied)} other row(s) "
             f"are below).")
 
@@ -336,11 +339,15 @@ def ranking_lines(agg: pd.DataFrame, runs: pd.DataFrame, model: str) -> list[str
             lines.append(f"- Ranking {where}: not tested (too few runs for a residual variance): "
                          + ", ".join(f"{m} {100 * fam.means[m]:.2f}" for m in fam.members) + ".")
             continue
-        listed = ", ".join(f"{m}{'' if m in own else ' (no target)'} {100 * fam.means[m]:.2f} {fam.letters[m]}"
-                           for m in fam.members)
-        also = ""
-        always, never = fam.resolvable()
         n = int(pd.Series(list(fam.seeds.values())).mode().max())
+        fewer = lambda m: f" ({fam.seeds[m]} seed{'s' if fam.seeds[m] > 1 else ''})" if fam.seeds[m] < n else ""
+        listed = ", ".join(f"{m}{'' if m in own else ' (no target)'}{fewer(m)} {100 * fam.means[m]:.2f} "
+                           f"{fam.letters[m]}" for m in fam.members)
+        also = ""
+        if any(fam.seeds[m] < n for m in fam.members):
+            also = (f" (rows marked with fewer than {n} seeds: their letters rest on the pooled σ alone, since "
+                    f"their own spread is not measured; read them as provisional until their seeds finish)")
+        always, never = fam.resolvable()
         lines.append(f"- Ranking {where} (rows sharing a letter are not resolved): {listed}{also}. "
                      f"Resolvable difference: {100 * always:.2f} points between rows of {n} seeds "
                      f"({correction_name(fam.method)} over the {fam.n_pairs} pairs of this family; pooled σ = "
