@@ -17,7 +17,6 @@ import time
 from typing import Any, Callable, Optional
 
 import torch
-import torch.utils.benchmark as benchmark
 import torch_pruning as tp
 from torch import nn
 
@@ -197,6 +196,7 @@ def _timings(fn: Callable, repeats: int, number: int = 1, device: torch.device =
     """Seconds per call of `fn`, `repeats` times (each the mean of `number` calls), through
     `torch.utils.benchmark` at the process's thread count, its clock waiting for `device`
     (the one `fn` runs on: the benchmark's own waits for the current CUDA device only)."""
+    import torch.utils.benchmark as benchmark     # here: importing it costs 0.2 s and logs about CUDA_HOME
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads(),
                             timer=Clock(device))
     return [timer.timeit(number).mean for _ in range(repeats)]
