@@ -172,6 +172,12 @@ class Runtime:
         self.channels_last = self.memory_format == "channels_last"
         self.compile = cfg.compile
         self.clock = Clock(device)
+        if device.type == "cuda":
+            # fp32 means fp32: PyTorch runs CUDA convolutions in TF32 by default (10-bit
+            # mantissa) while matmuls stay fp32, a silent mix that differs by GPU generation.
+            # Off for every op left in fp32 (all of them in fp32 runs, the non-autocast ones in bf16).
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
 
     def describe(self) -> dict[str, str]:
         """What summary.json and env.json record."""

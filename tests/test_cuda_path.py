@@ -228,6 +228,22 @@ def test_a_numbered_cuda_device_becomes_the_current_one(monkeypatch):
     assert chosen == [torch.device("cuda", 1)]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_on_cuda_fp32_means_fp32_not_tf32(precision, monkeypatch, tiny_overrides):
+    monkeypatch.setattr("bench.device.native_bf16", lambda device: (True, ""))
+    cfg = load_config("configs/smoke.yaml", tiny_overrides + [f"train.precision={precision}",
+                                                              "train.memory_format=contiguous"]).train
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True   # TF32 on, as on a fresh GPU
+        Runtime(CPU, cfg)                                                  # the CPU leaves the CUDA flags alone
+        assert torch.backends.cudnn.allow_tf32 is True
+        Runtime(torch.device("cuda", 0), cfg)
+        assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def test_the_benchmark_timer_waits_for_the_models_device(monkeypatch):
     waited = []
     monkeypatch.setattr(measure, "asynchronous", lambda device: device.type == "cuda")
