@@ -50,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import platform
+import statistics
 import sys
 import time
 import traceback
@@ -274,8 +275,9 @@ def expand(suite: SuiteConfig, folder: Path, cli_overrides: list[str]) -> list[C
 def estimate(cell: Cell) -> tuple[float, float]:
     """(training MACs, seconds) of a cell as if it trained the dense model all along (an
     upper bound for methods that shrink it): MACs are 3 x forward MACs x images seen, at the
-    image shape and training-set size the dataset states; seconds come from timing three
-    training steps of the dense model on this machine."""
+    image shape and training-set size the dataset states; seconds come from the median of
+    five training steps of the dense model at the run's batch size on this machine (a median,
+    since one step is short and a busy machine makes single steps spike)."""
     import torch
     from bench.device import Runtime, resolve_device
     from bench.metrics import Clock, count_macs
@@ -287,17 +289,19 @@ def estimate(cell: Cell) -> tuple[float, float]:
     rt = Runtime(device, cell.cfg.train)
     model = rt.place(build_model(cell.cfg.model))
     macs, _ = count_macs(model, torch.zeros(1, *data.image_shape, device=device))
-    bs = min(cell.cfg.train.batch_size, 128)
+    bs = cell.cfg.train.batch_size
     x = rt.prepare(torch.randn(bs, *data.image_shape, device=device))
     y = torch.zeros(bs, dtype=torch.long, device=device)
     step = make_step(model, make_optimizer(model, cell.cfg.train), torch.nn.CrossEntropyLoss(), rt)
     for _ in range(2):      # warm-up: the first steps pay for kernel selection
         step(x, y)
     clock = Clock(device)
-    t0 = clock()
-    for _ in range(3):
+    times = []
+    for _ in range(5):
+        t0 = clock()
         step(x, y)
-    img_s = 3 * bs / (clock() - t0)
+        times.append(clock() - t0)
+    img_s = bs / statistics.median(times)
     subset = cell.cfg.data.train_subset
     n = min(subset, data.train_size) if subset else data.train_size
     images = n * cell.cfg.train.epochs
@@ -305,15 +309,18 @@ def estimate(cell: Cell) -> tuple[float, float]:
 
 
 def cell_costs(cells: list[Cell]) -> list[tuple[float, float]]:
-    """estimate() of every cell, timed once per distinct model and recipe."""
-    cost: dict[tuple, tuple[float, float]] = {}
+    """estimate() of every cell, timed once per distinct model, data and step (cells that
+    differ only in their epochs scale one timing, so that their estimates are consistent)."""
+    per_epoch: dict[tuple, tuple[float, float]] = {}
     out = []
     for c in cells:
-        key = (c.cfg.model.name, c.cfg.model.width, c.cfg.model.act, c.cfg.model.num_classes, c.cfg.train.epochs,
-               repr(c.cfg.data), c.cfg.train.batch_size)
-        if key not in cost:
-            cost[key] = estimate(c)
-        out.append(cost[key])
+        key = (c.cfg.model.name, c.cfg.model.width, c.cfg.model.act, c.cfg.model.num_classes, repr(c.cfg.data),
+               c.cfg.train.batch_size, c.cfg.train.precision, c.cfg.train.memory_format, c.cfg.train.auto_resolves_to)
+        if key not in per_epoch:
+            macs, seconds = estimate(c)
+            per_epoch[key] = (macs / c.cfg.train.epochs, seconds / c.cfg.train.epochs)
+        macs, seconds = per_epoch[key]
+        out.append((macs * c.cfg.train.epochs, seconds * c.cfg.train.epochs))
     return out
 
 
