@@ -238,8 +238,10 @@ def accuracy_highlight(at: pd.DataFrame, fam: Optional[Family]) -> str:
     tied = [r for _, r in others.iterrows()
             if (c := fam.compare(best["label"], r["label"])) is None or not c.resolved]
     most = int(at["seeds"].max())
-    name = lambda r: r["label"] + (f" ({int(r['seeds'])} seed{'s' if r['seeds'] > 1 else ''}, provisional)"
-                                   if r["seeds"] < most else "")
+
+    def name(r) -> str:
+        return r["label"] + (f" ({n_seeds(r['seeds'])}, provisional)" if r["seeds"] < most else "")
+
     if not tied:
         return (f"- {where}, **{name(best)}** keeps the most accuracy: {100 * best['test_acc']:.2f}%, "
                 f"resolved from every other row at this target ({correction_name(fam.method)}).")
@@ -247,6 +249,11 @@ def accuracy_highlight(at: pd.DataFrame, fam: Optional[Family]) -> str:
     return (f"- {where}, tied for the most accuracy: {name(best)} {100 * best['test_acc']:.2f}, {names} "
             f"(not resolved from the best, {correction_name(fam.method)}; {len(others) - len(tied)} other row(s) "
             f"are below).")
+
+
+def n_seeds(n: float) -> str:
+    """'1 seed', '2 seeds': how many seeds a row rests on, in the report's wording."""
+    return f"{int(n)} seed{'s' if n != 1 else ''}"
 
 
 def fastest_highlight(rows: pd.DataFrame) -> list[str]:
@@ -340,8 +347,8 @@ def ranking_lines(agg: pd.DataFrame, runs: pd.DataFrame, model: str) -> list[str
                          + ", ".join(f"{m} {100 * fam.means[m]:.2f}" for m in fam.members) + ".")
             continue
         n = int(pd.Series(list(fam.seeds.values())).mode().max())
-        fewer = lambda m: f" ({fam.seeds[m]} seed{'s' if fam.seeds[m] > 1 else ''})" if fam.seeds[m] < n else ""
-        listed = ", ".join(f"{m}{'' if m in own else ' (no target)'}{fewer(m)} {100 * fam.means[m]:.2f} "
+        listed = ", ".join(f"{m}{'' if m in own else ' (no target)'}"
+                           f"{f' ({n_seeds(fam.seeds[m])})' if fam.seeds[m] < n else ''} {100 * fam.means[m]:.2f} "
                            f"{fam.letters[m]}" for m in fam.members)
         also = ""
         if any(fam.seeds[m] < n for m in fam.members):
