@@ -71,8 +71,8 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None,
                  f"at its target. " if comps else "")
               + f"*to control acc*: the first epoch at which a run reached its control's mean final accuracy "
               f"(within {tol}, a floating-point tolerance on accuracy as a fraction), with its training "
-              f"wall-clock until then. MACs and params of sparse (DSR) models count non-zero weights in the "
-              f"*non-zero* columns only; their MACs are theoretical (dense kernels still run).", "",
+              f"wall-clock until then. MACs and params of sparse-training rows (weights held at zero by masks) "
+              f"count non-zero weights in the *non-zero* columns only; their MACs are theoretical (dense kernels still run).", "",
               statistics_note(), "", *data_line(agg)]
     published = load_published()
     for model in dict.fromkeys(agg["model"]):
