@@ -7,14 +7,22 @@ Which layers are sparse (`sparse_layer_names`): every Conv2d except the first on
 run on the example input and except the 1x1 convs the model's structure names as a
 block's shortcut; Linears except the classifier (the last Linear to run), which is
 sparse only with `sparse_classifier`. BN parameters and biases stay dense. The same
-rule for every method, so that their rows differ in the drop/grow rule only.
+rule for every method, so that their rows differ in the drop/grow rule only. It is not
+the RigL authors' layer set: their CIFAR ResNet (google-research/rigl,
+cifar_resnet/resnet_model.py) keeps only the first layer dense and makes the classifier
+and the 1x1 shortcut convs sparse. `sparse_classifier` covers the classifier, but no
+option makes a shortcut sparse, so on a model with shortcuts no option reproduces their
+layer set (on one without, such as VGG, `sparse_classifier: true` does).
 
 How many weights each layer keeps (`layer_counts`). `target_params` is the fraction of
 the dense model's P parameters that are non-zero (mask-active). With D the dense part
 and S the size of the sparse tensors, the sparse tensors keep N = round(target * P) - D
 weights, shared out by `allocation`:
-  - uniform: one sparsity 1 - N / S for every sparse tensor (DSR's and GMP's setting;
-    RigL's "uniform" apart from the first layer, which is dense here in any case);
+  - uniform: one sparsity 1 - N / S for every sparse tensor (DSR's and GMP's setting).
+    RigL's "uniform" (Evci et al. 2020 sec. 3) keeps the first layer dense too; it
+    differs in the layer set: the RigL authors make the classifier sparse (here
+    only with `sparse_classifier`) and, in their CIFAR ResNet, the 1x1 shortcut convs
+    (here always dense);
   - erk (Erdos-Renyi-Kernel, Evci et al. 2020 sec. 3, extending SET's Erdos-Renyi
     rule to kernels): density d_l = eps * (sum of the weight's dimensions) /
     (product of them), e.g. (c_out + c_in + k_h + k_w) / (c_out c_in k_h k_w) for a
@@ -284,8 +292,10 @@ class SparseTraining(Method):
         """The resolved schedule, for the summary."""
         return {}
 
-    def counts(self, shapes: list[tuple[int, ...]], nnz: int) -> list[int]:
-        """Active weights per sparse layer (at the end of training, for GMP)."""
+    def counts(self, shapes: list[tuple[int, ...]], nnz: int) -> Optional[list[int]]:
+        """Active weights per sparse layer (at the end of training, for GMP), or None for
+        no per-layer target (a dense-start method only: GMP's `allocation: global`, whose
+        per-layer counts follow from the magnitudes)."""
         return layer_counts(self.cfg.allocation, shapes, nnz)
 
     # ---- shared helpers ----------------------------------------------------------------
@@ -318,13 +328,15 @@ class SparseTraining(Method):
             raise ConfigError(f"method.target_params={cfg.target_params} is below the dense part of "
                               f"{ctx.model_name} ({dense_part / p_total:.4f} of its parameters: first conv, "
                               f"shortcuts, BN, biases, classifier); raise it or set method.sparse_classifier=true")
-        counts = self.counts(shapes, nnz_sparse)
-        if min(counts) == 0:
+        counts = self.counts(shapes, nnz_sparse)     # None: no per-layer targets (GMP's global ranking)
+        if counts is None and not self.dense_start:
+            raise TypeError(f"{self.name}: counts() may return None only for a dense-start method")
+        if counts is not None and min(counts) == 0:
             empty = names[counts.index(0)]
             raise ConfigError(f"method.target_params={cfg.target_params} leaves layer {empty} of {ctx.model_name} "
                               f"without a weight (allocation {cfg.allocation}); raise the target")
         with torch.no_grad():
-            for m, n in zip(layers, counts):
+            for m, n in zip(layers, sizes if counts is None else counts):
                 mask = torch.zeros(m.weight.numel(), dtype=torch.bool, device=m.weight.device)
                 if self.dense_start:
                     mask.fill_(True)
@@ -336,10 +348,10 @@ class SparseTraining(Method):
             "sparse_layers": names, "sparse_sizes": dict(zip(names, sizes)), "allocation": cfg.allocation,
             "params_dense_model": p_total, "params_dense_part": dense_part, "params_sparse_tensors": s_total,
             "params_active": active_target, "sparsity_of_sparse_tensors": 1 - nnz_sparse / s_total,
-            "active_target": dict(zip(names, counts)),
+            "active_target": None if counts is None else dict(zip(names, counts)),
         }
         self.info.update(self.schedule_info())
-        self.info["active_init"] = {n: (s if self.dense_start else c) for n, s, c in zip(names, sizes, counts)}
+        self.info["active_init"] = dict(zip(names, sizes if self.dense_start else counts))
         return None   # changed in place (declared): same parameters, the optimizer has no state yet
 
     def after_step(self, model: nn.Module) -> None:

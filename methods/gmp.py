@@ -15,13 +15,18 @@ magnitude threshold; the per-layer sparsities follow from the magnitudes), with 
 total following the same schedule. With `start_frac` = `end_frac` the whole target is
 pruned at once at that point and the rest of the budget fine-tunes: one-shot global
 magnitude pruning + fine-tuning is `allocation: global, start_frac: x, end_frac: x`.
+Under `global` there is no per-layer target (`active_target` is reported as null); a
+pruning step that would leave a sparse layer without a weight stops the run with a
+ConfigError naming the layer (raise `target_params`, or use a per-layer allocation),
+and a budget of fewer weights than sparse layers is refused at the start.
 
 Defaults: the schedule the RigL authors use for their GMP baseline on CIFAR-10
 (google-research/rigl, cifar_resnet: 97,656 steps, pruning from step 20,000 to
 75,000 every 1,000 steps), as fractions of the step budget: t0 = 20.5%, t1 = 76.8%,
 Delta t = 1.02% of it (Zhu & Gupta use Delta t of 100 to 1,000 steps). Scaled to a
 budget the whole schedule shrinks with it, so the paper's number of pruning steps
-(about 55) is kept: in the quick suite (784 steps) t0 = 161, t1 = 602, Delta t = 8.
+(about 55) is kept: in the quick suite (4 epochs of 195 steps, 780 steps) t0 = 160,
+t1 = 599, Delta t = 8, 56 pruning steps.
 (Scaling Delta t by steps per epoch instead, as RigL's Delta T, would leave one or two
 pruning events at this budget: one-shot pruning, not the cubic schedule.)
 
@@ -29,7 +34,8 @@ Choices where the sources are silent or differ:
   - allocation: uniform by default (Zhu & Gupta prune every layer to the same
     sparsity); the first conv, 1x1 shortcuts and the classifier stay dense (the
     family's layer rule; the RigL authors' pruning baseline also keeps the first layer
-    dense);
+    dense but prunes the classifier and, in their CIFAR ResNet, the 1x1 shortcut convs:
+    methods/_sparse.py);
   - a pruning step at t prunes to s_t exactly (per layer: n_l - round(s_t n_l) weights
     kept), and t1 is always a pruning step, so the target is met exactly there even
     when Delta t does not divide t1 - t0; ties in |w| go to the lower flat index;
@@ -40,7 +46,7 @@ Choices where the sources are silent or differ:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -101,10 +107,16 @@ class GMP(SparseTraining):
         """s_t of a tensor whose final sparsity is `final` (the paper's eq. 1, s_i = 0)."""
         return cubic_sparsity(final, step, self.start_step, self.end_step)
 
-    def counts(self, shapes: list[tuple[int, ...]], nnz: int) -> list[int]:
-        # global: the final per-layer counts follow from the magnitudes; the uniform ones
-        # here only check that the target is reachable
-        return layer_counts("uniform" if self.cfg.allocation == "global" else self.cfg.allocation, shapes, nnz)
+    def counts(self, shapes: list[tuple[int, ...]], nnz: int) -> Optional[list[int]]:
+        if self.cfg.allocation != "global":
+            return layer_counts(self.cfg.allocation, shapes, nnz)
+        # global: no per-layer targets (the per-layer counts follow from the magnitudes,
+        # checked at every pruning step); fewer weights than layers must empty one
+        if nnz < len(shapes):
+            raise ConfigError(f"method.target_params={self.cfg.target_params} leaves {nnz} weights to the "
+                              f"{len(shapes)} sparse layers of {self.ctx.model_name}: global pruning would leave "
+                              f"a layer without a weight; raise the target")
+        return None
 
     def schedule_info(self) -> dict[str, Any]:
         steps = [t for t in range(self.start_step, self.end_step + 1) if self.due(t)]
@@ -125,7 +137,9 @@ class GMP(SparseTraining):
             if keep_n < active:
                 scores = torch.cat([m.weight.detach().abs().flatten().float() for _, m in layers])
                 keep = top_positions(scores, torch.cat(masks), keep_n)
-                for (_, m), part, old in zip(layers, keep.split([x.numel() for x in masks]), masks):
+                parts = keep.split([x.numel() for x in masks])
+                self.check_not_empty(layers, parts, step)
+                for (_, m), part, old in zip(layers, parts, masks):
                     write_mask_(self.mask(m), part)
                     dropped += int((old & ~part).sum())
         else:
@@ -139,3 +153,15 @@ class GMP(SparseTraining):
                     write_mask_(mask, top_positions(m.weight.detach().abs(), mask.flatten(), keep_n))
                     dropped += active - keep_n
         return {"sparsity": self.sparsity_at(step, final), "dropped": dropped, "grown": 0}
+
+    def check_not_empty(self, layers: list[tuple[str, nn.Module]], parts: tuple[torch.Tensor, ...], step: int) -> None:
+        """A ConfigError if a global prune would leave a sparse layer without a weight (the
+        per-layer counts of the new masks, read on the host once; nothing is changed)."""
+        left = torch.stack([p.sum() for p in parts]).tolist()
+        empty = [name for (name, _), n in zip(layers, left) if n == 0]
+        if empty:
+            more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+            raise ConfigError(f"gmp: global magnitude pruning at step {step} leaves layer {empty[0]}{more} of "
+                              f"{self.ctx.model_name} without a weight (method.target_params="
+                              f"{self.cfg.target_params}); raise the target, or use method.allocation=uniform or "
+                              f"erk (per-layer targets keep every layer)")
