@@ -31,8 +31,11 @@ from bench.models import structure_of
 from methods.base import Method, TargetConfig
 
 # Share of the budget spent before pruning when `transform_epoch` is not given:
-# torch-pruning's ResNet-56 CIFAR-10 reproduction (docs/methods/l1_filter.md) pretrains 200
-# epochs and fine-tunes 100, i.e. prunes after 2/3 of 300 epochs.
+# torch-pruning's ResNet-56 CIFAR-10 reproduction without sparse learning (benchmarks/main.py,
+# e.g. its global L1 run, docs/methods/l1_filter.md) pretrains 200 epochs, prunes and
+# fine-tunes 100 (--total-epochs 100), i.e. prunes after 2/3 of 300 epochs. Its group_sl
+# (DepGraph) run puts 100 sparse-learning epochs (--sl-total-epochs 100) between the two:
+# 200 + 100 + 100, pruned after 3/4 of 400 epochs.
 DEFAULT_PRUNE_AT_FRAC = 2 / 3
 
 
@@ -41,8 +44,9 @@ class PruningConfig(TargetConfig):
     """Options shared by the structured-pruning methods."""
     transform_epoch: Optional[int] = opt(
         None, "prune after this many completed epochs (0: before training) and fine-tune for the rest "
-              "of train.epochs; null: round(2/3 of train.epochs), torch-pruning's ResNet-56 recipe "
-              "(200 training + 100 fine-tuning epochs)")
+              "of train.epochs; null: round(2/3 of train.epochs), torch-pruning's ResNet-56 CIFAR-10 "
+              "recipe without sparse learning (200 pretraining + 100 fine-tuning epochs; its group_sl "
+              "run adds 100 sparse-learning epochs in between, pruning after 300 of 400)")
     target_params: Optional[float] = opt(
         0.5, "kept parameters as a fraction of the dense model (the suites' operating points "
              "0.5/0.25/0.1); null to use target_macs or a fixed setting (l1_filter: pruning_ratio, snp: tau)")

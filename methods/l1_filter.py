@@ -36,9 +36,11 @@ How much is pruned, one of:
   feature maps already removed: this is the paper's "greedy" cross-layer strategy
   (sec. 3.3), not its "independent" one.
 - `pruning_ratio` with `prune_layers` (1-based conv indices in forward order): a fixed
-  share of the filters of the chosen layers, in one step, all scores computed on the
-  unpruned network (the paper's independent strategy). VGG-16-pruned-A (Table 2): half
-  the filters of conv 1 and conv 8-13, `configs/methods/l1_filter_vgg16_A.yaml`.
+  share of the filters of each chosen layer (with `global_pruning`: of the chosen layers'
+  channels together, one Torch-Pruning scope, so the per-layer shares can differ), in one
+  step, all scores computed on the unpruned network (the paper's independent strategy).
+  VGG-16-pruned-A (Table 2): half the filters of conv 1 and conv 8-13,
+  `configs/methods/l1_filter_vgg16_A.yaml`.
 
 ResNets (`scope`): `block_internal` prunes only the first conv of each residual block
 (paper sec. 4.2: the second conv's output is tied to the shortcut; Bottleneck: conv1
@@ -131,8 +133,9 @@ class Criterion:
 
 
 def _slimming_reg(model_name: str) -> float:
-    """Liu et al. 2017 sec. 4.3 (grid search over 1e-3, 1e-4, 1e-5 on CIFAR-10): 1e-4 for
-    VGGNet, 1e-5 for ResNet and DenseNet."""
+    """1e-5 when the model name contains "resnet", else 1e-4. Liu et al. 2017 sec. 4.3 (grid
+    search over 1e-3, 1e-4, 1e-5 on CIFAR-10) use 1e-4 for VGGNet and 1e-5 for ResNet and
+    DenseNet; the suite has no DenseNet, so every other model (VGG) gets VGG's 1e-4."""
     return 1e-5 if "resnet" in model_name else 1e-4
 
 
@@ -213,8 +216,10 @@ class L1Filter(ScheduledPruning):
     @dataclass
     class Config(PruningConfig):
         pruning_ratio: Optional[float] = opt(
-            None, "instead of a target: remove this share of the filters of each layer in prune_layers "
-                  "(Li et al. Table 2, e.g. 0.5 for VGG-16-pruned-A; set target_params: null)")
+            None, "instead of a target: the share of channels removed from the layers in prune_layers, in "
+                  "one step (set target_params: null). global_pruning false: this share of each layer's "
+                  "filters (Li et al. Table 2, e.g. 0.5 for VGG-16-pruned-A); true: this share of those "
+                  "layers' channels taken together, ranked in one scope, so the layers' shares can differ")
         prune_layers: list[int] = opt([], "1-based indices of the convs to prune, in forward order (empty: "
                                           "every conv the scope allows); VGG-16-pruned-A: [1, 8, ..., 13]")
         scope: str = opt("block_internal", "ResNets: block_internal prunes only a block's first conv (Li et al. "

@@ -1,11 +1,15 @@
 """The structured-pruning family (methods/l1_filter.py, methods/pruning_baselines.py) and
 the interface it needs: every importance equals a hand computation on a small network,
-the slimming penalty changes only the BN-scale gradients (by reg * sign(gamma)) and only in
-its epochs, the new rows meet their targets with the planned size equal to the built one,
+Taylor's calibration runs in eval mode whatever mode the model arrives in, the slimming
+penalty changes only the BN-scale gradients (by reg * sign(gamma)) and only in its epochs,
+DepGraph's penalty adds exactly reg * 2^(alpha (I_max - I_k) / (I_max - I_min)) * w, the
+global rows allocate channels across layers while fpgm keeps every layer's share equal,
+the new rows meet their targets with the planned size equal to the built one,
 the sparse-learning phase resumes exactly, Scratch-B's epoch count follows its rule, and
 the harness calls before_step between backward and the step and checks the optimizer."""
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
 from types import SimpleNamespace
@@ -23,6 +27,7 @@ from bench.metrics import count_macs, param_counts
 from bench.models import build_model
 from bench.train import train
 from methods import get_method
+from methods._pruning import channels
 from methods.base import Dense
 from methods.dense_small import scratch_b_epochs
 
@@ -135,6 +140,36 @@ def test_taylor_sums_abs_weight_times_gradient_of_the_summed_calibration_loss_ov
     assert_same(conv1_scores(m, model), t / t.mean())
 
 
+def test_taylor_calibration_runs_in_eval_mode_when_the_model_arrives_training():
+    """The harness hands the model over in train mode: the calibration pass must still use
+    BN's running statistics (the gradients and scores equal an eval-mode hand computation),
+    move none of them, and give the model back in train mode."""
+    model = small_net()
+    with torch.no_grad():                 # running statistics unlike the batch's, so the modes differ
+        for bn in (model.bn1, model.bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    model.train()
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    x, y = images(24)
+    m = method("taylor", model, x, y, calibration_images=24, calibration_batch_size=10)
+    m.calibrate_gradients(model)
+    assert model.training and model.bn1.training
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in stats.items())
+    ref = copy.deepcopy(model).eval()
+    loss = nn.CrossEntropyLoss(label_smoothing=0.1, reduction="sum")(ref(x), y)
+    g1, g2 = torch.autograd.grad(loss, [ref.conv1.weight, ref.conv2.weight])
+    assert_same(model.conv1.weight.grad, g1)
+    assert_same(model.conv2.weight.grad, g2)
+    w1, w2 = ref.conv1.weight.detach(), ref.conv2.weight.detach()
+    t = ((w1 * g1).abs().sum((1, 2, 3)) + (w2 * g2).abs().sum((0, 2, 3))) / 2
+    assert_same(conv1_scores(m, model), t / t.mean())
+    # The batch-statistics gradient really is different, so the test can tell the modes apart.
+    train_ref = copy.deepcopy(model).train()
+    loss = nn.CrossEntropyLoss(label_smoothing=0.1, reduction="sum")(train_ref(x), y)
+    assert not torch.allclose(torch.autograd.grad(loss, train_ref.conv1.weight)[0], g1, rtol=1e-3, atol=1e-5)
+
+
 def test_taylor_scores_change_with_the_labels_so_they_come_from_the_loss():
     model = small_net()
     x, y = images(24)
@@ -186,6 +221,41 @@ def test_penalties_act_only_in_their_epochs_and_resnets_get_slimmings_smaller_re
     assert method("depgraph", small_net(), transform_epoch=1).sl_epochs == (0, 1)   # at least one epoch
 
 
+@pytest.mark.parametrize("options,reg,alpha", [({}, 5e-4, 2.0 ** 4),                       # the defaults
+                                               ({"reg": 2e-3, "sl_alpha": 2.5}, 2e-3, 2.0 ** 2.5)])
+def test_the_depgraph_penalty_is_reg_times_gamma_times_the_weight(options, reg, alpha):
+    """GroupNormPruner.regularize by hand, for both groups of the small net: with the group's
+    importance I_k = sqrt(s_k) (s_k the group norm score, mean-normalised), channel k's scale
+    is gamma_k = alpha^((I_max - I_k) / (I_max - I_min)), alpha = 2^sl_alpha, and reg *
+    gamma_k * w is added to the gradient of every weight slice of channel k: its filter
+    (rows), its BN scale and its consumers' input slices (columns). No bias moves."""
+    model = small_net()
+    m = method("depgraph", model, transform_epoch=3, **options)
+    m.ctx.epoch = 2                                                   # inside the phase (2, 3)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    m.before_step(model)
+
+    def gamma(sq: torch.Tensor) -> torch.Tensor:
+        imp = (sq / sq.mean()).sqrt()
+        return alpha ** ((imp.max() - imp) / (imp.max() - imp.min()))
+    w1, b1, w2, b2, wf = (t.detach() for t in (model.conv1.weight, model.bn1.weight, model.conv2.weight,
+                                               model.bn2.weight, model.fc.weight))
+    c1 = gamma(((w1 ** 2).sum((1, 2, 3)) + b1 ** 2 + (w2 ** 2).sum((0, 2, 3))) / 3)   # {conv1 out, bn1, conv2 in}
+    c2 = gamma(((w2 ** 2).sum((1, 2, 3)) + b2 ** 2 + (wf ** 2).sum(0)) / 3)           # {conv2 out, bn2, fc in}
+    assert_same(torch.stack([c1.min(), c1.max()]), torch.tensor([1.0, alpha]))
+    expected = {"conv1.weight": reg * c1.view(-1, 1, 1, 1) * w1,
+                "bn1.weight": reg * c1 * b1,
+                "conv2.weight": reg * (c2.view(-1, 1, 1, 1) + c1.view(1, -1, 1, 1)) * w2,
+                "bn2.weight": reg * c2 * b2,
+                "fc.weight": reg * c2.view(1, -1) * wf}
+    for name, p in model.named_parameters():
+        if name in expected:
+            assert_same(p.grad, expected[name])
+        else:
+            assert torch.equal(p.grad, torch.zeros_like(p)), name
+
+
 def test_family_options_are_checked():
     with pytest.raises(ConfigError, match="no sparse-learning penalty"):
         method("l1_filter", small_net(), importance="taylor", reg=1e-4)
@@ -196,6 +266,53 @@ def test_family_options_are_checked():
     with pytest.raises(ConfigError, match="importance"):
         method("depgraph", small_net(), importance="hrank")
     assert method("depgraph", small_net(), reg=0).sl_epochs == (2, 2)      # depgraph_nosl: no phase
+
+
+# --------------------------------------------------------------------------- allocation
+def planted_net() -> nn.Module:
+    """conv1 (8) -> BN -> ReLU -> conv2 (8) -> BN -> ReLU -> pool -> fc. conv1's group has one
+    strong channel and seven weak ones (filter, BN scale and conv2's input slice scaled by
+    2, 0.01, ..., 0.07); conv2's group has eight near-equal channels (rows of conv2, BN
+    scales and fc columns all one pattern times 1.00, ..., 1.07). Every criterion of the
+    family then ranks conv1's seven weak channels below all of conv2's, normalised or not."""
+    torch.manual_seed(0)
+    m = nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(3, 8, 3, padding=1, bias=False)), ("bn1", nn.BatchNorm2d(8)), ("act1", nn.ReLU()),
+        ("conv2", nn.Conv2d(8, 8, 3, padding=1, bias=False)), ("bn2", nn.BatchNorm2d(8)), ("act2", nn.ReLU()),
+        ("pool", nn.AdaptiveAvgPool2d(1)), ("flat", nn.Flatten()), ("fc", nn.Linear(8, 4))]))
+    a = torch.tensor([2.0] + [0.01 * j for j in range(1, 8)])
+    b = 1 + 0.01 * torch.arange(8.0)
+    with torch.no_grad():
+        m.conv1.weight.mul_(a.view(-1, 1, 1, 1))
+        m.bn1.weight.copy_(a)
+        m.conv2.weight.copy_(b.view(-1, 1, 1, 1) * m.conv2.weight[0] * a.view(1, -1, 1, 1))
+        m.bn2.weight.copy_(b)
+        m.fc.weight.copy_(m.fc.weight[:, :1] * b.view(1, -1))
+    return m.eval()
+
+
+GLOBAL_ROWS = {"depgraph": True, "slimming": True, "taylor": True, "fpgm": False}
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_global_rows_allocate_channels_across_layers_and_fpgm_keeps_every_layers_share(name):
+    """pruning_ratio 0.5 of conv1 and conv2 (16 channels) with each row's own allocation:
+    the global rows remove the 8 lowest-ranked channels of the pair, i.e. conv1's 7 weak ones
+    and one of conv2's (widths 1 and 7); fpgm (uniform) removes half of each layer (4 and 4).
+    The same row with global_pruning flipped gives the other pattern (FPGM's unnormalised
+    distances, ranked globally, would pick conv2's near-identical filters), so the planted
+    net tells the two allocations apart and a flipped default fails here."""
+    x, y = images(24)
+    opts = dict(target_params=None, pruning_ratio=0.5, calibration_images=24)
+    model = planted_net()
+    m = method(name, model, x, y, **opts)
+    assert m.cfg.global_pruning is GLOBAL_ROWS[name]
+    pruned, _ = m.prune(model)
+    widths = channels(pruned)
+    assert widths == ({"conv1": 1, "conv2": 7} if GLOBAL_ROWS[name] else {"conv1": 4, "conv2": 4})
+    model = planted_net()
+    flipped, _ = method(name, model, x, y, global_pruning=not GLOBAL_ROWS[name], **opts).prune(model)
+    assert channels(flipped) != widths
 
 
 # --------------------------------------------------------------------------- targets
