@@ -132,6 +132,16 @@ class Criterion:
     gradients: bool = False
 
 
+def default_max_layer_ratio(model_name: str) -> float:
+    """The largest share of one layer's channels a globally ranked criterion may remove
+    when `max_layer_ratio` is null: 0.7 on VGG, as in Torch-Pruning's reproduction of
+    DepGraph on VGG-19 (benchmarks/scripts/prune/cifar/global_group_gsl.sh,
+    `--max-sparsity 0.7`), 1.0 elsewhere (its ResNet-56 scripts set none). Without it, a
+    global ranking after a short training collapses VGG's early layers (measured once:
+    docs/methods/filter_pruning.md)."""
+    return 0.7 if model_name.startswith("vgg") else 1.0
+
+
 def _slimming_reg(model_name: str) -> float:
     """1e-5 when the model name contains "resnet", else 1e-4. Liu et al. 2017 sec. 4.3 (grid
     search over 1e-3, 1e-4, 1e-5 on CIFAR-10) use 1e-4 for VGGNet and 1e-5 for ResNet and
@@ -229,8 +239,10 @@ class L1Filter(ScheduledPruning):
         global_pruning: bool = opt(False, "rank filters across layers instead of within each layer "
                                           "(Torch-Pruning's global scope; Li et al. prune layer by layer)")
         round_to: int = opt(1, "keep channel counts multiples of this (1: no rounding; Torch-Pruning round_to)")
-        max_layer_ratio: float = opt(1.0, "at most this share of a layer's channels is removed "
-                                          "(Torch-Pruning max_pruning_ratio, default 1.0; a layer keeps >= 1)")
+        max_layer_ratio: Optional[float] = opt(1.0, "at most this share of a layer's channels is removed "
+                                                    "(Torch-Pruning max_pruning_ratio, default 1.0; a layer keeps "
+                                                    ">= 1); null: 0.7 on VGG, 1.0 elsewhere (Torch-Pruning's "
+                                                    "VGG-19 DepGraph script, --max-sparsity 0.7)")
         iterative_steps: int = opt(1, "pruning events (1: one-shot, Li et al.); more spreads them "
                                       "step_every_epochs apart from transform_epoch, the removed share growing linearly")
         step_every_epochs: int = opt(1, "epochs between pruning events when iterative_steps > 1")
@@ -270,7 +282,7 @@ class L1Filter(ScheduledPruning):
                 raise ConfigError("method.round_to, iterative_steps and step_every_epochs must be >= 1")
             if not 0.0 < self.search_step_frac <= 0.1:
                 raise ConfigError(f"method.search_step_frac must be in (0, 0.1], got {self.search_step_frac}")
-            if not 0.0 < self.max_layer_ratio <= 1.0:
+            if self.max_layer_ratio is not None and not 0.0 < self.max_layer_ratio <= 1.0:
                 raise ConfigError(f"method.max_layer_ratio must be in (0, 1], got {self.max_layer_ratio}")
             crit = IMPORTANCES[self.importance]
             if self.reg is not None and self.reg < 0:
@@ -289,6 +301,8 @@ class L1Filter(ScheduledPruning):
         self.events = prune_schedule(cfg.transform_epoch, ctx.epochs, cfg.iterative_steps, cfg.step_every_epochs)
         self.criterion = IMPORTANCES[cfg.importance]
         self.reg = self.criterion.default_reg(ctx.model_name) if cfg.reg is None else cfg.reg
+        self.max_ratio = (default_max_layer_ratio(ctx.model_name) if cfg.max_layer_ratio is None
+                          else cfg.max_layer_ratio)
         self.sl_epochs = self.sparse_learning_epochs()
         self.regulariser: Optional[tp.pruner.BasePruner] = None     # built on the live model, rebuilt after resume
 
@@ -320,7 +334,7 @@ class L1Filter(ScheduledPruning):
             return self.criterion.regulariser(
                 model, self.ctx.example_inputs, importance=self.scorer(), reg=self.reg,
                 ignored_layers=ignored_layers(model, chosen), global_pruning=cfg.global_pruning,
-                round_to=cfg.round_to if cfg.round_to > 1 else None, max_pruning_ratio=cfg.max_layer_ratio)
+                round_to=cfg.round_to if cfg.round_to > 1 else None, max_pruning_ratio=self.max_ratio)
 
     def before_step(self, model: nn.Module) -> None:
         """In the sparse-learning epochs: add the criterion's penalty to the gradients
@@ -384,7 +398,7 @@ class L1Filter(ScheduledPruning):
         return tp.pruner.BasePruner(
             model, self.ctx.example_inputs, importance=self.scorer(),
             ignored_layers=ignored_layers(model, chosen), round_to=cfg.round_to if cfg.round_to > 1 else None,
-            max_pruning_ratio=cfg.max_layer_ratio, **kw)
+            max_pruning_ratio=self.max_ratio, **kw)
 
     def prune(self, model: nn.Module, k: int = 1, n: int = 1) -> tuple[nn.Module, dict[str, Any]]:
         """Event k of n: a pruned copy of `model` and what happened."""
@@ -412,7 +426,8 @@ class L1Filter(ScheduledPruning):
                 model, value, steps = self.step_to(model, chosen, goal, limit)
                 achieved = value / dense_value(ctx, kind)
                 info.update({"target": kind, "target_frac": goal.frac, "achieved_frac": achieved, **steps})
-                hint = ("it cannot be reached by pruning the allowed layers; raise it or use method.scope=all"
+                hint = ("it cannot be reached by pruning the allowed layers; raise it, use method.scope=all "
+                        f"or raise method.max_layer_ratio (now {self.max_ratio:g})"
                         if value > limit else "a step removed too much; lower method.round_to")
                 goal.check(achieved, hint)
         model.train(training)          # the replay in step_to may hand back the copy made in eval mode
@@ -437,16 +452,16 @@ class L1Filter(ScheduledPruning):
         one group before, if that is within the tolerance above the target and the group
         would overshoot it below)."""
         cfg, example = self.cfg, self.ctx.example_inputs
-        n_steps = math.ceil(cfg.max_layer_ratio / cfg.search_step_frac)
+        n_steps = math.ceil(self.max_ratio / cfg.search_step_frac)
         spare = detached_copy(model, grads=self.criterion.gradients)
-        pruner = self.make_pruner(model, chosen, pruning_ratio=cfg.max_layer_ratio, iterative_steps=n_steps)
+        pruner = self.make_pruner(model, chosen, pruning_ratio=self.max_ratio, iterative_steps=n_steps)
         kind, dense = goal.kind, limit / goal.frac
         value, steps = step_until(pruner, lambda: measure(model, example, kind), limit)
         if value > limit or goal.within(value / dense) or steps == 0:
             return model, value, {"steps": steps, "groups_of_last_step": 0}
         widths = channels(model)                      # every layer's width after the overshooting step
         model, chosen = spare, selected_convs(spare, cfg.scope, cfg.prune_layers)
-        pruner = self.make_pruner(model, chosen, pruning_ratio=cfg.max_layer_ratio, iterative_steps=n_steps)
+        pruner = self.make_pruner(model, chosen, pruning_ratio=self.max_ratio, iterative_steps=n_steps)
         for _ in range(steps - 1):
             pruner.step()
         graph, names = pruner.DG, {m: n for n, m in model.named_modules()}

@@ -39,6 +39,9 @@ from methods.l1_filter import IMPORTANCES, L1Filter
 
 GLOBAL = "rank channels across layers (Torch-Pruning's global scope); false: the same share in every layer"
 SCOPE = ("block_internal", "all")
+MAX_LAYER = ("at most this share of a layer's channels is removed; null: 0.7 on VGG (Torch-Pruning's VGG-19 "
+             "DepGraph reproduction, --max-sparsity 0.7: a global ranking after a short training otherwise "
+             "strips VGG's early layers to a few channels), 1.0 elsewhere (its ResNet-56 scripts set none)")
 
 
 @register("depgraph")
@@ -55,6 +58,7 @@ class DepGraph(L1Filter):
         scope: str = opt("all", "every dependency group, residual stream included (Fang et al. prune whole "
                                 "groups; torch-pruning's reproduction ignores only the classifier)", choices=SCOPE)
         global_pruning: bool = opt(True, GLOBAL + "; torch-pruning's ResNet-56 reproduction: --global-pruning")
+        max_layer_ratio: Optional[float] = opt(None, MAX_LAYER)
 
 
 @register("slimming")
@@ -73,6 +77,7 @@ class Slimming(L1Filter):
         scope: str = opt("all", "every channel that has a BN scale (Liu et al. prune any BN channel)", choices=SCOPE)
         global_pruning: bool = opt(True, GLOBAL + "; paper: one global percentile threshold on |gamma| "
                                                   "(Liu et al. 2017 sec. 3)")
+        max_layer_ratio: Optional[float] = opt(None, MAX_LAYER)
 
 
 @register("taylor")
@@ -88,6 +93,7 @@ class Taylor(L1Filter):
                                 "included)", choices=SCOPE)
         global_pruning: bool = opt(True, GLOBAL + "; paper: neurons ranked across all layers "
                                                   "(Molchanov et al. 2019 sec. 4)")
+        max_layer_ratio: Optional[float] = opt(None, MAX_LAYER)
 
 
 @register("fpgm")

@@ -421,3 +421,36 @@ def test_scratch_b_trains_the_epochs_that_match_the_dense_models_training_macs(m
     # A fixed point: the stored config builds to itself, and it is dense_small at those epochs.
     same = load_config("configs/quick-vgg.yaml", over[:-1] + [f"train.epochs={cfg.train.epochs}"])
     assert same == cfg
+
+
+# --------------------------------------------------------------------------- per-layer cap
+@pytest.mark.parametrize("name,model_name,cap", [
+    ("depgraph", "vgg11", 0.7), ("slimming", "vgg11", 0.7), ("taylor", "vgg11", 0.7),
+    ("depgraph", "resnet20", 1.0), ("slimming", "resnet20", 1.0), ("taylor", "resnet20", 1.0),
+    ("l1_filter", "vgg11", 1.0), ("fpgm", "vgg11", 1.0)])
+def test_global_rows_cap_each_layers_share_on_vgg_only(name, model_name, cap):
+    """max_layer_ratio null resolves to 0.7 on VGG (Torch-Pruning's VGG-19 DepGraph script)
+    and 1.0 elsewhere; rows that declare a number keep it, and a given value wins."""
+    assert method(name, small_net(), model_name=model_name).max_ratio == cap
+    assert method(name, small_net(), model_name=model_name, max_layer_ratio=0.5).max_ratio == 0.5
+
+
+def test_the_vgg_cap_keeps_a_planted_weak_first_layer_that_a_global_ranking_would_strip():
+    """VGG-11 (width 0.25, 16 channels in its first layer) whose first conv and BN scales are
+    100x smaller than the rest: slimming's global |gamma| ranking strips that layer to one or
+    two channels without the cap, and keeps 30% of it (4.8 channels) with the default cap, to
+    within one step of the target search (0.1% of all channels here: under one channel)."""
+    def first_width(**options) -> int:
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(name="vgg11", width=0.25)).eval()
+        with torch.no_grad():
+            for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+                bn.weight.uniform_(0.2, 1.5)
+            model.features[0].weight.mul_(0.01)
+            model.features[1].weight.mul_(0.01)
+        x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+        m = method("slimming", model, x, y, model_name="vgg11", target_params=0.25, search_step_frac=0.001,
+                   **options)
+        return channels(m.prune(model)[0])["features.0"]
+    assert first_width() >= 4
+    assert first_width(max_layer_ratio=1.0) <= 2
