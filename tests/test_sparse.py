@@ -119,7 +119,9 @@ def expected_drop_grow(w: torch.Tensor, mask: torch.Tensor, score: torch.Tensor,
     return n, kept, new
 
 
-def test_rigl_regrows_exactly_the_top_gradient_inactive_positions_starting_at_zero():
+def rigl_at_its_first_update():
+    """A tiny model under RigL after one SGD step (momentum everywhere, masked positions
+    included), at the step of its first mask update: (model, method, optimizer, layers, masks)."""
     torch.manual_seed(0)
     model = tiny()
     ctx = make_ctx(model, steps_per_epoch=195, epochs=4)
@@ -128,11 +130,14 @@ def test_rigl_regrows_exactly_the_top_gradient_inactive_positions_starting_at_ze
     ctx.optimizer = opt
     loss = nn.functional.cross_entropy(model(torch.randn(8, 3, 32, 32)), torch.randint(0, 10, (8,)))
     loss.backward()
-    opt.step()                                        # momentum everywhere, masked positions included
-    ctx.step = method.period                          # an update step
-    layers = method.layers(model)
-    old = masks_of(method, model)
-    f = method.drop_fraction_at(ctx.step)
+    opt.step()
+    ctx.step = method.period
+    return model, method, opt, method.layers(model), masks_of(method, model)
+
+
+def test_rigl_regrows_exactly_the_top_gradient_inactive_positions_starting_at_zero():
+    model, method, opt, layers, old = rigl_at_its_first_update()
+    f = method.drop_fraction_at(method.period)
     with torch.no_grad():
         for (_, m), mk in zip(layers, old):
             m.weight.mul_(mk)                         # what the masking before the update does
@@ -156,18 +161,7 @@ def test_rigl_a_position_dropped_and_regrown_keeps_its_weight_and_momentum_new_o
     """The authors' reinit_when_same=False (google-research/rigl, sparse_optimizers.py): only
     positions that were inactive before the update are new connections (weight 0, momentum 0);
     one dropped and grown again in the same update keeps its weight and momentum."""
-    torch.manual_seed(0)
-    model = tiny()
-    ctx = make_ctx(model, steps_per_epoch=195, epochs=4)
-    method = make("rigl", model, ctx, target_params=0.3)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    ctx.optimizer = opt
-    loss = nn.functional.cross_entropy(model(torch.randn(8, 3, 32, 32)), torch.randint(0, 10, (8,)))
-    loss.backward()
-    opt.step()                                           # momentum everywhere, masked positions included
-    ctx.step = method.period
-    layers = method.layers(model)
-    old = masks_of(method, model)
+    model, method, opt, layers, old = rigl_at_its_first_update()
     g = torch.Generator().manual_seed(3)
     planted = []
     with torch.no_grad():
@@ -179,7 +173,7 @@ def test_rigl_a_position_dropped_and_regrown_keeps_its_weight_and_momentum_new_o
             w[p], mom[p] = 1e-8, 0.125                   # the smallest |w| of the layer: dropped ...
             m.weight.grad.view(-1)[p] = 1e3              # ... and the largest gradient: grown again
             planted.append(p)
-    f = method.drop_fraction_at(ctx.step)
+    f = method.drop_fraction_at(method.period)
     refs = [expected_drop_grow(m.weight.detach(), mk, m.weight.grad.abs(), f) for (_, m), mk in zip(layers, old)]
     method.after_step(model)
     for (_, m), mk, p, (n, kept, new) in zip(layers, old, planted, refs):
