@@ -19,10 +19,11 @@ def options_table(method: str) -> str:
     """Markdown table of `method`'s options: key, default, help (as `python -m bench methods -v`)."""
     from bench.config import describe
     from methods import get_method
+    config = get_method(method).Config
     rows = ["| option | default | meaning |", "|---|---|---|"]
-    for key, default, help_ in describe(get_method(method).Config, "method."):
-        if key == "method.name":
-            continue
+    for key, default, help_ in describe(config, "method."):
+        if key == "method.name" or (key == "method.target_macs" and "macs" not in getattr(config, "target_kinds", ())):
+            continue                                      # a target kind the method refuses
         rows.append(f"| `{key}` | `{default}` | {help_.replace('|', '/')} |")
     return "\n".join(rows) + "\n"
 

@@ -477,8 +477,10 @@ def _train(cfg: RunConfig, rd: RunDir, run_id: str, max_epochs: Optional[int], l
         params = param_counts(trainer.model)
         ctx.last_epoch_s = ep["epoch_s"]
         # Forward + backward ~ 3x the forward MACs (backward: grads of inputs and weights).
-        trainer.train_macs += 3 * macs * ep["images"]
-        trainer.train_macs_nonzero += 3 * macs_nz * ep["images"]
+        # What the method spent beside those passes (its own statistics, updates, merges).
+        extra = trainer.method.take_extra_train_macs()
+        trainer.train_macs += 3 * macs * ep["images"] + extra
+        trainer.train_macs_nonzero += 3 * macs_nz * ep["images"] + extra
         acc = trainer.evaluate()
         row = {"epoch": epoch + 1, "test_acc": acc, **ep, "params_total": params["params_total"],
                "params_nonzero": params["params_nonzero"], "macs": macs, "macs_nonzero": macs_nz}

@@ -155,6 +155,14 @@ class Method:
         """JSON-serialisable statistics for summary.json (kept dims, sparsity, ...)."""
         return {}
 
+    def take_extra_train_macs(self) -> float:
+        """Multiply-adds the method has spent since the last call beyond the model's own
+        forward and backward passes (which the harness counts as 3 x forward MACs per
+        training image), e.g. decorrelated BP's merges and updates of R. The harness adds
+        them to the run's training MACs at every epoch's end, so a row sits at the compute it
+        ran. Default: none."""
+        return 0.0
+
     # ---- resume ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {}

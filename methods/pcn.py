@@ -45,12 +45,13 @@ Choices where the sources are silent or differ (docs/methods/pcn.md):
   parameter count, frozen projections included, within `target_tol_frac` (relative) of the target fraction of the dense
   count), else `energy` (per-layer explained-variance threshold, 0.99 if unset). The code's
   absolute eigenvalue cut-off and width fraction are not offered. `allocation` says how
-  `target_params` is spent: `greedy` (the default, measured better: results/pcn-notes.md), every
-  component of every site ranked by its eigenvalue share `lambda_j / sum_i lambda_i` per
-  parameter it costs (`out kh kw` summed over the consumers plus `d + 1` for its projection row,
-  at the unpruned shapes) and the best prefix of that ranking bisected to the target; or
-  `threshold`, one explained-variance threshold shared by all sites, bisected (the authors'
-  style). A site the ranking takes to its break-even is left as it is.
+  `target_params` is spent: `threshold` (the default), one explained-variance threshold shared
+  by all sites, bisected to the target (the authors' per-layer energy rule with one global
+  value, as the method is specified for this suite); or `greedy`, our variant, every component
+  of every site ranked by its eigenvalue share `lambda_j / sum_i lambda_i` per parameter it
+  costs (`out kh kw` summed over the consumers plus `d + 1` for its projection row, at the
+  unpruned shapes) and the best prefix of that ranking bisected to the target (its runs:
+  results/pcn-greedy-quick). A site the bisection takes to its break-even is left as it is.
 - The classifier's input: never in `all` or `late`; it can be named in a list of layers, and
   then keeps k >= num_classes (out_features). With a bias,
   `k (out + d + 1) + out >= d out + out` for every k >= out, so a named classifier is always at
@@ -598,10 +599,10 @@ class PCN(Method):
         dims: list[int] = opt([], "explicit components per selected layer, in forward order of the layers "
                               "`layers` selects (the summary lists them); authors' VGG-16: late + "
                               "[64, 64, 64, 32, 32, 32]")
-        allocation: str = opt("greedy", "how target_params is spent: greedy = components of all layers ranked "
-                              "by eigenvalue share per parameter, best kept (measured better, results/pcn-notes.md); "
-                              "threshold = one explained-variance threshold shared by all layers, bisected "
-                              "(the authors' style)", choices=("greedy", "threshold"))
+        allocation: str = opt("threshold", "how target_params is spent: threshold = one explained-variance "
+                              "threshold shared by all layers, bisected (the authors' per-layer energy rule with "
+                              "one global value); greedy = our variant: components of all layers ranked by "
+                              "eigenvalue share per parameter, best kept", choices=("greedy", "threshold"))
         out_channels_ratio: Optional[float] = opt(None, "output-side selection: producer channels kept per kept "
                                                   "component of the next layer, m = ceil(ratio k) (authors' one "
                                                   "channel-selecting config: 1); null keeps all channels (their "
@@ -626,7 +627,7 @@ class PCN(Method):
             if self.energy is not None and (self.dims or self.target_params is not None):
                 raise ConfigError(f"method.energy does nothing with method.{'dims' if self.dims else 'target_params'}; "
                                   f"remove method.energy")
-            if self.allocation != "greedy" and self.target_params is None:
+            if self.allocation == "greedy" and self.target_params is None:
                 raise ConfigError(f"method.allocation={self.allocation} only spends method.target_params; set "
                                   f"method.target_params or remove method.allocation")
             for key, default in (("score", "loadings"), ("residual_channels", "joint")):

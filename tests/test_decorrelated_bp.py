@@ -15,7 +15,8 @@ from bench.configure import load_config
 from bench.models import build_model
 from bench.train import train
 from methods.base import Context
-from methods.decorrelated_bp import DECOR_TYPES, INPUT_ATTR, DecorrelatedBP, decor_step, decorrelate_layer
+from methods.decorrelated_bp import (DECOR_TYPES, INPUT_ATTR, DecorrelatedBP, decor_step, decor_update_macs,
+                                     decorrelate_layer)
 
 
 
@@ -150,6 +151,24 @@ def test_update_every_steps_updates_only_on_those_steps():
     assert moved == [False, True]
 
 
+def test_the_training_macs_count_rs_merges_and_updates_by_hand():
+    """Linear(4 -> 3) and Linear(3 -> 2), batch 10, every row kept: the step merges W R in
+    the forward and the backward (2 out d^2: 2*3*16 + 2*2*9 = 132) and updates both R on 10
+    rows: d = 4 in d x d arithmetic (10 (10 + 4) >= 16), 2*10*16 + 4^3 = 384; d = 3 likewise,
+    2*10*9 + 27 = 207. A step without an update pays the merges only."""
+    assert decor_update_macs(10, 4) == 384 and decor_update_macs(10, 3) == 207
+    assert decor_update_macs(2, 8) == 3 * 2 * 64 + 4 * 8     # n (n + d) < d^2: the 2 x 2 Gram matrix
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    method = make_method(model, downsample_frac=1.0, update_every_steps=2)
+    assert method.take_extra_train_macs() == 0
+    for step in (1, 2):
+        model(torch.randn(10, 4))
+        method.ctx.step = step
+        method.after_step(model)
+    assert method.take_extra_train_macs() == 2 * 132 + 384 + 207
+    assert method.take_extra_train_macs() == 0                             # taken once
+
+
 def test_end_to_end_loss_falls_and_checkpoint_loads(tiny_overrides, tmp_path):
     over = tiny_overrides + ["method.name=decorrelated_bp", "method.decor_lr=0.001", "method.downsample_frac=0.25"]
     cfg = load_config("configs/smoke.yaml", over)
@@ -159,6 +178,10 @@ def test_end_to_end_loss_falls_and_checkpoint_loads(tiny_overrides, tmp_path):
     assert len(ep) == 2 and ep[1]["loss_mean"] < ep[0]["loss_mean"] < ms["loss_mean_first_update"]
     assert summary["params_total"] == summary["dense_params"]
     assert summary["macs"] == summary["dense_macs"]                            # one ordinary conv per layer
+    import pandas as pd
+    images = pd.read_csv(next((tmp_path / "runs").iterdir()) / "history.csv")["images"].sum()
+    extra = summary["train_macs"] - 3 * summary["macs"] * images              # R's merges and updates count
+    assert extra > ms["merge_macs_per_step"] * images / cfg.train.batch_size
     run_dir = next((tmp_path / "runs").iterdir())
     import pandas as pd
     hist = pd.read_csv(run_dir / "history.csv")

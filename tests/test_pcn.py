@@ -345,15 +345,15 @@ def test_config_errors_name_the_key():
                     (dict(energy=0.9, dims=[4]), "method.energy"),
                     (dict(score="weighted"), "method.score"),
                     (dict(residual_channels="keep"), "method.residual_channels"),
-                    (dict(allocation="threshold"), "method.allocation")):
+                    (dict(allocation="greedy"), "method.allocation")):
         with pytest.raises(ConfigError, match=key):
             cfg(**kw)
     cfg(score="weighted", residual_channels="keep", out_channels_ratio=1.0)
-    cfg(target_params=0.5, allocation="threshold")
+    cfg(target_params=0.5, allocation="greedy")
     run = build_config(raw_from_sources([str(REPO / "configs/smoke.yaml")],
-                                        ["method.name=pcn", "method.target_params=0.5", "method.allocation=threshold"]))
-    assert run.method.allocation == "threshold"
-    assert cfg(target_params=0.5).allocation == "greedy"          # the default: it measured better
+                                        ["method.name=pcn", "method.target_params=0.5", "method.allocation=greedy"]))
+    assert run.method.allocation == "greedy"
+    assert cfg(target_params=0.5).allocation == "threshold"       # the default: one global threshold, bisected
     with pytest.raises(ConfigError, match="method.layers"):
         cfg(layers="early")
     model = randomised("vgg11", 0.125)
