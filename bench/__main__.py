@@ -155,7 +155,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
              "array_parallelism": args.array_parallelism}
     return run_suite(args.config, args.overrides, dry_run=args.dry_run, results_dir=args.results_dir,
                      executor=args.executor, jobs=args.jobs, slurm_overrides=slurm, wait=not args.no_wait,
-                     retry_failed=args.retry_failed, seeds=args.seeds)
+                     retry_failed=args.retry_failed, seeds=args.seeds, rows=args.rows)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--no-wait", action="store_true", help="slurm: submit and return; run `report` later")
     s.add_argument("--seeds", default=None, type=lambda v: [int(x) for x in v.split(",")], metavar="S[,S...]",
                    help="run only these of the suite's seeds (e.g. --seeds 0: every row once before any repeat)")
+    s.add_argument("--rows", default=None, type=lambda v: v.split(","), metavar="LABEL[,LABEL...]",
+                   help="run only these row labels (as `methods` lists them; the same runs as in the whole suite)")
     s.add_argument("--retry-failed", action="store_true",
                    help="also re-run cells that diverged (a plain re-invocation keeps them as diverged)")
     s.set_defaults(fn=cmd_suite)

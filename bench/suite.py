@@ -420,7 +420,7 @@ def _run_submitit(cells: list[Cell], kind: str, slurm: SlurmConfig, folder: Path
 
 def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, results_dir: str | None = None,
               executor: str = "local", jobs: int = 1, slurm_overrides: dict | None = None, wait: bool = True,
-              retry_failed: bool = False, seeds: list[int] | None = None) -> int:
+              retry_failed: bool = False, seeds: list[int] | None = None, rows: list[str] | None = None) -> int:
     suite, folder = load_suite(path)
     if results_dir:
         suite.results_dir = results_dir
@@ -433,7 +433,8 @@ def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, result
     for key, value in (slurm_overrides or {}).items():
         if value is not None:
             setattr(suite.slurm, key, value)
-    cells = expand(suite, folder, cli_overrides)
+    grid = expand(suite, folder, cli_overrides)
+    cells = select_rows(grid, rows)
     results = Path(cells[0].cfg.output_dir).parent
     status = [c.status() for c in cells]
     if retry_failed and not dry_run:
@@ -457,7 +458,7 @@ def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, result
     write_json(results / "suite.json", {
         "suite": suite.name, "file": str(path), "command": "python -m bench " + " ".join(sys.argv[1:]),
         "overrides": cli_overrides, "machine": platform.platform(), "executor": executor,
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "cells": len(cells), "controls": suite.controls(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "cells": len(grid), "controls": suite.controls(),
         "comparators": list(suite.comparators)})
     progress = SuiteProgress(estimates)
     if not todo:
@@ -485,6 +486,19 @@ def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, result
         print(f"{len(failed)} run(s) failed: " + ", ".join(f"{c.label}/{c.model}/{c.target}/s{c.seed}" for c, _ in failed)
               + " (see error.txt in their run directories)", file=sys.stderr)
     return 1 if failed or diverged else 0
+
+
+def select_rows(cells: list[Cell], rows: list[str] | None) -> list[Cell]:
+    """The cells of these row labels only (all when rows is None). Cells are selected after
+    the grid is built, so a selected run is the same run, with the same identity, controls
+    and comparators, as in the whole suite: finished ones are reused either way."""
+    if rows is None:
+        return cells
+    labels = list(dict.fromkeys(c.label for c in cells))
+    unknown = [r for r in rows if r not in labels]
+    if unknown:
+        raise ConfigError(f"--rows {','.join(unknown)}: not a row label of this suite; labels: {', '.join(labels)}")
+    return [c for c in cells if c.label in rows]
 
 
 def pin_auto_precision(cells: list[Cell], status: list[str]) -> None:

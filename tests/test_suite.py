@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from bench.config import ConfigError
-from bench.suite import expand, load_suite, run_suite
+from bench.suite import expand, load_suite, run_suite, select_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,3 +126,15 @@ def test_a_suite_keeps_the_precision_of_its_finished_runs(tmp_path, capsys):
     cells[1].cfg.train.auto_resolves_to = "fp32/contiguous"
     rt = Runtime(torch.device("cpu"), cells[1].cfg.train)
     assert (rt.precision, rt.memory_format) == ("fp32", "contiguous")
+
+
+def test_rows_selects_the_same_runs_as_the_whole_grid(tmp_path):
+    suite, folder = load_suite(str(write_suite(tmp_path, seeds=[0, 1])))
+    grid = expand(suite, folder, [])
+    picked = select_rows(grid, ["dense_leaky"])
+    assert [(c.label, c.seed) for c in picked] == [("dense_leaky", 0), ("dense_leaky", 1)]
+    assert [c.run_dir for c in picked] == [c.run_dir for c in grid if c.label == "dense_leaky"]
+    assert select_rows(grid, None) == grid
+    with pytest.raises(ConfigError, match=r"--rows dnese: not a row label of this suite; labels: dense, dense_leaky"):
+        run_suite(str(write_suite(tmp_path)), [], results_dir=str(tmp_path / "out"), rows=["dnese"])
+    assert not (tmp_path / "out").exists()
