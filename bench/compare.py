@@ -182,7 +182,9 @@ def cell_means(settings: Sequence[Setting], references: bool = False) -> pd.Data
         means = pd.concat([means, copies], ignore_index=True)
     means["cell"] = [Cell(s, m, int(b), None if t < 0 else float(t))
                      for s, m, b, t in zip(means["setting"], means["model"], means["budget"], means["target_key"])]
-    means["rank"] = means.groupby("cell")["acc"].rank(ascending=False, method="average")
+    # Top-1 is a multiple of 1/test-set-size; equal means differ only by float rounding
+    # (0.7797 vs 0.7797000000000001), and that must not break their tie.
+    means["rank"] = means["acc"].round(9).groupby(means["cell"]).rank(ascending=False, method="average")
     return means[["cell", "label", "acc", "seeds", "rank"]]
 
 
@@ -242,8 +244,8 @@ def tau_pairs(means: pd.DataFrame) -> list[TauPair]:
 def complete_block(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list]:
     """`table` (rows = blocks/cells, columns = treatments/labels, NaN = missing) made
     complete by dropping, one at a time, the label or cell with the largest share of
-    missing entries (a label before a cell on a tie): (complete table, dropped labels,
-    dropped cells)."""
+    missing entries (a label before a cell on a tie; among equal labels or cells, the first
+    in the table's order): (complete table, dropped labels, dropped cells)."""
     dropped_labels, dropped_cells = [], []
     t = table.copy()
     while t.size and t.isna().to_numpy().any():
@@ -434,7 +436,8 @@ def section(c: Comparison, figure: Optional[str] = "cd.png") -> list[str]:
     else:
         lines += ["Tau-b between the rankings of two cells of different settings at the same target, over the rows "
                   "both have (1: same order, -1: reversed, 0: unrelated; ties count as neither concordant nor "
-                  "discordant). p: two-sided test of tau = 0. Rows that ran in one cell only are named and left out.",
+                  "discordant). p: two-sided test of tau = 0. Rows that ran in one cell only are named and left out; "
+                  "the ranks of rows marked `*` above rest on fewer seeds than the rest of their cell.",
                   "", "| cell A | cell B | tau | p | shared rows | only in A | only in B |",
                   "|---|---|---|---|---|---|---|"]
         for t in c.taus:
@@ -453,7 +456,12 @@ def section(c: Comparison, figure: Optional[str] = "cd.png") -> list[str]:
     if f.dropped_labels:
         lines.append(f"Rows left out (missing in some cell): {', '.join(map(str, f.dropped_labels))}.")
     if f.dropped_cells:
-        lines.append(f"Cells left out (missing most rows): {'; '.join(cell.title for cell in f.dropped_cells)}.")
+        lines.append(f"Cells left out (the largest share of rows missing): "
+                     f"{'; '.join(cell.title for cell in f.dropped_cells)}.")
+    fewer = _fewer_seeds(c.means, f.table)
+    if fewer:
+        lines.append(f"Entered on fewer seeds than their cell's most-seeded row (their mean is a noisier "
+                     f"estimate; read their ranks as provisional): {fewer}.")
     verdict = "the rows' ranks differ beyond chance" if f.pvalue_f < f.alpha else \
         "no difference between the rows' ranks is detected"
     lines += ["", f"Friedman chi-square = {f.chi2:.2f} ({_p(f.pvalue)}); Iman-Davenport F = "
@@ -461,9 +469,10 @@ def section(c: Comparison, figure: Optional[str] = "cd.png") -> list[str]:
               f"({_p(f.pvalue_f)}): at alpha = {f.alpha:g}, {verdict}. Nemenyi critical difference "
               f"CD = {f.cd:.2f} ranks (k = {f.k}, N = {f.n}).", ""]
     rejected = f.pvalue_f < f.alpha
-    lines += ["| row | average rank | significantly worse than (Nemenyi) |", "|---|---|---|"]
+    lines += ["| row | average rank | significantly worse than (Nemenyi p) |", "|---|---|---|"]
     for lab, rank in f.mean_ranks.items():
-        worse_than = [o for o, r in f.mean_ranks.items() if r < rank and f.nemenyi.loc[lab, o] < f.alpha]
+        worse_than = [f"{o} (p {_pval(f.nemenyi.loc[lab, o])})" for o, r in f.mean_ranks.items()
+                      if r < rank and f.nemenyi.loc[lab, o] < f.alpha]
         lines.append(f"| {lab} | {rank:.2f} | {(', '.join(worse_than) or '-') if rejected else 'not tested'} |")
     lines.append("")
     if not rejected:
@@ -475,6 +484,19 @@ def section(c: Comparison, figure: Optional[str] = "cd.png") -> list[str]:
     if figure:
         lines += [f"![critical-difference diagram]({figure})", ""]
     return lines
+
+
+def _fewer_seeds(means: pd.DataFrame, table: pd.DataFrame) -> str:
+    """The entered rows that have fewer seeds than their cell's most-seeded entered row:
+    'set (1 of 3 seeds in 2 cells), ...', or ''."""
+    m = means[means["cell"].isin(table.index) & means["label"].isin(table.columns)]
+    most = m.groupby("cell")["seeds"].transform("max")
+    short = m[m["seeds"] < most].assign(most=most[m["seeds"] < most])
+    parts = []
+    for lab, g in short.groupby("label", sort=True):
+        seeds = "/".join(sorted({f"{int(a)} of {int(b)}" for a, b in zip(g["seeds"], g["most"])}))
+        parts.append(f"{lab} ({seeds} seeds in {len(g)} cell{'s' if len(g) > 1 else ''})")
+    return ", ".join(parts)
 
 
 def write(c: Comparison, out: Path) -> Path:

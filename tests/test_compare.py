@@ -153,6 +153,30 @@ def test_partial_suite_rows_seeds_and_unfinished_runs_are_reported(tmp_path):
     assert "Rows left out (missing in some cell): e." in text
     assert "2 (78.00, 1*)" in text                                    # b at s2: one seed, a has two
     assert "s2: vgg11 w0.5, 16 ep, full size" in text                 # dense ranked among full-size rows only
+    assert ("Entered on fewer seeds than their cell's most-seeded row (their mean is a noisier estimate; read "
+            "their ranks as provisional): b (1 of 2 seeds in 1 cell), c (1 of 2 seeds in 1 cell), "
+            "d (1 of 2 seeds in 1 cell).") in text
+
+
+def test_equal_means_tie_whatever_their_float_rounding(tmp_path):
+    # mean(0.7581, 0.7592, 0.7603) is 0.7591999999999999 in floats: tied with 0.7592, not below it
+    s = tmp_path / "s1"
+    for seed, acc in enumerate((0.7581, 0.7592, 0.7603)):
+        write_run(s, "x", 0.25, seed, acc)
+        write_run(s, "y", 0.25, seed, 0.7592)
+    ranks = cmp.cell_means([cmp.load_setting(s)]).set_index("label")["rank"]
+    assert ranks.to_dict() == {"x": 1.5, "y": 1.5}
+
+
+def test_each_significant_pair_shows_its_nemenyi_p(tmp_path):
+    s1 = plant(tmp_path / "s1", {"a": 0.9, "b": 0.8, "c": 0.7}, target=0.5)
+    for t in (0.25, 0.1, 0.05, 0.04, 0.03, 0.02, 0.01, 0.005):
+        plant(s1, {"a": 0.9, "b": 0.8, "c": 0.7}, target=t)
+    s2 = plant(tmp_path / "s2", {"a": 0.9, "b": 0.8, "c": 0.7}, target=0.5, epochs=16)
+    c = cmp.compare([s1, s2])                     # ten cells, A > B > C: only A-C beyond the CD (see above)
+    text = "\n".join(cmp.section(c))
+    p = c.friedman.nemenyi.loc["c", "a"]
+    assert f"| c | 3.00 | a (p {cmp._pval(p)}) |" in text and "| b | 2.00 | - |" in text
 
 
 def test_references_rank_full_size_rows_inside_each_target_cell(tmp_path):
