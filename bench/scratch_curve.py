@@ -37,10 +37,13 @@ the point's executed training MACs (mean over its seeds), y its top-1 per seed.
 
   s^2 the sample variances (ddof 1) of the row's seeds and of the c_s. No interval with
   fewer than two seeds on either side.
-- **Verdict**: better / worse when p < 0.05 (the interval then excludes 0), else not
-  distinguishable. `p` is kept per row so that the rows of one model and target can be
-  corrected as one family (`adjust`, any statsmodels.stats.multitest method: the verdict
-  then reads the corrected `p_adj`).
+- **Verdict**: better / worse when p < 0.05, else not distinguishable. `p` is kept per
+  row so that the rows of one model and target can be corrected as one family (`adjust`,
+  any statsmodels.stats.multitest method; the report uses Holm's): the verdict then reads
+  the corrected `p_adj`, while the interval stays the row's own 95% one, uncorrected, so
+  an interval that excludes 0 can sit beside "not distinguishable".
+- **Data**: rows and curves on different data (the report's data fingerprint) never meet;
+  each fingerprint is its own comparison.
 """
 from __future__ import annotations
 
@@ -58,6 +61,7 @@ DENSE_LABEL = "dense"                 # the full model's row, marked on the plot
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
 BEYOND = "beyond the curve"
+NO_MACS = "no training MACs recorded"
 # Two MAC figures within this relative distance are the same point (float round-off of means).
 SAME_MACS_RTOL = 1e-9
 NAN = float("nan")
@@ -185,8 +189,10 @@ def welch(row: Iterable[float], curve: Iterable[float], level: float = CONFIDENC
 
 def gap(row_acc: Mapping[int, float], curve: Curve, macs: float, level: float = CONFIDENCE) -> Gap:
     """The compute-matched gap of a row with per-seed top-1 `row_acc` at `macs` training MACs."""
-    where = curve.locate(macs)
     vals = [float(v) for v in row_acc.values() if v == v]
+    if not (macs == macs and macs > 0):
+        return Gap(NAN, NAN, NAN, NAN, NAN, len(vals), 0, NO_MACS)
+    where = curve.locate(macs)
     if where is None or not vals:
         return Gap(NAN, NAN, NAN, NAN, NAN, len(vals), 0, BEYOND)
     i, j, _ = where
@@ -199,10 +205,13 @@ def gap(row_acc: Mapping[int, float], curve: Curve, macs: float, level: float = 
     return Gap(d, lo, hi, p, df, len(vals), len(c), text)
 
 
-def verdict(p: float, d: float, n_row: int, n_curve: int, beyond: bool, alpha: float = ALPHA) -> str:
+def verdict(p: float, d: float, n_row: int, n_curve: int, beyond: bool, alpha: float = ALPHA,
+            where: str = "") -> str:
     """better / worse than the curve when p < alpha, else not distinguishable."""
     if beyond:
         return BEYOND
+    if where == NO_MACS:
+        return NO_MACS
     if n_curve == 0:
         return "no seed common to the curve's neighbours"
     if min(n_row, n_curve) < 2:
@@ -246,13 +255,28 @@ def row_seeds(runs: pd.DataFrame) -> dict[tuple, dict[str, object]]:
     return out
 
 
+def by_data(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """`frame` split by the report's data fingerprint (one part, data "", without one): rows
+    and curves on different data are never compared."""
+    if "data" not in frame:
+        return [("", frame)]
+    return [(str(d), frame[frame["data"] == d]) for d in dict.fromkeys(frame["data"])]
+
+
 def compute_matched(agg: pd.DataFrame, runs: pd.DataFrame, correction: Optional[str] = None) -> pd.DataFrame:
-    """One row per (model, curve target, report row): every row at that target and every
-    row without a target (dense, ...), except the curve's own rows, against that target's
-    curve. Columns: model, label, target_key (the row's), curve_target, the COLUMNS above
-    (gaps as fractions) and `equal_epoch` (the row's verdict against dense_small at equal
-    epochs from the report's table, where it has one). `correction` corrects the p-values
-    of each (model, curve target) family (see adjust)."""
+    """One row per (model, curve target, data, report row): every row at that target and
+    every row without a target (dense, ...), except the curve's own rows, against that
+    target's curve on the same data. Columns: model, label, target_key (the row's),
+    curve_target, data, the COLUMNS above (gaps as fractions) and `equal_epoch` (the row's
+    verdict against dense_small at equal epochs from the report's table, where it has one).
+    `correction` corrects the p-values of each (model, curve target, data) family (see adjust)."""
+    parts = [_compute_matched(agg[agg["data"] == d] if "data" in agg else agg, r, correction).assign(data=d)
+             for d, r in by_data(runs)]
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+def _compute_matched(agg: pd.DataFrame, runs: pd.DataFrame, correction: Optional[str]) -> pd.DataFrame:
+    """compute_matched on the runs of one data fingerprint."""
     found = curves(runs)
     seeds = row_seeds(runs) if found else {}
     on_curve = set(runs.loc[runs["method"] == CURVE_METHOD, "label"]) if "method" in runs else set()
@@ -284,7 +308,7 @@ def compute_matched(agg: pd.DataFrame, runs: pd.DataFrame, correction: Optional[
         for rec, padj in zip(family, adjust([rec["cm_gap_p"] for rec in family], correction)):
             rec["cm_gap_padj"] = padj
             rec["cm_verdict"] = verdict(padj, rec["cm_gap"], rec["cm_n_row"], rec["cm_n_curve"],
-                                        rec["cm_where"] == BEYOND)
+                                        rec["cm_where"] == BEYOND, where=rec["cm_where"])
         records += family
     frame = pd.DataFrame(records)
     for col in COLUMNS + ("equal_epoch",):
@@ -298,8 +322,9 @@ def add_columns(agg: pd.DataFrame, cm: pd.DataFrame) -> pd.DataFrame:
     target's curve (target-less rows, compared with every target's curve, are left out)."""
     if cm.empty:
         return agg
-    own = cm[cm["target_key"] == cm["curve_target"]][["model", "label", "target_key", *COLUMNS]]
-    return agg.merge(own, on=["model", "label", "target_key"], how="left")
+    keys = ["model", "label", "target_key"] + (["data"] if "data" in agg and "data" in cm else [])
+    own = cm[cm["target_key"] == cm["curve_target"]][[*keys, *COLUMNS]]
+    return agg.merge(own, on=keys, how="left")
 
 
 def equal_epoch_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -331,7 +356,7 @@ def headline(cm: pd.DataFrame, references: set[str]) -> str:
     rows = cm[(cm["target_key"] == cm["curve_target"]) & ~cm["label"].isin(references)]
     beat = [f"{r['label']} ({_pts(r['cm_gap'])})" for _, r in rows.iterrows() if r["cm_verdict"] == "better"]
     only = [r["label"] for _, r in rows.iterrows()
-            if r["equal_epoch"] == "better" and r["cm_verdict"] != "better"]
+            if r["equal_epoch"] == "better" and r["cm_verdict"] in ("worse", "not distinguishable")]
     beyond = [r["label"] for _, r in rows.iterrows() if r["cm_verdict"] == BEYOND]
     parts = [("beat the scratch curve at their own training compute: " + ", ".join(beat)) if beat
              else "no method row beats the scratch curve at its own training compute"]
@@ -343,7 +368,7 @@ def headline(cm: pd.DataFrame, references: set[str]) -> str:
 
 
 def plot(cm: pd.DataFrame, curves_: dict[tuple[str, float], Curve], agg: pd.DataFrame, model: str,
-         out: Path) -> Optional[Path]:
+         out: Path, data: str = "") -> Optional[Path]:
     """scratch_curve_<model>.png: one panel per target, top-1 (95% intervals) against
     executed training MACs (log x); the curve as a line through its points, dense at E as
     a star, sparse rows' theoretical non-zero MACs as hollow markers joined to their
@@ -400,29 +425,46 @@ def plot(cm: pd.DataFrame, curves_: dict[tuple[str, float], Curve], agg: pd.Data
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = out / f"scratch_curve_{model}.png"
+    path = out / f"scratch_curve_{model}{f'_{data}' if data else ''}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
 def section(cm: pd.DataFrame, runs: pd.DataFrame, agg: pd.DataFrame, model: str, out: Path,
-            references: set[str], correction_name: str = "") -> tuple[list[str], Optional[Path]]:
-    """README lines of the compute-matched comparison of `model` and the plot's path (none
-    when no target of the model has a curve of two points or more)."""
+            references: set[str], correction_name: str = "") -> tuple[list[str], list[Path]]:
+    """README lines of the compute-matched comparison of `model` and its plots (none when no
+    target of the model has a curve of two points or more); one part per data fingerprint."""
+    parts = by_data(runs)
+    lines, paths = [], []
+    for data, r in parts:
+        one = len(parts) == 1
+        part, path = _section(cm if one else cm[cm["data"] == data], r, agg if one else agg[agg["data"] == data],
+                              model, out, references, correction_name, "" if one else data)
+        lines += part
+        paths += [path] if path else []
+    return lines, paths
+
+
+def _section(cm: pd.DataFrame, runs: pd.DataFrame, agg: pd.DataFrame, model: str, out: Path,
+             references: set[str], correction_name: str, data: str) -> tuple[list[str], Optional[Path]]:
+    """section() on the runs of one data fingerprint (`data` named in the heading and the
+    plot's file name where the folder holds several)."""
     found = {k: c for k, c in curves(runs).items() if k[0] == model and len(c.points) > 1}
     if not found:
         return [], None
-    path = plot(cm, found, agg, model, out)
+    path = plot(cm, found, agg, model, out, data)
     corrected = (f"corrected over the rows of each target ({correction_name})" if correction_name
                  else "each at 95% on its own")
-    lines = ["### Compute-matched: against the scratch curve", "",
+    lines = ["### Compute-matched: against the scratch curve" + (f" (data `{data}`)" if data else ""), "",
              f"Each row against `{CURVE_METHOD}` trained from scratch for longer (the scratch curve: its points "
              "below), at the row's own *executed* training MACs (dense kernels count as they run), interpolated "
              "linearly in log training MACs between the two nearest points; outside the curve's range the row is "
              "*beyond the curve* (no extrapolation). Gap in points with its 95% Welch interval over the seeds of "
-             f"the row and of the curve; verdict from its p-value, {corrected}. Beside it, the row's verdict "
-             "against dense_small at equal epochs. docs/compute-matched.md explains the choices.", "",
+             "the row and of the curve (the row's own interval, not corrected); verdict from its p-value, "
+             f"{corrected}, so an interval that excludes 0 can sit beside *not distinguishable*. Beside it, the "
+             "row's verdict against dense_small at equal epochs (from the pooled model of the table above, a "
+             "stronger test than Welch's on a few seeds). docs/compute-matched.md explains the choices.", "",
              f"![scratch curve {model}]({path.name})", ""]
     for t in sorted((k[1] for k in found), reverse=True):
         curve = found[(model, t)]
@@ -430,8 +472,8 @@ def section(cm: pd.DataFrame, runs: pd.DataFrame, agg: pd.DataFrame, model: str,
         lines += [f"**At {t:.0%}**: {headline(rows, references)}", "",
                   "Curve: " + "; ".join(f"{p.label} {p.epochs} ep, {_macs(p.macs)}, {100 * p.mean:.2f}% (n={len(p.acc)})"
                                         for p in curve.points) + ".", "",
-                  "| row | target | training MACs (executed) | top-1 % | curve there % | gap, points [95% CI] | p "
-                  "| vs curve | vs dense_small, equal epochs | non-zero MACs: gap |",
+                  "| row | target | training MACs (executed) | top-1 % | curve there % | gap, points [95% CI] "
+                  f"| p{f' ({correction_name})' if correction_name else ''} | vs curve | vs dense_small, equal epochs | non-zero MACs: gap |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for _, r in rows.iterrows():
             a = agg[(agg["model"] == model) & (agg["label"] == r["label"]) & (agg["target_key"] == r["target_key"])]

@@ -43,8 +43,9 @@ def test_outside_the_curve_there_is_no_value_never_an_extrapolation(x):
     assert sc.interpolate(MACS, ACC, x) is None
     curve = sc.Curve(tuple(sc.CurvePoint(e, m, {0: a, 1: a + 0.01}, f"p{e}") for e, m, a in zip((4, 8, 16), MACS, ACC)))
     g = sc.gap({0: 0.9, 1: 0.91}, curve, x)
-    assert g.where == sc.BEYOND and g.beyond and g.gap != g.gap
-    assert sc.verdict(g.p, g.gap, g.n_row, g.n_curve, g.beyond) == sc.BEYOND
+    where = sc.BEYOND if x > 0 else sc.NO_MACS                     # 0 or NaN: the run recorded no training MACs
+    assert g.where == where and g.gap != g.gap
+    assert sc.verdict(g.p, g.gap, g.n_row, g.n_curve, g.beyond, where=g.where) == where
 
 
 # --------------------------------------------------------------------------- the gap and its interval
@@ -152,6 +153,37 @@ def test_the_headline_names_who_beats_the_curve_and_who_only_beats_dense_small_a
     line = sc.headline(cm, references={"dense"})
     assert line.startswith("beat the scratch curve at their own training compute: pcn (+")
     assert "beat dense_small only at equal epochs: dsr" in line
+
+
+def test_a_row_beyond_the_curve_is_not_said_to_beat_dense_small_only_at_equal_epochs():
+    runs = planted_runs()
+    runs.loc[runs["label"] == "dsr", "train_macs"] = 5e12                 # past the curve's last point
+    line = sc.headline(sc.compute_matched(planted_agg(runs), runs), references={"dense"})
+    assert "only at equal epochs" not in line and line.endswith("beyond the curve (no verdict): dsr.")
+
+
+def test_a_row_without_training_macs_says_so_not_beyond_the_curve():
+    runs = planted_runs()
+    runs.loc[runs["label"] == "dsr", "train_macs"] = float("nan")
+    dsr = sc.compute_matched(planted_agg(runs), runs).set_index("label").loc["dsr"]
+    assert dsr["cm_where"] == sc.NO_MACS and dsr["cm_verdict"] == sc.NO_MACS
+
+
+def test_rows_and_curves_on_different_data_never_meet():
+    one = planted_runs().assign(data="aaaa")
+    other = planted_runs().assign(data="bbbb")
+    other.loc[other["label"] == "dsr", "test_acc"] -= 0.2                # a much worse dsr on the other data
+    other["run_id"] += "-b"
+    runs = pd.concat([one, other], ignore_index=True)
+    agg = runs.assign(target_key=runs["target"].map(lambda t: -1.0 if t is None or t != t else float(t))).groupby(
+        ["model", "label", "target_key", "data"], as_index=False)["test_acc"].mean()
+    cm = sc.compute_matched(agg, runs)
+    alone = sc.compute_matched(planted_agg(one), one).set_index("label")
+    mixed = cm[cm["data"] == "aaaa"].set_index("label")
+    assert len(cm) == 2 * len(alone)                                       # each row once per data, no more
+    assert mixed.loc["dsr", "cm_gap"] == pytest.approx(alone.loc["dsr", "cm_gap"])
+    assert mixed.loc["dsr", "cm_gap_p"] == pytest.approx(alone.loc["dsr", "cm_gap_p"])
+    assert len(sc.add_columns(agg, cm)) == len(agg)
 
 
 def test_the_report_has_the_compute_matched_section_and_keeps_the_curve_out_of_the_equal_epoch_table(

@@ -76,9 +76,9 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None,
               statistics_note(), "", *data_line(agg)]
     published = load_published()
     for model in dict.fromkeys(agg["model"]):
-        matched_lines, matched_plot = scratch_curve.section(matched, every_run, agg, model, out,
-                                                            reference_labels(agg), correction_name())
-        plots += [matched_plot] if matched_plot else []
+        matched_lines, matched_plots = scratch_curve.section(matched, every_run, agg, model, out,
+                                                             reference_labels(agg), correction_name())
+        plots += matched_plots
         lines += [f"## {model}", "", *highlights(agg, model, runs), *ranking_lines(agg, runs, model), "",
                   markdown_table(agg, model), *speed_section(agg, model), *comparators_section(agg, model),
                   *matched_lines, *published_section(agg, model, published)]

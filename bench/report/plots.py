@@ -118,8 +118,9 @@ def plot_over_time(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path:
         ax.set_ylabel("top-1 test accuracy (%)")
         ax.set_title(f"{model}: accuracy over training", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=1, title="mean over n seeds; faint: each seed", title_fontsize=7,
-                  loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        if ax.get_legend_handles_labels()[0]:          # runs without per-epoch history draw nothing
+            ax.legend(fontsize=7, ncol=1, title="mean over n seeds; faint: each seed", title_fontsize=7,
+                      loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
