@@ -308,13 +308,15 @@ def test_a_timing_ratio_divides_means_over_the_seeds_both_rows_timed():
 # --------------------------------------------------------------------------- comparators and controls
 def write_suite_folder(out: Path, runs: pd.DataFrame, histories: dict, env: dict | None = None,
                        config: dict | None = None) -> None:
+    """Run folders for `runs`; `config` adds to a run's recorded config, keyed by label or run id."""
     for _, r in runs.iterrows():
         folder = out / "runs" / r["run_id"]
         folder.mkdir(parents=True)
         summary = {k: v for k, v in r.items() if k not in ("control", "comparators") and v == v}
         summary["target"] = r["target"] if r["target"] == r["target"] else None
         summary.update(env={"device": "cpu"}, config={"wandb": {"mode": "disabled"}, "control": r["control"],
-                                                      **((config or {}).get(r["label"], {}))})
+                                                      **((config or {}).get(r["label"], {})),
+                                                      **((config or {}).get(r["run_id"], {}))})
         (folder / "summary.json").write_text(json.dumps(summary))
         if env and r["run_id"] in env:
             (folder / "env.json").write_text(json.dumps({"data_fingerprint": env[r["run_id"]]}))
@@ -355,14 +357,20 @@ def write_report_without(folder: Path, key: str) -> str:
     return write_report(folder).read_text()
 
 
-def test_comparators_recorded_by_the_runs_win_over_the_suite_file(tmp_path, monkeypatch):
+def test_a_comparator_the_suite_added_after_some_seeds_ran_compares_every_seed(tmp_path, monkeypatch):
+    """Seed 0 ran when the suite compared with `dense_plus` only; the suite then added
+    `baseline` (seeds 1-2 recorded both). Every row is compared with both, on all 3 seeds,
+    whichever run comes first; a comparator only the runs recorded is kept too."""
     monkeypatch.setenv("WANDB_MODE", "disabled")
     runs, hists = comparator_suite()
-    record = {lab: {"comparators": ["dense_plus"]} for lab in runs["label"]}
+    record = {rid: {"comparators": ["dense_plus"] if rid.endswith("-s0") else ["dense_plus", "baseline"]}
+              for rid in runs["run_id"]}
     write_suite_folder(tmp_path, runs, hists, config=record)
     (tmp_path / "suite.json").write_text(json.dumps({"suite": "s", "comparators": ["baseline"]}))
-    readme = write_report(tmp_path).read_text()
-    assert "| Δ top-1 vs dense_plus |" in readme and "| Δ top-1 vs baseline |" not in readme
+    section = write_report(tmp_path).read_text().split("### Against the comparators")[1]
+    assert "| Δ top-1 vs dense_plus | p (Holm) | vs dense_plus | Δ top-1 vs baseline |" in section
+    assert "| m | 50% | 3 | +0.50 |" in section       # vs dense_plus, then +1.00 vs baseline
+    assert "+1.00" in section.split("| m | 50% |")[1].split("\n")[0]
 
 
 # --------------------------------------------------------------------------- data

@@ -5,9 +5,9 @@ accuracy, and one row per (model, label, target, data) with its statistics.
 A row's control is another label of the suite (`control:` in the suite file, `dense`
 by default): the run's own record (`control` in its config), else the suite's plan
 (`controls` in suite.json), else `dense`. Its comparators (the labels every row is
-also compared with at its target, `comparators:` in the suite file) are the run's own
-record, else suite.json's, else the suite file's: runs made before suites recorded
-them are still compared as their suite says. A control or comparator that ran at
+also compared with at its target, `comparators:` in the suite file) are those the row's
+runs recorded together with suite.json's (else the suite file's): runs made before a
+suite recorded or added a comparator are still compared as the suite says now. A control or comparator that ran at
 targets is compared at the row's own target, else its run without a target is.
 
 Runs are pooled into a row only when they ran on the same data: the data fingerprint
@@ -109,15 +109,20 @@ def suite_plan(results_dir: Path) -> dict[str, Any]:
 def assign_controls(runs: pd.DataFrame, plan: Optional[dict[str, str]] = None,
                     comparators: Optional[list[str]] = None) -> pd.DataFrame:
     """`runs` with a `control` column (each run's recorded control, else the suite plan's
-    for its label, else the default) and a `comparators` column (recorded, else the
-    suite's; comma-separated labels, empty for none)."""
+    for its label, else the default) and a `comparators` column (the recorded ones, then
+    the suite's that the run did not record; comma-separated labels, empty for none)."""
     plan = plan or {}
     recorded = runs["control"] if "control" in runs else pd.Series(None, index=runs.index, dtype=object)
     fallback = runs["label"].map(lambda lab: plan.get(lab, DEFAULT_CONTROL))
     out = runs.assign(control=recorded.where(recorded.notna() & (recorded != ""), fallback))
     rec = out["comparators"] if "comparators" in out else pd.Series(None, index=out.index, dtype=object)
-    suite = ",".join(comparators or [])
-    return out.assign(comparators=rec.where(rec.notna() & (rec != ""), suite).fillna(suite))
+    return out.assign(comparators=rec.map(lambda r: _join_labels(r, *(comparators or []))))
+
+
+def _join_labels(*labels) -> str:
+    """Comma-separated labels (and lists of them) joined in order, each once."""
+    parts = (p for lab in labels if isinstance(lab, str) for p in lab.split(","))
+    return ",".join(dict.fromkeys(p for p in parts if p))
 
 
 def _target_keys(runs: pd.DataFrame) -> pd.Series:
@@ -284,7 +289,7 @@ def aggregate(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.Data
     g = runs.groupby(ROW, dropna=False)
     agg = g[metrics].mean()
     agg["control"] = g["control"].first()
-    agg["comparators"] = g["comparators"].first()
+    agg["comparators"] = g["comparators"].agg(lambda cs: _join_labels(*cs))
     if "dataset" in runs:
         agg["dataset"] = g["dataset"].first()
     agg["test_acc_std"] = g["test_acc"].std(ddof=1).fillna(0.0)
