@@ -149,7 +149,7 @@ def cells(suite: str):
 CONTROLS = {"dense_small", "random_filter", "dsr_static"}
 SPARSE = {"dsr", "dsr_static", "set", "rigl", "gmp"}          # the sparse-training family
 METHODS = {"dense", "dense_leaky", "pcn", "pcns", "l1_filter", "snp", "decorrelated_bp"} | CONTROLS | SPARSE
-# The structured-pruning baselines and the compute-matched small network (quick and smoke suites).
+# The structured-pruning baselines and the compute-matched small network (a comparator of every row).
 BASELINES = {"depgraph", "depgraph_nosl", "slimming", "taylor", "fpgm", "scratch_b"}
 # The scratch curve's added point: dense_small at 4x its epochs (its 2x point is scratch_b's run).
 CURVE = {"scratch_4x"}
@@ -157,7 +157,7 @@ CURVE = {"scratch_4x"}
 
 @pytest.mark.parametrize("suite,seeds,targets,sparse_targets,labels", [
     ("cifar10-quick", {0, 1, 2}, {0.5, 0.25}, {0.5, 0.25, 0.1}, METHODS | BASELINES | CURVE),   # sparse also at 90%
-    ("cifar10", {0, 1, 2}, {0.5, 0.25, 0.1}, {0.5, 0.25, 0.1}, METHODS),
+    ("cifar10", {0, 1, 2}, {0.5, 0.25, 0.1}, {0.5, 0.25, 0.1}, METHODS | BASELINES),
     ("cifar10-smoke", {0}, {0.5, 0.25}, {0.5, 0.25}, METHODS | BASELINES | CURVE)])
 def test_every_profile_runs_every_method_and_control_at_every_target(suite, seeds, targets, sparse_targets, labels):
     grid = cells(suite)
@@ -165,7 +165,9 @@ def test_every_profile_runs_every_method_and_control_at_every_target(suite, seed
     for label in labels - {"dense", "dense_leaky", "decorrelated_bp"}:
         want = sparse_targets if label in SPARSE else targets
         assert {c.target for c in grid if c.label == label} == want, label
-    controls = load_suite(str(REPO / f"configs/suites/{suite}.yaml"))[0].controls()
+    declared = load_suite(str(REPO / f"configs/suites/{suite}.yaml"))[0]
+    assert declared.comparators == ["dense_small", "random_filter", "scratch_b"]
+    controls = declared.controls()
     assert {lab: controls[lab] for lab in ("dense_small", "random_filter", "pcns", "dsr", "dsr_static", "set", "rigl",
                                            "gmp")} == {
         "dense_small": "dense", "random_filter": "dense", "pcns": "dense_leaky", "dsr": "dsr_static",
