@@ -450,6 +450,7 @@ def _section(cm: pd.DataFrame, runs: pd.DataFrame, agg: pd.DataFrame, model: str
              references: set[str], correction_name: str, data: str) -> tuple[list[str], Optional[Path]]:
     """section() on the runs of one data fingerprint (`data` named in the heading and the
     plot's file name where the folder holds several)."""
+    from bench.report.rendering import p_text   # here: bench.report imports this module
     found = {k: c for k, c in curves(runs).items() if k[0] == model and len(c.points) > 1}
     if not found:
         return [], None
@@ -487,7 +488,7 @@ def _section(cm: pd.DataFrame, runs: pd.DataFrame, agg: pd.DataFrame, model: str
                                                                 r["cm_nonzero_gap_hi"])))
             lines.append(f"| {r['label']} | {target} | {_macs(r['cm_macs'])} | {acc} | {curve_there} "
                          f"| {_gap_text(r['cm_gap'], r['cm_gap_lo'], r['cm_gap_hi'])} "
-                         f"| {'' if p != p else f'{p:.3g}'} | {r['cm_verdict']} | {r['equal_epoch'] or '-'} "
+                         f"| {p_text(p)} | {r['cm_verdict']} | {r['equal_epoch'] or '-'} "
                          f"| {nonzero} |")
         lines.append("")
     return lines, path

@@ -7,7 +7,7 @@ meaning half the control's; every table header says so.
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 import pandas as pd
@@ -48,7 +48,14 @@ def _target(r: pd.Series) -> str:
     return f"{r['target']:.0%}" if _has_target(r["target"]) else "-"
 
 
-def _p(p: float) -> str:
+def _and(items: Iterable[str]) -> str:
+    """`a`, `a and b`, `a, b and c`."""
+    items = list(items)
+    return " and ".join(items) if len(items) < 3 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def p_text(p: float) -> str:
+    """A p-value as the tables print it: 3 decimals, "<0.001" below that, empty for none."""
     if p != p:
         return ""
     return "<0.001" if p < 0.001 else f"{p:.3f}"
@@ -129,7 +136,7 @@ def markdown_table(agg: pd.DataFrame, model: str) -> str:
         if first_timed is not None and "timed_n" in rows:
             cells.insert(first_timed, str(int(r["timed_n"])))
         cells = [r["label"], _target(r), *([r["data"]] if data else []), acc, r.get("letters", ""), r["control"],
-                 delta, "" if own else _p(r.get("test_acc_diff_padj", NAN)), r.get("vs_control", ""),
+                 delta, "" if own else p_text(r.get("test_acc_diff_padj", NAN)), r.get("vs_control", ""),
                  str(int(r["seeds"])), *cells, tta]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -388,7 +395,7 @@ def comparators_section(agg: pd.DataFrame, model: str) -> list[str]:
     method = correction_name()
     data = several_data(agg)
     lines = ["### Against the comparators", "",
-             "Does the method beat " + " and ".join(f"`{c}`" for c in present) + " (the suite's `comparators`) at "
+             "Does the method beat " + _and(f"`{c}`" for c in present) + " (the suite's `comparators`) at "
              f"the same target? Estimated difference of top-1 (points), its p-value corrected with {method} over "
              f"every pair at that target (the same family as the letters), and the verdict at α = {ALPHA:.2f}.", "",
              "| method | target | " + ("data | " if data else "") + "n | "
@@ -397,7 +404,7 @@ def comparators_section(agg: pd.DataFrame, model: str) -> list[str]:
     for _, r in cands.iterrows():
         cells = []
         for c in present:
-            cells += [_delta(r.get(f"vs_{c}_diff", NAN)) or "-", _p(r.get(f"vs_{c}_diff_padj", NAN)),
+            cells += [_delta(r.get(f"vs_{c}_diff", NAN)) or "-", p_text(r.get(f"vs_{c}_diff_padj", NAN)),
                       r.get(f"vs_{c}_verdict", "")]
         lines.append(f"| {r['label']} | {_target(r)} | " + (f"{r['data']} | " if data else "")
                      + f"{int(r['seeds'])} | " + " | ".join(cells) + " |")
