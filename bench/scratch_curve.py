@@ -377,31 +377,35 @@ def plot(cm: pd.DataFrame, curves_: dict[tuple[str, float], Curve], agg: pd.Data
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from bench.report import mean_ci, pareto_front
+    from bench.report.plots import row_styles
 
     targets = sorted((t for (m, t) in curves_ if m == model), reverse=True)
     if not targets:
         return None
+    curve_name = f"scratch curve ({CURVE_METHOD})"
+    model_rows = cm[cm["model"] == model]
+    styles = row_styles([curve_name, *dict.fromkeys(model_rows["label"])])   # one style per label on every panel
+    curve_colour = styles[curve_name][0]
     fig, axes = plt.subplots(1, len(targets), figsize=(6.5 * len(targets), 4.8), squeeze=False)
     for ax, t in zip(axes[0], targets):
         curve = curves_[(model, t)]
         ys = [mean_ci(p.acc.values()) for p in curve.points]
         xs = [p.macs for p in curve.points]
         ax.errorbar(xs, [100 * y.mean for y in ys], yerr=[100 * (y.half if y.n > 1 else 0) for y in ys],
-                    color="tab:blue", marker="s", linewidth=2, capsize=3, label=f"scratch curve ({CURVE_METHOD})")
+                    color=curve_colour, marker="s", linewidth=2, capsize=3, label=curve_name)
         for p, y in zip(curve.points, ys):
             ax.annotate(f"{p.epochs} ep", (p.macs, 100 * y.mean), textcoords="offset points", xytext=(4, -10),
-                        fontsize=7, color="tab:blue")
-        rows = cm[(cm["model"] == model) & (cm["curve_target"] == t)]
+                        fontsize=7, color=curve_colour)
+        rows = model_rows[model_rows["curve_target"] == t]
         px, py = list(xs), [y.mean for y in ys]
-        palette = [c for k, c in enumerate(plt.get_cmap("tab10").colors) if k != 0]     # blue is the curve's
-        for k, (_, r) in enumerate(rows.iterrows()):
+        for _, r in rows.iterrows():
             a = agg[(agg["model"] == model) & (agg["label"] == r["label"]) & (agg["target_key"] == r["target_key"])]
             if a.empty:
                 continue
             a = a.iloc[0]
             half = a.get("test_acc_ci", NAN)
             style = (dict(marker="*", markersize=15, color="black") if r["label"] == DENSE_LABEL
-                     else dict(marker="o", color=palette[k % len(palette)]))
+                     else dict(marker=styles[r["label"]][1], color=styles[r["label"]][0]))
             name = r["label"] + (" (dense at E)" if r["label"] == DENSE_LABEL else "")
             line = ax.errorbar([r["cm_macs"]], [100 * a["test_acc"]], yerr=[100 * (half if half == half else 0)],
                                linestyle="none", capsize=3, label=name, **style)
@@ -409,7 +413,7 @@ def plot(cm: pd.DataFrame, curves_: dict[tuple[str, float], Curve], agg: pd.Data
                 color = line[0].get_color()
                 ax.plot([r["cm_macs_nonzero"], r["cm_macs"]], [100 * a["test_acc"]] * 2, linestyle=":",
                         color=color, linewidth=1)
-                ax.plot([r["cm_macs_nonzero"]], [100 * a["test_acc"]], marker="o", markerfacecolor="none",
+                ax.plot([r["cm_macs_nonzero"]], [100 * a["test_acc"]], marker=styles[r["label"]][1], markerfacecolor="none",
                         color=color, linestyle="none")
             px.append(r["cm_macs"])
             py.append(a["test_acc"])
@@ -423,10 +427,14 @@ def plot(cm: pd.DataFrame, curves_: dict[tuple[str, float], Curve], agg: pd.Data
         ax.set_title(f"{model} at {t:.0%} of the parameters (bars: 95% CI over seeds; hollow: non-zero MACs)",
                      fontsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    legend = {}                                       # one legend beside the panels, off the points
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     path = out / f"scratch_curve_{model}{f'_{data}' if data else ''}.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
