@@ -258,8 +258,9 @@ def final_metrics(interval: Optional[bool] = None, relative: Optional[bool] = No
             and (relative is None or m.relative == relative)]
 
 
-def timed_metrics() -> set[str]:
-    return {m.name for m in declared(FINAL) if m.timed}
+def timed_metrics() -> list[str]:
+    """The timed final metrics, in declaration order (so table.csv's columns do not move between builds)."""
+    return [m.name for m in declared(FINAL) if m.timed]
 
 
 # --------------------------------------------------------------------------- rows
