@@ -78,6 +78,7 @@ class Setting:
     runs: pd.DataFrame
     unfinished: int = 0
     diverged: list[str] = field(default_factory=list)
+    curve_points: int = 0           # finished runs of the scratch curve's added points (not ranked)
 
 
 def _model_name(model: dict) -> str:
@@ -128,11 +129,30 @@ def load_setting(path: str | Path) -> Setting:
                      "budget": int(epochs),
                      "target": math.nan if target is None else float(target),
                      "label": s.get("label") or cfg.get("label") or s.get("method"),
+                     "method": s.get("method") or (cfg.get("method") or {}).get("name"),
                      "seed": int(s.get("seed", cfg.get("seed", 0))), "acc": float(acc)})
-    runs = pd.DataFrame(rows, columns=["model", "budget", "target", "label", "seed", "acc"])
+    runs = pd.DataFrame(rows, columns=["model", "budget", "target", "label", "method", "seed", "acc"])
     if runs.empty:
         raise CompareError(f"{path}: no finished runs (looked for {runs_dir}/*/summary.json with status finished)")
-    return Setting(name=name, path=path, runs=runs, unfinished=unfinished, diverged=diverged)
+    ranked = _scratch_rows_in_their_budget(runs).drop(columns="method")
+    return Setting(name=name, path=path, runs=ranked, unfinished=unfinished, diverged=diverged,
+                   curve_points=len(runs) - len(ranked))
+
+
+def _scratch_rows_in_their_budget(runs: pd.DataFrame) -> pd.DataFrame:
+    """Scratch-B (`scratch_b`) trains dense_small longer by design: its run belongs to the cell of
+    the budget it is compared at, the largest of its model's dense budgets (epochs of the
+    `dense` runs) at or below its own epochs. The scratch curve's added points (scratch_<k>x)
+    are curve points of the compute-matched comparison, not rows, and are left out."""
+    from bench.scratch_curve import CURVE_METHOD, is_added_curve_label
+    runs = runs[~runs["label"].map(lambda lab: is_added_curve_label(str(lab)))].copy()
+    for model, g in runs.groupby("model"):
+        budgets = sorted(set(g.loc[g["method"] == "dense", "budget"]))
+        for i in g.index[(g["method"] == CURVE_METHOD)]:
+            below = [b for b in budgets if b <= runs.at[i, "budget"]]
+            if below:
+                runs.at[i, "budget"] = below[-1]
+    return runs
 
 
 def _unique_names(settings: list[Setting]) -> None:
@@ -398,6 +418,8 @@ def section(c: Comparison, figure: Optional[str] = "cd.png") -> list[str]:
             skipped.append(f"{s.unfinished} unfinished")
         if s.diverged:
             skipped.append(f"{len(s.diverged)} diverged ({', '.join(s.diverged)})")
+        if s.curve_points:
+            skipped.append(f"{s.curve_points} scratch-curve point(s) (compute-matched comparison only)")
         lines.append(f"| {s.name} | `{s.path}` | {len(s.runs)} | {cell_txt} | {seeds} | "
                      f"{'; '.join(skipped) or 'none'} |")
     lines.append("")
@@ -500,14 +522,24 @@ def _fewer_seeds(means: pd.DataFrame, table: pd.DataFrame) -> str:
 
 
 def write(c: Comparison, out: Path) -> Path:
-    """compare.md (and cd.png when there is a Friedman test) under `out`."""
+    """compare.md (and cd.png when there is a Friedman test) under `out`, and the
+    compute-matched plane of every model that two or more budgets' scratch curves reach
+    (bench.scratch_curve.budgets_plot: scratch_curve_budgets_<model>.png)."""
+    from bench.scratch_curve import budgets_plot
     out.mkdir(parents=True, exist_ok=True)
     figure = None
     if c.friedman is not None:
         plot_cd(c.friedman, out / "cd.png")
         figure = "cd.png"
+    lines = section(c, figure)
+    planes = budgets_plot([s.path for s in c.settings], out)
+    if planes:
+        lines += ["", "## Several budgets on the compute-matched plane", "",
+                  "Each budget's scratch curve (dense_small trained E, 2E, ... epochs) as its own line and "
+                  "every row at its executed training MACs, marked by budget (docs/compute-matched.md).", ""]
+        lines += [f"![{p.stem}]({p.name})" for p in planes]
     md = out / "compare.md"
-    md.write_text("\n".join(section(c, figure)))
+    md.write_text("\n".join(lines) + "\n")
     return md
 
 

@@ -537,7 +537,8 @@ def budget_points(results_dirs: Iterable[str | Path]) -> pd.DataFrame:
 
 
 def budgets_plot(results_dirs: Iterable[str | Path], out: str | Path) -> list[Path]:
-    """scratch_curve_budgets_<model>.png in `out`, one per model, one panel per target:
+    """scratch_curve_budgets_<model>.png in `out`, one per model whose scratch curves come
+    from two or more budgets (one budget's plane is its report's), one panel per target:
     every suite's scratch curve (a line per budget E) and rows (colour: label; marker:
     budget) against executed training MACs (log x), means over seeds; see budget_points."""
     import matplotlib
@@ -554,7 +555,9 @@ def budgets_plot(results_dirs: Iterable[str | Path], out: str | Path) -> list[Pa
     for model in dict.fromkeys(pts["model"]):
         sub = pts[pts["model"] == model]
         targets = sorted(set(sub["target"]), reverse=True)
-        budgets = sorted(set(sub["budget"]))
+        budgets = sorted(set(sub.loc[sub["curve"], "budget"]))
+        if len(budgets) < 2:
+            continue
         fig, axes = plt.subplots(1, len(targets), figsize=(6.5 * len(targets), 4.8), squeeze=False)
         for ax, t in zip(axes[0], targets):
             for k, b in enumerate(budgets):

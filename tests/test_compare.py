@@ -15,7 +15,8 @@ from bench.__main__ import main as cli
 
 
 def write_run(suite: Path, label: str, target: float | None, seed: int, acc: float, epochs: int = 4,
-              model: str = "vgg11", width: float = 0.5, status: str = "finished", tag: str = "") -> Path:
+              model: str = "vgg11", width: float = 0.5, status: str = "finished", tag: str = "",
+              method: str | None = None) -> Path:
     """A run folder as the harness leaves it: config.yaml and, once finished, summary.json."""
     run = suite / "runs" / f"{label}-{model}-{target}-s{seed}{tag}"
     run.mkdir(parents=True)
@@ -23,7 +24,7 @@ def write_run(suite: Path, label: str, target: float | None, seed: int, acc: flo
     (run / "config.yaml").write_text(json.dumps(cfg))          # JSON is YAML
     if status != "running":
         summary = {"run_id": run.name, "label": label, "target": target, "seed": seed, "epochs": epochs,
-                   "model": model, "status": status, "config": cfg,
+                   "model": model, "status": status, "config": cfg, "method": method,
                    "test_acc": None if status == "diverged" else acc}
         (run / "summary.json").write_text(json.dumps(summary))
     return run
@@ -201,6 +202,24 @@ def test_a_folder_given_twice_is_one_setting(tmp_path):
     s2 = plant(tmp_path / "s2", ORDER, epochs=16)
     c = cmp.compare([s1, s1, s2])
     assert [(s.name, s.path) for s in c.settings] == [("s1", s1), ("s2", s2)]
+
+
+def test_scratch_b_is_ranked_at_its_suites_budget_and_curve_points_are_left_out(tmp_path):
+    """Scratch-B trains dense_small for 8 of a 4-epoch suite's epochs: it is a row of the 4-epoch
+    cells, not a cell of its own; the curve's 16-epoch point is counted, not ranked."""
+    s1 = plant(tmp_path / "s1", {"a": 0.80, "b": 0.78})
+    for seed in range(3):
+        write_run(s1, "dense", None, seed, 0.81, method="dense")
+        write_run(s1, "scratch_b", 0.25, seed, 0.79, epochs=8, method="dense_small")
+        write_run(s1, "scratch_4x", 0.25, seed, 0.83, epochs=16, method="dense_small")
+    s2 = plant(tmp_path / "s2", {"a": 0.70, "b": 0.72, "scratch_b": 0.71}, epochs=16)
+    c = cmp.compare([s1, s2])
+    assert sorted({(cell.budget, cell.target) for cell in c.means["cell"] if cell.setting == "s1"},
+                  key=str) == sorted({(4, None), (4, 0.25)}, key=str)
+    cell = c.means[(c.means["label"] == "scratch_b") & c.means["cell"].map(lambda x: x.setting == "s1")]
+    assert len(cell) == 1 and cell.iloc[0]["cell"].budget == 4 and cell.iloc[0]["acc"] == pytest.approx(0.79)
+    assert "scratch_4x" not in set(c.means["label"]) and c.settings[0].curve_points == 3
+    assert "3 scratch-curve point(s)" in "\n".join(cmp.section(c, None))
 
 
 # --------------------------------------------------------------------------- the command

@@ -13,6 +13,7 @@ import yaml
 from scipy import stats
 
 from bench import scratch_curve as sc
+from bench.__main__ import main as cli
 from bench.config import ConfigError, merge
 from bench.configure import build_config
 from bench.suite import expand, load_suite, run_identity, run_order
@@ -332,3 +333,8 @@ def test_two_budgets_of_a_model_share_one_plane(tmp_path):
     assert sorted(rows4.index) == ["dense", "dsr", "pcn"] and rows4.loc["dsr", "macs"] == 2.5e12   # executed MACs
     (path,) = sc.budgets_plot([tmp_path / "e4", tmp_path / "e16"], tmp_path / "out")
     assert path.name == "scratch_curve_budgets_vgg11.png" and path.is_file()
+    assert sc.budgets_plot([tmp_path / "e4"], tmp_path / "one") == []      # one budget: its report's plane
+    assert cli(["compare", str(tmp_path / "e4"), str(tmp_path / "e16"), "--out", str(tmp_path / "cmp")]) == 0
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "![scratch_curve_budgets_vgg11](scratch_curve_budgets_vgg11.png)" in md
+    assert (tmp_path / "cmp" / "scratch_curve_budgets_vgg11.png").is_file()
