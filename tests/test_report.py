@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from bench.report import aggregate, highlights, markdown_table, time_to_accuracy, write_report
+from bench.report.rendering import compute_line
 
 # dense and dense_leaky differ by 10 points, so a row measured against the wrong one shows it.
 FINAL = {"dense": 0.80, "dense_leaky": 0.70, "pcns": 0.72, "pcn": 0.81}
@@ -190,6 +191,13 @@ def test_a_partial_suite_says_how_many_of_its_runs_have_finished(tmp_path, monke
     (tmp_path / "suite.json").write_text(json.dumps({"suite": "t", "cells": len(runs)}))
     write_report(tmp_path)
     assert "Partial" not in (tmp_path / "README.md").read_text()
+
+
+def test_the_report_sums_what_the_runs_cost_and_counts_those_without_timings():
+    runs = pd.DataFrame({"train_wall_s": [3600.0, 1800.0, None], "eval_s": [360.0, None, 0.0]})
+    assert compute_line(runs)[0] == ("Compute spent: the 2 timed runs trained for 1.5 h of wall-clock and evaluated "
+                                     "for 0.1 h more (1.6 h in all; 1 run(s) recorded no timing).")
+    assert compute_line(runs.drop(columns="train_wall_s")) == []
 
 
 def test_a_row_timed_on_the_timing_machine_only_under_load_keeps_those_timings():

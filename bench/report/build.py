@@ -13,8 +13,8 @@ from bench.report.aggregation import (REACH_TOL, aggregate, all_histories, assig
 from bench.report.plots import plot
 from bench.report.statistics import CORRECTION
 from bench.report.published import load_published, published_section
-from bench.report.rendering import (comparators_section, correction_name, data_line, highlights, markdown_table, ranking_lines,
-                                    speed_section, statistics_note)
+from bench.report.rendering import (comparators_section, compute_line, correction_name, data_line, highlights,
+                                    markdown_table, ranking_lines, speed_section, statistics_note)
 from bench.report.wandb_summary import log_to_wandb
 from bench.runs import write_text
 
@@ -73,7 +73,7 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None,
               f"(within {tol}, a floating-point tolerance on accuracy as a fraction), with its training "
               f"wall-clock until then. MACs and params of sparse-training rows (weights held at zero by masks) "
               f"count non-zero weights in the *non-zero* columns only; their MACs are theoretical (dense kernels still run).", "",
-              statistics_note(), "", *data_line(agg)]
+              statistics_note(), "", *data_line(agg), *compute_line(every_run)]
     published = load_published()
     for model in dict.fromkeys(agg["model"]):
         matched_lines, matched_plots = scratch_curve.section(matched, every_run, agg, model, out,

@@ -104,6 +104,22 @@ def data_line(agg: pd.DataFrame) -> list[str]:
             f"*data* column says which each row used.", ""]
 
 
+def compute_line(runs: pd.DataFrame) -> list[str]:
+    """What the finished runs cost: their measured training and evaluation wall-clock,
+    summed over every run of the folder (the scratch curve's longer runs included), in
+    hours. Runs that recorded no timing (older records) are counted and named as such."""
+    if "train_wall_s" not in runs:
+        return []
+    timed = runs["train_wall_s"].notna()
+    if not timed.any():
+        return []
+    train_h = runs.loc[timed, "train_wall_s"].sum() / 3600
+    eval_h = runs.loc[timed, "eval_s"].fillna(0).sum() / 3600 if "eval_s" in runs else 0.0
+    untimed = f"; {int((~timed).sum())} run(s) recorded no timing" if not timed.all() else ""
+    return [f"Compute spent: the {int(timed.sum())} timed runs trained for {train_h:.1f} h of wall-clock "
+            f"and evaluated for {eval_h:.1f} h more ({train_h + eval_h:.1f} h in all{untimed}).", ""]
+
+
 # --------------------------------------------------------------------------- the table
 def markdown_table(agg: pd.DataFrame, model: str) -> str:
     """One row per (method, target[, data]): top-1 (mean ± 95% t half-width over n seeds)
