@@ -15,6 +15,8 @@ writes a markdown section and a critical-difference diagram (`--out`, default
   settings at the *same* target, over the rows both cells have (rows in one cell only
   are named and left out). It is tau-b (Kendall 1945), which corrects for tied means;
   with fewer than two shared rows, or a cell whose shared rows all tie, tau is undefined.
+- **Verdicts side by side** (bench.verdicts): each row's corrected verdicts against its
+  control, the comparators and the scratch curve in every setting, and whether they hold.
 - **Average ranks with the Friedman test and the Nemenyi post-hoc test** over the target
   cells (Demsar 2006): blocks = cells, treatments = rows. The Friedman test needs a
   complete table, so rows and cells with missing entries are dropped one at a time (the
@@ -31,9 +33,9 @@ accuracy points, and its critical-difference diagram is the standard picture of 
 methods are distinguishable over several settings". Its weakness at this size (N of 2 to
 5 cells) is power: the CD is wide, and the section says when nothing is separated.
 
-The runs are read straight from `runs/*/summary.json` (and `config.yaml` for runs that
-have not finished) by `load_setting`, independently of the report's loader; per-seed
-duplicates (the same cell, label and seed twice) are averaged, as the report does.
+The ranks read the runs straight from `runs/*/summary.json` (and `config.yaml` for runs
+that have not finished) by `load_setting`; per-seed duplicates (the same cell, label and
+seed twice) are averaged, as the report does. The verdicts are the report's own.
 
 The statistics come from scipy (`kendalltau`, `friedmanchisquare`, `studentized_range`)
 and scikit-posthocs (`posthoc_nemenyi_friedman`, `critical_difference_diagram`).
@@ -362,6 +364,7 @@ class Comparison:
     friedman: Optional[Friedman]
     friedman_note: str              # why there is no Friedman test, or ""
     references: bool
+    verdict_lines: list[str] = field(default_factory=list)   # bench.verdicts.section
 
 
 def compare(suite_dirs: Iterable[str | Path], alpha: float = ALPHA, references: bool = False) -> Comparison:
@@ -385,7 +388,9 @@ def compare(suite_dirs: Iterable[str | Path], alpha: float = ALPHA, references: 
     except CompareError as e:
         note = (f"No Friedman test: {e} after dropping rows {', '.join(dropped_labels) or 'none'} "
                 f"and cells {', '.join(c.title for c in dropped_cells) or 'none'}.")
-    return Comparison(settings, means, tau_pairs(means), result, note, references)
+    from bench.verdicts import section as verdict_section
+    return Comparison(settings, means, tau_pairs(means), result, note, references,
+                      verdict_section([(s.name, s.path) for s in settings]))
 
 
 def _fmt(v: float, digits: int = 2) -> str:
@@ -466,6 +471,7 @@ def section(c: Comparison, figure: Optional[str] = "cd.png") -> list[str]:
             lines.append(f"| {t.a.title} | {t.b.title} | {_fmt(t.tau)} | {_pval(t.pvalue)} | {len(t.shared)} | "
                          f"{', '.join(t.only_a) or '-'} | {', '.join(t.only_b) or '-'} |")
         lines.append("")
+    lines += c.verdict_lines
 
     # Friedman + Nemenyi
     lines += ["### Average ranks over the target cells (Friedman + Nemenyi)", ""]

@@ -16,11 +16,12 @@ from bench.__main__ import main as cli
 
 def write_run(suite: Path, label: str, target: float | None, seed: int, acc: float, epochs: int = 4,
               model: str = "vgg11", width: float = 0.5, status: str = "finished", tag: str = "",
-              method: str | None = None) -> Path:
+              method: str | None = None, config: dict | None = None) -> Path:
     """A run folder as the harness leaves it: config.yaml and, once finished, summary.json."""
     run = suite / "runs" / f"{label}-{model}-{target}-s{seed}{tag}"
     run.mkdir(parents=True)
-    cfg = {"seed": seed, "label": label, "model": {"name": model, "width": width}, "train": {"epochs": epochs}}
+    cfg = {"seed": seed, "label": label, "model": {"name": model, "width": width}, "train": {"epochs": epochs},
+           **(config or {})}
     (run / "config.yaml").write_text(json.dumps(cfg))          # JSON is YAML
     if status != "running":
         summary = {"run_id": run.name, "label": label, "target": target, "seed": seed, "epochs": epochs,
@@ -220,6 +221,46 @@ def test_scratch_b_is_ranked_at_its_suites_budget_and_curve_points_are_left_out(
     assert len(cell) == 1 and cell.iloc[0]["cell"].budget == 4 and cell.iloc[0]["acc"] == pytest.approx(0.79)
     assert "scratch_4x" not in set(c.means["label"]) and c.settings[0].curve_points == 3
     assert "3 scratch-curve point(s)" in "\n".join(cmp.section(c, None))
+
+
+# --------------------------------------------------------------------------- verdicts side by side
+def test_holds_moves_open_and_not_compared_follow_the_symbols():
+    from bench.verdicts import holds
+    order = ["control", "b"]
+    assert holds({"A": {"control": "<", "b": "="}, "B": {"control": "<", "b": "="}}, order) == "holds"
+    assert holds({"A": {"control": "<", "b": "<"}, "B": {"control": "<", "b": "="}}, order) == \
+        "moves: b < (A) -> = (B)"
+    assert holds({"A": {"control": "<", "b": "="}, "B": {"control": "?", "b": "="}}, order) == \
+        "open: no verdict yet in some setting for control"
+    # not compared in one setting (the comparator did not run there): the other two decide
+    assert holds({"A": {"control": "<", "b": "·"}, "B": {"control": "<", "b": ">"},
+                  "C": {"control": "<", "b": ">"}}, order) == "holds"
+    assert holds({"A": {"control": "<", "b": "<"}}, order) == "one setting"
+    assert holds({"A": {"control": "·", "b": "·"}, "B": {"control": "·", "b": "·"}}, order) == \
+        "no comparison in two settings"
+
+
+def test_verdicts_of_planted_settings_are_the_reports_and_a_flip_is_named(tmp_path):
+    # Seed-to-seed noise differs between rows so that the pooled residual variance is not zero.
+    noise = {"dense": (0.0, 0.004, -0.004), "a": (0.003, -0.002, -0.001), "b": (-0.002, 0.0, 0.002),
+             "c": (0.001, 0.002, -0.003)}
+
+    def setting(path, accs, epochs):
+        for label, acc in accs.items():
+            for seed in range(3):
+                write_run(path, label, None if label == "dense" else 0.25, seed, acc + noise[label][seed],
+                          epochs=epochs, config={"comparators": ["b"]})
+        return path
+
+    # a is 5 points below the comparator b at 4 epochs and level with it at 16; c is below b in both.
+    s1 = setting(tmp_path / "s1", {"dense": 0.80, "a": 0.70, "b": 0.75, "c": 0.70}, 4)
+    s2 = setting(tmp_path / "s2", {"dense": 0.85, "a": 0.70, "b": 0.70, "c": 0.65}, 16)
+    text = "\n".join(cmp.compare([s1, s2]).verdict_lines)
+    assert "against control, b," in text
+    assert "| a | `< <` (3) | `< =` (3) | moves: b < (s1) -> = (s2) |" in text
+    assert "| b | `< ·` (3) | `< ·` (3) | holds |" in text
+    assert "| c | `< <` (3) | `< <` (3) | holds |" in text
+    assert "At target 0.25: 2 row(s) hold, 1 move, 0 open" in text
 
 
 # --------------------------------------------------------------------------- the command

@@ -412,6 +412,8 @@ def split_diverged(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     lines = ["## Diverged runs", "", "Their training loss became non-finite: no result, so no row above.", ""]
     for _, r in runs[bad].iterrows():
         target = f" at {float(r['target']):.0%}" if _has_target(r.get("target")) else ""
-        lines.append(f"- {r['label']}{target} on {r['model']}, seed {r['seed']}: diverged at epoch "
-                     f"{int(r['diverged_epoch'])}, step {int(r['diverged_step'])} (`{r['run_dir']}`)")
+        where = ", step ".join(str(int(v)) if v == v else "?" for v in
+                               (r.get("diverged_epoch", NAN), r.get("diverged_step", NAN)))
+        lines.append(f"- {r['label']}{target} on {r['model']}, seed {r['seed']}: diverged at epoch {where} "
+                     f"(`{r['run_dir']}`)")
     return runs[~bad], lines + [""]

@@ -1,6 +1,7 @@
 """Writing the report files of a results folder (see bench.report)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,34 +20,68 @@ from bench.report.wandb_summary import log_to_wandb
 from bench.runs import write_text
 
 
+@dataclass
+class Analysis:
+    """What the report of a results folder rests on: the suite's plan (suite.json), every
+    run (`all_runs`, diverged ones included, with controls and comparators), the lines
+    naming diverged runs, the finished runs with the scratch curve's longer ones
+    (`every_run`) and without them (`runs`: the equal-epoch rows), the histories, the
+    rows' table (`agg`: statistics, verdicts against control, comparators and, with the
+    compute-matched columns, the scratch curve) and the compute-matched comparison."""
+    meta: dict[str, Any]
+    all_runs: pd.DataFrame
+    diverged: list[str]
+    every_run: pd.DataFrame
+    runs: pd.DataFrame
+    histories: dict[str, pd.DataFrame]
+    wandb_cfg: dict
+    agg: Optional[pd.DataFrame] = None
+    matched: Optional[pd.DataFrame] = None
+
+
+def analyse(results_dir: str | Path) -> Optional[Analysis]:
+    """The runs under `results_dir` and their statistics (None without finished runs;
+    `agg` is None when every run diverged)."""
+    src = Path(results_dir)
+    runs, histories = load_runs(src)
+    wandb_cfg = histories.pop("__wandb__", {})
+    if runs.empty:
+        return None
+    meta: dict[str, Any] = suite_plan(src)
+    all_runs = assign_controls(runs, meta.get("controls"), meta.get("comparators"))
+    runs, diverged = split_diverged(all_runs)
+    a = Analysis(meta, all_runs, diverged, runs, runs, histories, wandb_cfg)
+    if runs.empty:
+        return a
+    # The scratch curve's longer runs get their own section (the compute-matched comparison).
+    a.runs = scratch_curve.equal_epoch_runs(runs)
+    agg = aggregate(a.runs, histories)
+    a.matched = scratch_curve.compute_matched(agg, a.every_run, CORRECTION)
+    a.agg = scratch_curve.add_columns(agg, a.matched)
+    return a
+
+
 def write_report(results_dir: str | Path, suite_name: Optional[str] = None,
                  out_dir: Optional[str | Path] = None) -> Optional[Path]:
     """Read the runs under `results_dir` and write the report files into `out_dir`
     (default: `results_dir`); returns the README's path (None without finished runs)."""
     src = Path(results_dir)
     out = Path(out_dir) if out_dir is not None else src
-    runs, histories = load_runs(src)
-    wandb_cfg = histories.pop("__wandb__", {})
-    if runs.empty:
+    a = analyse(src)
+    if a is None:
         print(f"report: no finished runs under {src}/runs")
         return None
     out.mkdir(parents=True, exist_ok=True)
-    meta: dict[str, Any] = suite_plan(src)
-    runs = assign_controls(runs, meta.get("controls"), meta.get("comparators"))
-    write_text(out / "runs.csv", runs.to_csv(index=False))
-    n_runs = len(runs)                      # finished and diverged
+    meta, histories, diverged = a.meta, a.histories, a.diverged
+    write_text(out / "runs.csv", a.all_runs.to_csv(index=False))
+    n_runs = len(a.all_runs)                # finished and diverged
     name = suite_name or meta.get("suite") or src.name
-    runs, diverged = split_diverged(runs)
-    if runs.empty:
+    if a.agg is None:
         write_text(out / "README.md", "\n".join([f"# Results: {name}", "", *diverged]))
         print(f"report: every run under {src}/runs diverged -> {out / 'README.md'}")
         return out / "README.md"
-    write_text(out / "histories.csv", all_histories(runs, histories).to_csv(index=False))
-    # The scratch curve's longer runs get their own section (the compute-matched comparison).
-    every_run, runs = runs, scratch_curve.equal_epoch_runs(runs)
-    agg = aggregate(runs, histories)
-    matched = scratch_curve.compute_matched(agg, every_run, CORRECTION)
-    agg = scratch_curve.add_columns(agg, matched)
+    write_text(out / "histories.csv", all_histories(a.every_run, histories).to_csv(index=False))
+    every_run, runs, agg, matched = a.every_run, a.runs, a.agg, a.matched
     write_text(out / "table.csv", agg.drop(columns=["tta_s_seeds"], errors="ignore").to_csv(index=False))
     plots = plot(agg, runs, histories, out)
     lines = [f"# Results: {name}", ""]
@@ -85,6 +120,6 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None,
     lines += timing.report_lines(src)       # the speed table of `bench retime`, where retime.json exists
     lines += diverged + ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     write_text(out / "README.md", "\n".join(lines))
-    log_to_wandb(name, every_run, plots, out, wandb_cfg)
+    log_to_wandb(name, every_run, plots, out, a.wandb_cfg)
     print(f"report: {len(every_run)} runs -> {out / 'README.md'}")
     return out / "README.md"
