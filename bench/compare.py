@@ -14,7 +14,8 @@ writes a markdown section and a critical-difference diagram (`--out`, default
 - **Kendall's tau** (Kendall 1938) between the rankings of two cells of *different*
   settings at the *same* target, over the rows both cells have (rows in one cell only
   are named and left out). It is tau-b (Kendall 1945), which corrects for tied means;
-  with fewer than two shared rows, or a cell whose shared rows all tie, tau is undefined.
+  with fewer than three shared rows (two give +-1 by construction), or a cell whose
+  shared rows all tie, tau is undefined.
 - **Verdicts side by side** (bench.verdicts): each row's corrected verdicts against its
   control, the comparators and the scratch curve in every setting, and whether they hold.
 - **Average ranks with the Friedman test and the Nemenyi post-hoc test** over the target
@@ -63,6 +64,7 @@ from scipy import stats
 DEFAULT_OUT = Path("out/compare")
 ALPHA = 0.05
 FULL_SIZE = None            # the target of a cell of runs without a target
+MIN_SHARED = 3              # two rows give tau = +-1 by construction (p = 1): no evidence either way
 
 
 class CompareError(ValueError):
@@ -240,9 +242,9 @@ def kendall(x: pd.Series, y: pd.Series) -> tuple[float, float, list[str]]:
     """Kendall's tau-b between two rankings (label -> rank or score, the same direction in
     both) over their shared labels: (tau, two-sided p, shared labels). Ties count as
     neither concordant nor discordant and tau-b's denominator corrects for them; with
-    fewer than two shared labels, or all shared labels tied in one ranking, tau is NaN."""
+    fewer than MIN_SHARED shared labels, or all shared labels tied in one ranking, tau is NaN."""
     shared = sorted(set(x.dropna().index) & set(y.dropna().index))
-    if len(shared) < 2:
+    if len(shared) < MIN_SHARED:
         return math.nan, math.nan, shared
     res = stats.kendalltau(x[shared].to_numpy(), y[shared].to_numpy(), variant="b")
     return float(res.statistic), float(res.pvalue), shared

@@ -61,7 +61,8 @@ def test_kendall_tau_b_with_a_tie_matches_a_hand_count():
     tau, p, shared = cmp.kendall(x, y)
     assert shared == ["a", "b", "c", "d"]
     assert tau == pytest.approx(5 / math.sqrt(30))
-    assert math.isnan(cmp.kendall(x, pd.Series({"a": 1}))[0])   # fewer than two shared rows
+    assert math.isnan(cmp.kendall(x, pd.Series({"a": 1}))[0])
+    assert math.isnan(cmp.kendall(x, pd.Series({"a": 2, "b": 1}))[0])   # two rows: +-1 by construction
 
 
 def test_tau_pairs_only_across_settings_at_the_same_target(tmp_path):
