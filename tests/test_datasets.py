@@ -119,7 +119,7 @@ def test_an_unknown_dataset_names_the_registered_ones():
 def test_the_suite_estimate_takes_the_image_shape_and_size_from_the_dataset(tmp_path):
     from bench.suite import Cell, estimate
     cfg = load_config("configs/smoke.yaml", ["data.image_size=16", "data.synthetic_train_size=300", "train.epochs=2",
-                                             "train.batch_size=8", "model.name=resnet20", "model.width=0.25"])
+                                             "train.batch_size=8", "model.name=resnet20", "model.width=0.5"])
     macs16, _ = count_macs(build_model(cfg.model), torch.zeros(1, 3, 16, 16))
     train_macs, seconds = estimate(Cell("dense", "vgg11", None, 0, cfg, {}))
     assert train_macs == 3.0 * macs16 * 300 * 2 and seconds > 0

@@ -398,6 +398,10 @@ def test_the_pcn_trains_and_its_projections_stay_frozen():
 @pytest.mark.parametrize("model_name,width,ratio", [("vgg11", 0.125, "null"), ("resnet20", 0.25, "1.0")])
 def test_end_to_end_through_the_harness_with_resume_and_checkpoint(tiny_overrides, model_name, width, ratio):
     cfg_run = load_config("configs/smoke.yaml", tiny_overrides + [
+        # contiguous: on AVX2-only CPUs torch 2.14's single-threaded oneDNN crashes in the
+        # channels_last backward of a 1x1 stride-2 conv with 2-7 input channels (a narrowed
+        # ResNet shortcut); the format is not what this test is about.
+        "train.memory_format=contiguous",
         f"model.name={model_name}", f"model.width={width}", "method.name=pcn", "method.transform_epoch=1",
         "method.target_params=0.5", "method.calibration_images=256", "method.calibration_batch_size=128",
         f"method.out_channels_ratio={ratio}"])
