@@ -263,7 +263,9 @@ def test_ddp_does_not_broadcast_buffers_every_forward(monkeypatch, tiny_override
 
     monkeypatch.setattr(nn.parallel, "DistributedDataParallel", SpyDDP)
     monkeypatch.setattr(train_mod.dist, "is_distributed", lambda: True)
-    rt = Runtime(CPU, load_config("configs/smoke.yaml", tiny_overrides).train)
+    # fp32 pinned: `auto` on a CPU without bf16 prints a notice on rank 0, and there is no
+    # process group here to ask for the rank.
+    rt = Runtime(CPU, load_config("configs/smoke.yaml", tiny_overrides + ["train.precision=fp32"]).train)
     rt.runner(nn.Linear(2, 2))
     assert got in ({"forward_sync_buffers": False}, {"broadcast_buffers": False})
     monkeypatch.undo()
