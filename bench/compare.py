@@ -400,11 +400,13 @@ def _fmt(v: float, digits: int = 2) -> str:
 
 
 def _pval(v: float) -> str:
-    return "n/a" if v != v else ("< 0.001" if v < 0.001 else f"{v:.3f}")
+    """The report's p-value text (`0.030`, `<0.001`), `n/a` for none."""
+    from bench.report.rendering import p_text
+    return p_text(v) or "n/a"
 
 
 def _p(v: float) -> str:
-    """`p = 0.030`, `p < 0.001`."""
+    """`p = 0.030`, `p <0.001`."""
     text = _pval(v)
     return f"p {text}" if text.startswith("<") else f"p = {text}"
 
