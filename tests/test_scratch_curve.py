@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from scipy import stats
 
 from bench import scratch_curve as sc
@@ -17,6 +16,7 @@ from bench.__main__ import main as cli
 from bench.config import ConfigError, merge
 from bench.configure import build_config
 from bench.suite import expand, load_suite, run_identity, run_order
+from test_suite import write_suite as suite_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -214,20 +214,12 @@ def test_the_report_has_the_compute_matched_section_and_keeps_the_curve_out_of_t
 
 # --------------------------------------------------------------------------- the suite's scratch_curve
 def write_suite(tmp_path: Path, **changes) -> Path:
-    suite = {
-        "name": "t", "base": str(REPO / "configs/smoke.yaml"),
-        "overrides": {"data": {"synthetic_train_size": 256, "synthetic_test_size": 64},
-                      "train": {"epochs": 2, "batch_size": 64, "throughput_steps": 1}},
-        "models": {"vgg11": {"model": {"name": "vgg11", "width": 0.125}}},
+    """test_suite's tiny suite with dense, dense_small, Scratch-B and a 3-point scratch curve."""
+    return suite_file(tmp_path, **{
         "methods": {"dense": {}, "dense_small": {},
                     # what Scratch-B resolves to where its rule gives 2E: dense_small at 4 epochs
                     "scratch_b": {"name": "dense_small", "run": {"train": {"epochs": 4}}}},
-        "targets": [0.5, 0.25], "seeds": [0, 1], "scratch_curve": {"epochs": [1, 2, 4]},
-    }
-    suite.update(changes)
-    path = tmp_path / "suite.yaml"
-    path.write_text(yaml.safe_dump(suite))
-    return path
+        "seeds": [0, 1], "scratch_curve": {"epochs": [1, 2, 4]}, **changes})
 
 
 def test_scratch_curve_expands_to_the_runs_at_multiples_of_the_budget_reusing_those_the_suite_has(tmp_path):
