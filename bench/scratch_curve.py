@@ -367,6 +367,15 @@ def headline(cm: pd.DataFrame, references: set[str]) -> str:
     return "; ".join(parts) + "."
 
 
+def _training_macs_axes(ax, ylabel: str, title: str) -> None:
+    """Accuracy over log training MACs: the axes of both scratch-curve plots."""
+    ax.set_xscale("log")
+    ax.set_xlabel("training MACs, executed (log)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=8)
+    ax.grid(alpha=0.3)
+
+
 def plot(cm: pd.DataFrame, curves_: dict[tuple[str, float], Curve], agg: pd.DataFrame, model: str,
          out: Path, data: str = "") -> Optional[Path]:
     """scratch_curve_<model>.png: one panel per target, top-1 (95% intervals) against
@@ -421,12 +430,8 @@ def plot(cm: pd.DataFrame, curves_: dict[tuple[str, float], Curve], agg: pd.Data
         fx, fy = zip(*sorted((x, y) for x, y, f in zip(px, py, front) if f))
         ax.step(fx, [100 * y for y in fy], where="post", color="grey", linestyle="--", linewidth=1, zorder=0,
                 label="Pareto front")
-        ax.set_xscale("log")
-        ax.set_xlabel("training MACs, executed (log)")
-        ax.set_ylabel("top-1 test accuracy (%)")
-        ax.set_title(f"{model} at {t:.0%} of the parameters (bars: 95% CI over seeds; hollow: non-zero MACs)",
-                     fontsize=8)
-        ax.grid(alpha=0.3)
+        _training_macs_axes(ax, "top-1 test accuracy (%)",
+                            f"{model} at {t:.0%} of the parameters (bars: 95% CI over seeds; hollow: non-zero MACs)")
     legend = {}                                       # one legend beside the panels, off the points
     for ax in axes[0]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
@@ -568,12 +573,8 @@ def budgets_plot(results_dirs: Iterable[str | Path], out: str | Path) -> list[Pa
                 for _, r in at[~at["curve"]].iterrows():
                     ax.plot([r["macs"]], [100 * r["acc"]], linestyle="none", marker=markers[k % len(markers)],
                             color=colour[r["label"]], label=f"{r['label']} (E = {b})")
-            ax.set_xscale("log")
-            ax.set_xlabel("training MACs, executed (log)")
-            ax.set_ylabel("top-1 test accuracy (%), mean over seeds")
-            ax.set_title(f"{model} at {t:.0%} of the parameters: budgets {', '.join(map(str, budgets))} epochs",
-                         fontsize=8)
-            ax.grid(alpha=0.3)
+            _training_macs_axes(ax, "top-1 test accuracy (%), mean over seeds",
+                                f"{model} at {t:.0%} of the parameters: budgets {', '.join(map(str, budgets))} epochs")
             ax.legend(fontsize=6, ncol=2)
         fig.tight_layout()
         path = out / f"scratch_curve_budgets_{model}.png"
