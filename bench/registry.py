@@ -2,9 +2,19 @@
 under a name, and look a name up with an error that lists the registered ones."""
 from __future__ import annotations
 
-from typing import Any
+import importlib
+import pkgutil
+from typing import Any, Iterable
 
 from bench.config import ConfigError, _suggest
+
+
+def import_plugins(package: str, path: Iterable[str]) -> None:
+    """Import every module of plugin package `package` (its `__path__`), so that a plugin is
+    one new file that registers itself; modules named `_*` are helpers, not imported here."""
+    for info in pkgutil.iter_modules(path):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")
 
 
 def add(registry: dict[str, Any], name: str, cls: type, config_base: type, kind: str) -> type:

@@ -3,13 +3,9 @@
 Every module in this package is imported here, so a new method is one new file
 with an `@register("name")` class: nothing else to edit.
 """
-import importlib
-import pkgutil
-
+from bench.registry import import_plugins
 from methods.base import REGISTRY, Context, Method, MethodConfig, get_method, register
 
-for _info in pkgutil.iter_modules(__path__):
-    if not _info.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_plugins(__name__, __path__)
 
 __all__ = ["REGISTRY", "Context", "Method", "MethodConfig", "get_method", "register"]

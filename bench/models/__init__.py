@@ -5,18 +5,14 @@ Every module in this package is imported here, so a new family is one new file w
 builders, registered with `@register_model(name, note, defaults)`, return the model and
 its `Structure`: nothing else to edit.
 """
-import importlib
-import pkgutil
-
+from bench.registry import import_plugins
 from bench.models.base import (DEFAULT_NUM_CLASSES, MODEL_DEFAULTS, MODEL_NOTES, MODELS, LeakyReLULayer, act_layer,
                                build_model, check_model_name, count_params, model_defaults, register_model, scaled,
                                structure_of)
 from bench.models.structure import (BLOCK_INTERNAL, CHAIN, CLASSIFIER, RESIDUAL, Block, ChannelSet, ConvBN, Read, Stage,
                                     Structure, chain_structure)
 
-for _info in pkgutil.iter_modules(__path__):
-    if not _info.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_plugins(__name__, __path__)
 
 __all__ = ["BLOCK_INTERNAL", "CHAIN", "CLASSIFIER", "RESIDUAL", "ChannelSet", "Read", "DEFAULT_NUM_CLASSES", "MODEL_DEFAULTS", "MODEL_NOTES", "MODELS", "Block", "ConvBN", "LeakyReLULayer",
            "Stage", "Structure", "act_layer", "build_model", "chain_structure", "check_model_name", "count_params",
