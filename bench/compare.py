@@ -61,6 +61,8 @@ import pandas as pd
 import yaml
 from scipy import stats
 
+from bench.report.rendering import p_text
+
 DEFAULT_OUT = Path("out/compare")
 ALPHA = 0.05
 FULL_SIZE = None            # the target of a cell of runs without a target
@@ -401,7 +403,6 @@ def _fmt(v: float, digits: int = 2) -> str:
 
 def _pval(v: float) -> str:
     """The report's p-value text (`0.030`, `<0.001`), `n/a` for none."""
-    from bench.report.rendering import p_text
     return p_text(v) or "n/a"
 
 

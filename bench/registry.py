@@ -1,5 +1,6 @@
-"""The registries' two operations, shared by methods, models and datasets: add a plugin
-under a name, and look a name up with an error that lists the registered ones."""
+"""The registries' operations, shared by methods, models, datasets and metrics: import a
+plugin package's modules, add a plugin under a name, and look a name up with an error that
+lists the registered ones."""
 from __future__ import annotations
 
 import importlib
