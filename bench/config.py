@@ -136,7 +136,8 @@ class TrainConfig:
     compile: bool = opt(False, "torch.compile the model (rebuilt after a method changes it)")
     log_every_steps: int = opt(50, "print a progress line every N steps (0: only per epoch)", range="[0, inf)")
     throughput_steps: int = opt(5, "timings (median and IQR over them) of batch-1 latency, inference and training "
-                                   "steps of the final model", range="[1, inf)")
+                                   "steps of the final model (0: none; `bench retime` times a suite's rows in one "
+                                   "sitting)", range="[0, inf)")
 
 
 @dataclass

@@ -575,7 +575,8 @@ def final_summary(trainer: Trainer, cfg: RunConfig, run_id: str, env: dict, exam
     deployed = trainer.method.deploy(model)
     speed = measure_speed(model, x, y, x_eval, probe_step, cfg.train.throughput_steps, trainer.rt.autocast,
                           deployed=deployed,
-                          wrap=lambda m: trainer.rt.runner(m, parallel=False))   # compiled where training was
+                          wrap=lambda m: trainer.rt.runner(m, parallel=False)   # compiled where training was
+                          ) if cfg.train.throughput_steps else {}
     # One checksum per rank: equal values show the ranks ended with identical weights and buffers.
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
     epoch_s = [r["epoch_s"] for r in trainer.history]

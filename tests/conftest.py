@@ -20,7 +20,7 @@ def tiny_overrides(tmp_path) -> list[str]:
     return [f"output_dir={tmp_path / 'runs'}", "data.name=synthetic", "data.synthetic_train_size=512",
             "data.synthetic_test_size=128", "model.name=vgg11", "model.width=0.125", "train.epochs=2",
             "train.batch_size=64", "train.lr=0.05", "train.eval_batch_size=128", "train.log_every_steps=0",
-            "train.throughput_steps=1", "wandb.mode=disabled"]
+            "train.throughput_steps=0", "wandb.mode=disabled"]
 
 
 @pytest.fixture

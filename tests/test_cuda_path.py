@@ -298,7 +298,8 @@ def test_compile_time_is_not_training_time_and_the_warm_up_changes_nothing(tiny_
     monkeypatch.setattr(measure.time, "perf_counter", lambda: perf() + FakeCompiled.offset)
     resets = []
     monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
-    extra = ["method.name=pcn", "method.calibration_images=256", "train.epochs=3"]   # replaces the model after epoch 1
+    extra = ["method.name=pcn", "method.calibration_images=256", "train.epochs=3",   # replaces the model after epoch 1
+             "train.throughput_steps=1"]                                                # the final timings run too
     plain_cfg = load_config("configs/smoke.yaml", tiny_overrides + extra + [f"output_dir={tmp_path}/plain"])
     plain = train(plain_cfg, log=lambda s: None)
     assert "compile_s" not in plain and resets == []

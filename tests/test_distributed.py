@@ -27,7 +27,7 @@ from test_contract import CASES, method_overrides
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.name=synthetic", "data.synthetic_train_size=512", "data.synthetic_test_size=128",
         "model.name=vgg11", "model.width=0.125", "train.epochs=2", "train.batch_size=64", "train.lr=0.05",
-        "train.eval_batch_size=128", "train.log_every_steps=0", "train.throughput_steps=1", "wandb.mode=disabled"]
+        "train.eval_batch_size=128", "train.log_every_steps=0", "train.throughput_steps=0", "wandb.mode=disabled"]
 
 
 def free_port() -> int:
@@ -174,7 +174,7 @@ def two_cell_suite(tmp_path: Path) -> Path:
     path.write_text(yaml.safe_dump({
         "name": "two", "base": str(REPO / "configs/smoke.yaml"),
         "overrides": {"data": {"synthetic_train_size": 256, "synthetic_test_size": 64},
-                      "train": {"epochs": 1, "batch_size": 64, "throughput_steps": 1}},
+                      "train": {"epochs": 1, "batch_size": 64, "throughput_steps": 0}},
         "models": {"vgg11": {"model": {"name": "vgg11", "width": 0.125}}},
         "methods": {"dense": {}, "dense_leaky": {"name": "dense", "run": {"model": {"act": "leaky_relu"}}}},
         "seeds": [0]}))

@@ -102,7 +102,7 @@ def test_the_loss_watch_finds_the_exact_step_and_syncs_only_when_read():
 def write_suite(tmp_path: Path, methods: dict) -> Path:
     suite = {"name": "t", "base": str(REPO / "configs/smoke.yaml"),
              "overrides": {"data": {"synthetic_train_size": 256, "synthetic_test_size": 64},
-                           "train": {"epochs": 2, "batch_size": 64, "throughput_steps": 1}},
+                           "train": {"epochs": 2, "batch_size": 64, "throughput_steps": 0}},
              "models": {"vgg11": {"model": {"name": "vgg11", "width": 0.125}}},
              "methods": methods, "seeds": [0]}
     path = tmp_path / "suite.yaml"

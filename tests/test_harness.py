@@ -28,7 +28,7 @@ def run_dir(cfg) -> Path:
 
 
 def test_a_short_run_on_synthetic_data_learns_and_writes_its_files(tiny_overrides):
-    cfg = load_config("configs/smoke.yaml", tiny_overrides + ["train.epochs=3"])
+    cfg = load_config("configs/smoke.yaml", tiny_overrides + ["train.epochs=3", "train.throughput_steps=1"])
     summary = train(cfg, **quiet)
     assert summary["test_acc"] > 0.6          # 10 classes: chance is 0.1
     d = run_dir(cfg)
@@ -56,6 +56,16 @@ def test_a_short_run_on_synthetic_data_learns_and_writes_its_files(tiny_override
     assert (hist["params_nonzero"] == summary["params_nonzero"]).all()
     model = load_checkpoint(d / "checkpoint.pt")
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_throughput_steps_zero_records_no_timings(tiny_overrides):
+    """train.throughput_steps=0 skips the final model's timings (the tests' setting; a suite's
+    speed table comes from `bench retime`): no speed key, and the report still builds."""
+    cfg = load_config("configs/smoke.yaml", tiny_overrides + ["train.epochs=1"])
+    summary = train(cfg, **quiet)
+    assert not any(k.startswith(("latency_", "infer_batch_", "train_step_ms", "throughput_", "speed_"))
+                   for k in summary), sorted(summary)
+    assert json.loads((run_dir(cfg) / "summary.json").read_text())["test_acc"] == summary["test_acc"]
 
 
 def test_same_seed_same_weights_and_resume_equals_an_uninterrupted_run(tiny_overrides, tmp_path):

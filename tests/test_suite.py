@@ -19,7 +19,7 @@ def write_suite(tmp_path: Path, **changes) -> Path:
     suite = {
         "name": "t", "base": str(REPO / "configs/smoke.yaml"),
         "overrides": {"data": {"synthetic_train_size": 256, "synthetic_test_size": 64},
-                      "train": {"epochs": 2, "batch_size": 64, "throughput_steps": 1}},
+                      "train": {"epochs": 2, "batch_size": 64, "throughput_steps": 0}},
         "models": {"vgg11": {"model": {"name": "vgg11", "width": 0.125}}},
         "methods": {"dense": {}, "dense_leaky": {"name": "dense", "run": {"model": {"act": "leaky_relu"}}}},
         "targets": [0.5, 0.25], "seeds": [0],
