@@ -88,16 +88,27 @@ def infer_family(model: nn.Module, name: str) -> ModelConfig:
     return ModelConfig(name=name, width=1.0, act=act, leaky_slope=slope, num_classes=classifier.out_features)
 
 
-def meta_count(family: ModelConfig) -> Callable[[float], int]:
-    """width -> parameter count of `family` at that width, built on the meta device."""
-    cache: dict[float, int] = {}
+# An architecture's parameter count, conv widths and MACs are pure functions of its model
+# config: one process builds each config once (a suite's scratch_b cells repeat the same
+# width search for every seed and target, and a meta-device build of a ResNet-50 costs a
+# second, most of it in the initialisers). Keys: repr of the config (its every field).
+_PARAMS: dict[str, int] = {}
+_CHANNELS: dict[str, frozenset[int]] = {}
+_MACS: dict[tuple[str, tuple[int, ...]], int] = {}
 
-    def count(width: float) -> int:
-        if width not in cache:
-            with torch.device("meta"):
-                cache[width] = count_params(build_model(dataclasses.replace(family, width=width)))
-        return cache[width]
-    return count
+
+def params_of(model_cfg: ModelConfig) -> int:
+    """Parameter count of the model `model_cfg` builds, built on the meta device."""
+    key = repr(model_cfg)
+    if key not in _PARAMS:
+        with torch.device("meta"):
+            _PARAMS[key] = count_params(build_model(model_cfg))
+    return _PARAMS[key]
+
+
+def meta_count(family: ModelConfig) -> Callable[[float], int]:
+    """width -> parameter count of `family` at that width."""
+    return lambda width: params_of(dataclasses.replace(family, width=width))
 
 
 def step_widths(family: ModelConfig, max_width: float) -> list[float]:
@@ -108,9 +119,12 @@ def step_widths(family: ModelConfig, max_width: float) -> list[float]:
     width 1, so the count can change only at widths (k + 1/2) / c; between two such widths
     every layer's channels are fixed. Each interval is represented by its midpoint (never
     by an end, where Python's round-half-to-even would decide)."""
-    with torch.device("meta"):
-        at_one = build_model(dataclasses.replace(family, width=1.0))
-    chans = {m.out_channels for m in at_one.modules() if isinstance(m, nn.Conv2d)}
+    at_one = dataclasses.replace(family, width=1.0)
+    if repr(at_one) not in _CHANNELS:
+        with torch.device("meta"):
+            _CHANNELS[repr(at_one)] = frozenset(m.out_channels for m in build_model(at_one).modules()
+                                                if isinstance(m, nn.Conv2d))
+    chans = _CHANNELS[repr(at_one)]
     edges = sorted({(k + 0.5) / c for c in chans for k in range(int(c * max_width) + 1) if (k + 0.5) / c <= max_width})
     return [edges[0] / 2] + [(a + b) / 2 for a, b in zip(edges, edges[1:])] + [edges[-1] + 1.0]
 
@@ -150,9 +164,12 @@ def scratch_b_epochs(epochs: int, dense_macs: int, small_macs: int) -> int:
 def forward_macs(model_cfg: ModelConfig, image_shape: tuple[int, ...]) -> int:
     """MACs per image of the model `model_cfg` builds (the harness's counter, CPU, eval mode)."""
     from bench.metrics import count_macs
-    with torch.random.fork_rng(devices=[]):
-        model = build_model(model_cfg).eval()
-    return count_macs(model, torch.zeros(1, *image_shape))[0]
+    key = (repr(model_cfg), tuple(image_shape))
+    if key not in _MACS:
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(model_cfg).eval()
+        _MACS[key] = count_macs(model, torch.zeros(1, *image_shape))[0]
+    return _MACS[key]
 
 
 @register("dense_small")
@@ -184,8 +201,7 @@ class DenseSmall(Method):
         if not cfg.method.match_dense_macs:
             return
         dense_cfg = cfg.model
-        with torch.device("meta"):
-            dense_params = count_params(build_model(dense_cfg))
+        dense_params = params_of(dense_cfg)
         family = dataclasses.replace(dense_cfg, width=1.0)
         dense, _ = closest_width(meta_count(family), step_widths(family, MAX_WIDTH), dense_params)
         if dense.params != dense_params:
