@@ -423,6 +423,22 @@ def test_scratch_b_trains_the_epochs_that_match_the_dense_models_training_macs(m
     assert same == cfg
 
 
+def test_scratch_b_builds_each_architecture_once_per_process(monkeypatch):
+    """A suite resolves scratch_b for every seed and target: the width search's counts are
+    cached by model config, so a second seed builds no model and gets the same epochs."""
+    import methods.dense_small as ds_mod
+    built = []
+    real = ds_mod.build_model
+    monkeypatch.setattr(ds_mod, "build_model", lambda m: built.append(m.width) or real(m))
+    over = ["model.name=resnet20", "model.width=0.75", "method.name=dense_small", "method.target_params=0.3",
+            "train.epochs=4", "method.match_dense_macs=true"]
+    first = load_config("configs/quick-vgg.yaml", over + ["seed=0"])
+    assert built                                                    # the first resolution searched
+    built.clear()
+    second = load_config("configs/quick-vgg.yaml", over + ["seed=1"])
+    assert built == [] and second.train.epochs == first.train.epochs
+
+
 # --------------------------------------------------------------------------- per-layer cap
 @pytest.mark.parametrize("name,model_name,cap", [
     ("depgraph", "vgg11", 0.7), ("slimming", "vgg11", 0.7), ("taylor", "vgg11", 0.7),
