@@ -91,19 +91,26 @@ def infer_family(model: nn.Module, name: str) -> ModelConfig:
 # An architecture's parameter count, conv widths and MACs are pure functions of its model
 # config: one process builds each config once (a suite's scratch_b cells repeat the same
 # width search for every seed and target, and a meta-device build of a ResNet-50 costs a
-# second, most of it in the initialisers). Keys: repr of the config (its every field).
-_PARAMS: dict[str, int] = {}
-_CHANNELS: dict[str, frozenset[int]] = {}
-_MACS: dict[tuple[str, tuple[int, ...]], int] = {}
+# second, most of it in the initialisers). Keys: what is computed, repr of the config (its
+# every field), and any further argument.
+_BUILT: dict[tuple, object] = {}
+
+
+def _once(what: str, model_cfg: ModelConfig, compute: Callable[[], object], *extra) -> object:
+    key = (what, repr(model_cfg), *extra)
+    if key not in _BUILT:
+        _BUILT[key] = compute()
+    return _BUILT[key]
+
+
+def _on_meta(model_cfg: ModelConfig) -> nn.Module:
+    with torch.device("meta"):
+        return build_model(model_cfg)
 
 
 def params_of(model_cfg: ModelConfig) -> int:
     """Parameter count of the model `model_cfg` builds, built on the meta device."""
-    key = repr(model_cfg)
-    if key not in _PARAMS:
-        with torch.device("meta"):
-            _PARAMS[key] = count_params(build_model(model_cfg))
-    return _PARAMS[key]
+    return _once("params", model_cfg, lambda: count_params(_on_meta(model_cfg)))
 
 
 def meta_count(family: ModelConfig) -> Callable[[float], int]:
@@ -120,11 +127,8 @@ def step_widths(family: ModelConfig, max_width: float) -> list[float]:
     every layer's channels are fixed. Each interval is represented by its midpoint (never
     by an end, where Python's round-half-to-even would decide)."""
     at_one = dataclasses.replace(family, width=1.0)
-    if repr(at_one) not in _CHANNELS:
-        with torch.device("meta"):
-            _CHANNELS[repr(at_one)] = frozenset(m.out_channels for m in build_model(at_one).modules()
-                                                if isinstance(m, nn.Conv2d))
-    chans = _CHANNELS[repr(at_one)]
+    chans = _once("channels", at_one, lambda: {m.out_channels for m in _on_meta(at_one).modules()
+                                               if isinstance(m, nn.Conv2d)})
     edges = sorted({(k + 0.5) / c for c in chans for k in range(int(c * max_width) + 1) if (k + 0.5) / c <= max_width})
     return [edges[0] / 2] + [(a + b) / 2 for a, b in zip(edges, edges[1:])] + [edges[-1] + 1.0]
 
@@ -164,12 +168,12 @@ def scratch_b_epochs(epochs: int, dense_macs: int, small_macs: int) -> int:
 def forward_macs(model_cfg: ModelConfig, image_shape: tuple[int, ...]) -> int:
     """MACs per image of the model `model_cfg` builds (the harness's counter, CPU, eval mode)."""
     from bench.metrics import count_macs
-    key = (repr(model_cfg), tuple(image_shape))
-    if key not in _MACS:
+
+    def compute() -> int:
         with torch.random.fork_rng(devices=[]):
             model = build_model(model_cfg).eval()
-        _MACS[key] = count_macs(model, torch.zeros(1, *image_shape))[0]
-    return _MACS[key]
+        return count_macs(model, torch.zeros(1, *image_shape))[0]
+    return _once("macs", model_cfg, compute, tuple(image_shape))
 
 
 @register("dense_small")
