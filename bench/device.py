@@ -19,6 +19,7 @@ import inspect
 import sys
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -153,6 +154,68 @@ def parse_pin(value: str) -> tuple[str, str]:
     return precision, memory_format
 
 
+# oneDNN's CPU kernel for the weight gradient of a strided 1x1 convolution in channels_last
+# is wrong when the convolution has fewer than 8 input channels (torch 2.14.1 on AVX2 x86
+# CPUs: errors as large as the gradient itself, or heap corruption; forward pass and input
+# gradient are right; 3x3 kernels, stride 1 and >= 8 input channels are right). Pruning
+# creates such layers: a ResNet's downsample shortcut after the residual stream is cut
+# below 8 channels. Those layers alone run in contiguous format on CPUs (input and weight;
+# the output goes back to channels_last), which oneDNN computes correctly and which costs
+# nothing measurable at that width. Planted case: tests/test_device.py.
+ONEDNN_1X1_MIN_CHANNELS = 8
+
+
+def _onednn_1x1_risk(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+
+
+def _contiguous_input(m: nn.Conv2d, args: tuple) -> Optional[tuple]:
+    if m.in_channels < ONEDNN_1X1_MIN_CHANNELS:
+        return (args[0].contiguous(),) + tuple(args[1:])
+    return None
+
+
+def _channels_last_output(m: nn.Conv2d, args: tuple, out: torch.Tensor) -> Optional[torch.Tensor]:
+    if m.in_channels < ONEDNN_1X1_MIN_CHANNELS:
+        return out.contiguous(memory_format=torch.channels_last)
+    return None
+
+
+def guard_onednn_1x1(model: nn.Module) -> int:
+    """Keep the strided 1x1 convolutions with < 8 input channels out of oneDNN's wrong
+    channels_last kernel (see ONEDNN_1X1_MIN_CHANNELS): hooks on every strided 1x1
+    convolution make the input contiguous while the layer is that narrow (pruning may
+    narrow it later, in place), and the weights of the layers that are narrow now get
+    contiguous strides (a (C_out, C_in, 1, 1) weight is channels_last-strided after
+    `.to(memory_format=channels_last)`, and either operand in channels_last selects the
+    kernel). Idempotent; call after every placement or in-place change of the model.
+    Returns how many layers are narrow now."""
+    narrow = 0
+    for m in model.modules():
+        if not _onednn_1x1_risk(m):
+            continue
+        if not getattr(m, "_onednn_1x1_guarded", False):
+            m.register_forward_pre_hook(_contiguous_input)
+            m.register_forward_hook(_channels_last_output)
+            m._onednn_1x1_guarded = True
+        if m.in_channels < ONEDNN_1X1_MIN_CHANNELS:
+            narrow += 1
+            w = m.weight
+            if w.stride() != w.new_empty(w.shape).stride():
+                w.data = w.data.clone(memory_format=torch.contiguous_format)
+    return narrow
+
+
+def to_memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
+    """`model` in channels_last (guarded on CPUs, see guard_onednn_1x1) or as it is."""
+    if not channels_last:
+        return model
+    model = model.to(memory_format=torch.channels_last)
+    if next(model.parameters()).device.type == "cpu":
+        guard_onednn_1x1(model)
+    return model
+
+
 class Runtime:
     """Device, precision and memory format of one run; the only place that branches on them."""
 
@@ -184,14 +247,14 @@ class Runtime:
         return {"precision": self.precision, "memory_format": self.memory_format, "compile": self.compile}
 
     def place(self, model: nn.Module) -> nn.Module:
-        model = model.to(self.device)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
+        return to_memory_format(model.to(self.device), self.channels_last)
 
     def runner(self, model: nn.Module, parallel: bool = True) -> nn.Module:
         """The callable that runs forward passes (DDP-wrapped under torchrun, compiled if
-        asked); `model` stays the one methods see and checkpoints hold."""
+        asked); `model` stays the one methods see and checkpoints hold. Called again after
+        a method changed the model in place, so the oneDNN guard sees its new widths."""
+        if self.channels_last and self.device.type == "cpu":
+            guard_onednn_1x1(model)
         if parallel and dist.is_distributed():
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None, **ddp_options())

@@ -47,6 +47,7 @@ from torch import nn
 
 from bench.architecture import ArchitectureError, deployed_record, rebuild
 from bench.config import ConfigError, TrainConfig
+from bench.device import to_memory_format
 
 FORMAT = 1
 MEASURES = ("latency_ms", "infer_batch_ms", "train_step_ms")
@@ -135,9 +136,7 @@ class Timed:
     def __init__(self, arch: dict, device: torch.device, gen: torch.Generator):
         st = arch["setting"]
         self.channels_last = st["memory_format"] == "channels_last"
-        model = rebuild(arch["record"]).to(device)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model = to_memory_format(rebuild(arch["record"]).to(device), self.channels_last)
         self.model, self.device = model, device
         self.bf16 = st["precision"] == "bf16"
         size = st["image_size"]
