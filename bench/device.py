@@ -211,7 +211,8 @@ def to_memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
     if not channels_last:
         return model
     model = model.to(memory_format=torch.channels_last)
-    if next(model.parameters()).device.type == "cpu":
+    first = next(model.parameters(), None)
+    if first is not None and first.device.type == "cpu":
         guard_onednn_1x1(model)
     return model
 
