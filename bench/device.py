@@ -188,9 +188,7 @@ def guard_onednn_1x1(model: nn.Module) -> int:
     narrow it later, in place), and the weights of the layers that are narrow now get
     contiguous strides (a (C_out, C_in, 1, 1) weight is channels_last-strided after
     `.to(memory_format=channels_last)`, and either operand in channels_last selects the
-    kernel). Idempotent; call after every placement or in-place change of the model.
-    Returns how many layers are narrow now."""
-    narrow = 0
+    kernel). Idempotent; call after every placement or in-place change of the model."""
     for m in model.modules():
         if not _onednn_1x1_risk(m):
             continue
@@ -199,21 +197,18 @@ def guard_onednn_1x1(model: nn.Module) -> int:
             m.register_forward_hook(_channels_last_output)
             m._onednn_1x1_guarded = True
         if m.in_channels < ONEDNN_1X1_MIN_CHANNELS:
-            narrow += 1
             w = m.weight
             if w.stride() != w.new_empty(w.shape).stride():
                 w.data = w.data.clone(memory_format=torch.contiguous_format)
-    return narrow
 
 
-def to_memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
-    """`model` in channels_last (guarded on CPUs, see guard_onednn_1x1) or as it is."""
-    if not channels_last:
-        return model
-    model = model.to(memory_format=torch.channels_last)
-    first = next(model.parameters(), None)
-    if first is not None and first.device.type == "cpu":
-        guard_onednn_1x1(model)
+def to_memory_format(model: nn.Module, channels_last: bool, device: torch.device) -> nn.Module:
+    """`model`, on `device`, in channels_last (guarded on CPUs, see guard_onednn_1x1) or as it is."""
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        if device.type == "cpu":
+            guard_onednn_1x1(model)
     return model
 
 
@@ -248,7 +243,7 @@ class Runtime:
         return {"precision": self.precision, "memory_format": self.memory_format, "compile": self.compile}
 
     def place(self, model: nn.Module) -> nn.Module:
-        return to_memory_format(model.to(self.device), self.channels_last)
+        return to_memory_format(model, self.channels_last, self.device)
 
     def runner(self, model: nn.Module, parallel: bool = True) -> nn.Module:
         """The callable that runs forward passes (DDP-wrapped under torchrun, compiled if

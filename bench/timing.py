@@ -136,7 +136,7 @@ class Timed:
     def __init__(self, arch: dict, device: torch.device, gen: torch.Generator):
         st = arch["setting"]
         self.channels_last = st["memory_format"] == "channels_last"
-        model = to_memory_format(rebuild(arch["record"]).to(device), self.channels_last)
+        model = to_memory_format(rebuild(arch["record"]), self.channels_last, device)
         self.model, self.device = model, device
         self.bf16 = st["precision"] == "bf16"
         size = st["image_size"]
