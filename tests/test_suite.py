@@ -65,6 +65,14 @@ def test_suite_runs_reports_and_skips_finished_cells(tmp_path, capsys):
     assert "2 runs (2 finished)" in capsys.readouterr().out          # nothing re-run
 
 
+def test_a_part_of_the_suite_reports_against_the_whole_suite(tmp_path):
+    """--seeds and --rows run a part; the report's partial line counts every cell of the file."""
+    out = tmp_path / "out"
+    assert run_suite(str(write_suite(tmp_path, seeds=[0, 1])), [], results_dir=str(out), seeds=[0], rows=["dense"]) == 0
+    assert json.loads((out / "suite.json").read_text())["cells"] == 4
+    assert "**Partial: 1 of the suite's 4 runs have finished.**" in (out / "README.md").read_text()
+
+
 def test_a_method_declares_its_control(tmp_path):
     methods = {"dense": {}, "dense_leaky": {"name": "dense", "run": {"model": {"act": "leaky_relu"}}},
                "leaky": {"name": "dense", "control": "dense_leaky", "run": {"model": {"act": "leaky_relu"}}}}
