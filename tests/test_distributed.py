@@ -184,9 +184,16 @@ def two_cell_suite(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("executor, jobs", [("debug", 1), ("local", 2)])
 def test_suite_through_an_executor_reports_and_then_skips(tmp_path, capsys, executor, jobs):
     path, out = two_cell_suite(tmp_path), tmp_path / "out"
-    assert run_suite(str(path), [], results_dir=str(out), executor=executor, jobs=jobs) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)           # as on a 2-core machine: local workers split the threads
+    try:
+        assert run_suite(str(path), [], results_dir=str(out), executor=executor, jobs=jobs) == 0
+    finally:
+        torch.set_num_threads(threads)
     assert (out / "README.md").is_file() and (out / "runs.csv").is_file()
     assert len(list(out.glob("runs/*/summary.json"))) == 2
+    if executor == "local":            # 2 workers x 1 thread, not 2 x every core
+        assert {json.loads(p.read_text())["torch_threads"] for p in out.glob("runs/*/env.json")} == {1}
     capsys.readouterr()
     assert run_suite(str(path), [], results_dir=str(out), executor=executor, jobs=jobs) == 0
     assert "2 runs (2 finished)" in capsys.readouterr().out
