@@ -42,14 +42,17 @@ def free_port() -> int:
 GLOO_STARTUP_ABORT = "terminate called without an active exception"
 
 
-def run_cli(args: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], nproc: int = 1, program: tuple[str, ...] = ("-m", "bench"),
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python PROGRAM ARGS` in nproc ranks (torchrun) or one process, W&B off, 1 thread each."""
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     for attempt in range(2 if nproc > 1 else 1):
         launcher = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                      "--master_addr=127.0.0.1", f"--master_port={free_port()}"] if nproc > 1 else [sys.executable])
-        r = subprocess.run(launcher + ["-m", "bench", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                           timeout=600)
-        if r.returncode == 0 or GLOO_STARTUP_ABORT not in r.stderr or "epoch 1/" in r.stdout:
+        r = subprocess.run(launcher + [*program, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=timeout)
+        started = "epoch 1/" in r.stdout or "run 1/" in r.stdout
+        if r.returncode == 0 or GLOO_STARTUP_ABORT not in r.stderr or started:
             return r
     return r
 
@@ -85,14 +88,25 @@ def test_two_process_ddp_run_matches_on_both_ranks_and_the_single_process_run(tm
     assert len(list((tmp_path / "ddp").glob("*/summary.json"))) == 1   # rank 0 alone wrote
 
 
+@pytest.fixture(scope="module")
+def every_method_under_ddp(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """Every case of the contract, trained for 2 epochs in one 2-rank launch (tests/ddp_runs.py)."""
+    root = tmp_path_factory.mktemp("ddp_every_method")
+    specs = [[*TINY, "train.epochs=2", *method_overrides(case)[1], f"output_dir={root / case}"] for case in CASES]
+    (root / "specs.json").write_text(json.dumps(specs))
+    return root, run_cli([str(root / "specs.json")], nproc=2, program=("tests/ddp_runs.py",), timeout=1800)
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_every_method_under_ddp_ends_with_identical_parameters_and_buffers_on_both_ranks(tmp_path, case):
+def test_every_method_under_ddp_ends_with_identical_parameters_and_buffers_on_both_ranks(every_method_under_ddp, case):
     """Methods that change the model in place (DSR's masks, decorrelated BP's layers and R)
     do so after the harness wrapped it for DDP; the ranks must still end bit-identical."""
-    name, over = method_overrides(case)
-    r = run_cli(["run", "configs/smoke.yaml", *TINY, "train.epochs=2", *over, f"output_dir={tmp_path}"], nproc=2)
+    root, r = every_method_under_ddp
+    name, _ = method_overrides(case)
+    errors = "".join(p.read_text() for p in sorted((root / case).glob("error.*.txt")))
+    assert not errors, errors[-3000:]
     assert r.returncode == 0, r.stderr[-3000:]
-    s = summary_in(tmp_path)
+    s = summary_in(root / case)
     assert s["world_size"] == 2 and s["method"] == name
     assert len(set(s["rank_weight_checksums"])) == 1, s["rank_weight_checksums"]
     assert len(set(s["rank_buffer_checksums"])) == 1, s["rank_buffer_checksums"]
