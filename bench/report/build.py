@@ -95,8 +95,10 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None,
                   f"(finished runs are reused, not re-run).{several}", ""]
     planned = meta.get("cells")
     if planned and n_runs < planned:
+        resume = (f"`python -m bench suite {meta['file']}` (with the same overrides) resumes it, reusing the "
+                  f"finished runs" if meta.get("file") else "running the same suite command again resumes it")
         lines += [f"**Partial: {n_runs} of the suite's {planned} runs have finished.** Rows, intervals and "
-                  f"rankings below cover only those; running the same suite command again resumes it.", ""]
+                  f"rankings below cover only those; {resume}.", ""]
     tol = f"{REACH_TOL:.0e}".replace("e-0", "e-")           # 1e-9
     comps = list(dict.fromkeys(c for cs in agg["comparators"].dropna() for c in str(cs).split(",") if c))
     lines += ["Each figure is measured by the harness, the same way for every method. Ratios in parentheses are "
