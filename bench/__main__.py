@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--results-dir", default=None, help="where runs and the report go (default: results/<suite name>)")
     s.add_argument("--executor", default="local", choices=("local", "slurm", "debug"),
                    help="local: run here; slurm: one submitit job per run; debug: submitit in-process")
-    s.add_argument("--jobs", type=int, default=1, help="local executor: runs at once, as separate processes")
+    s.add_argument("--jobs", type=int, default=1, help="local executor: runs at once, as separate processes sharing the CPU threads")
     s.add_argument("--partition", default=None, help="SLURM partition (suite file: slurm.partition)")
     s.add_argument("--gpus-per-job", type=int, default=None, help="GPUs per run; >1 trains each run with DDP")
     s.add_argument("--timeout-min", type=int, default=None, help="SLURM time limit per run, minutes")
