@@ -433,22 +433,16 @@ def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, result
     suite, folder = load_suite(path)
     if results_dir:
         suite.results_dir = results_dir
-    all_seeds = list(suite.seeds)
     if seeds is not None:        # a part of the grid: e.g. every row at seed 0 of several suites first
         unknown = sorted(set(seeds) - set(suite.seeds))
         if unknown:
             raise ConfigError(f"--seeds {','.join(map(str, unknown))}: not among this suite's seeds "
                               f"({', '.join(map(str, suite.seeds))})")
-        suite.seeds = [s for s in suite.seeds if s in seeds]
     for key, value in (slurm_overrides or {}).items():
         if value is not None:
             setattr(suite.slurm, key, value)
-    grid = expand(suite, folder, cli_overrides)
-    # The whole suite's size, whatever part of it this invocation runs: the report's
-    # "partial" line counts against every seed and row of the suite file.
-    planned = len(grid) if suite.seeds == all_seeds else \
-        len(expand(dataclasses.replace(suite, seeds=all_seeds), folder, cli_overrides))
-    cells = select_rows(grid, rows)
+    grid = expand(suite, folder, cli_overrides)   # the whole suite: the report's "partial" line counts it
+    cells = select_rows([c for c in grid if seeds is None or c.seed in seeds], rows)
     results = Path(cells[0].cfg.output_dir).parent
     status = [c.status() for c in cells]
     if retry_failed and not dry_run:
@@ -472,7 +466,7 @@ def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, result
     write_json(results / "suite.json", {
         "suite": suite.name, "file": str(path), "command": "python -m bench " + " ".join(sys.argv[1:]),
         "overrides": cli_overrides, "machine": platform.platform(), "executor": executor,
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "cells": planned, "controls": suite.controls(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "cells": len(grid), "controls": suite.controls(),
         "comparators": list(suite.comparators)})
     progress = SuiteProgress(estimates)
     if not todo:
