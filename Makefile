@@ -15,6 +15,7 @@ SUITE_quick := configs/suites/cifar10-quick.yaml
 SUITE_smoke := configs/suites/cifar10-smoke.yaml
 OVERRIDES := $(foreach v,$(MAKEOVERRIDES),$(if $(and $(findstring =,$(v)),$(findstring .,$(firstword $(subst =, ,$(v))))),$(v)))
 ARGS ?=
+TEST_JOBS ?= auto
 
 .PHONY: venv test bench-cifar bench-overhead check-cuda clean
 
@@ -25,10 +26,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-# The test-suite, then the smoke profile of the benchmark (every method through the
-# suite and the report, on synthetic data) into a scratch folder.
+# The test-suite in TEST_JOBS pytest-xdist workers of one thread each (one per core by
+# default; a test file stays on one worker, so its module fixtures run once), then the
+# smoke profile of the benchmark (every method through the suite and the report, on
+# synthetic data) into a scratch folder.
 test: $(STAMP)
-	WANDB_MODE=disabled $(BIN)/python -m pytest -q
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile
 	rm -rf out/smoke-suite
 	WANDB_MODE=disabled $(MAKE) --no-print-directory bench-cifar PROFILE=smoke ARGS="--results-dir out/smoke-suite"
 
