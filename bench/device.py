@@ -102,6 +102,17 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     return fields.get("model name") or fields.get("Model") or "unknown"
 
 
+def cpu_capability() -> str:
+    """The instruction set torch's CPU kernels dispatch to on this machine (`AVX2`,
+    `AVX512`, ...; "unknown" where torch does not say), for env.json and retime.json:
+    two CPUs of one model name ("AMD EPYC") can differ in it, and then in their kernels
+    and timings."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return "unknown"
+
+
 def native_bf16(device: torch.device) -> tuple[bool, str]:
     """(does `device` run bf16 natively, the reason in words)."""
     if device.type == "cuda":

@@ -40,7 +40,7 @@ import yaml
 from bench.architecture import ArchitectureError, rebuild
 from bench.config import ConfigError, RunConfig, config_hash, to_dict
 from bench.datasets import data_fingerprint
-from bench.device import cpu_model
+from bench.device import cpu_capability, cpu_model
 
 PACKAGES = ("torch", "torchvision", "timm", "torch-pruning", "wandb", "pandas", "numpy")
 
@@ -162,6 +162,7 @@ def environment(device: torch.device) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": cpu_model(),
+        "cpu_capability": cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),

@@ -195,8 +195,8 @@ def load_average() -> Optional[list[float]]:
 
 
 def sitting(device: torch.device) -> dict[str, Any]:
-    from bench.device import cpu_model
-    info = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "device": str(device),
+    from bench.device import cpu_capability, cpu_model
+    info = {"cpu": cpu_model(), "cpu_capability": cpu_capability(), "cpu_count": os.cpu_count(), "device": str(device),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -311,7 +311,8 @@ def speed_lines(retime_doc: dict) -> list[str]:
     busy = _busy(s)
     lines = ["## Speed, timed in one sitting", "",
              f"Every row's deployed architecture, rebuilt without weights and timed by `python -m bench retime` on "
-             f"{s['cpu']} ({s['device']}{', ' + s['gpu'] if s.get('gpu') else ''}, {s['torch_threads']} threads, "
+             f"{s['cpu']}{', ' + s['cpu_capability'] if s.get('cpu_capability') else ''} "
+             f"({s['device']}{', ' + s['gpu'] if s.get('gpu') else ''}, {s['torch_threads']} threads, "
              f"torch {s['torch']}) from {s['started']} to {s['finished']}: {s['rounds']} rounds after "
              f"{s['warmup_rounds']} dropped warm-up round(s), the architectures interleaved round robin. "
              f"1-minute load average {s['load_before'][0] if s.get('load_before') else '?'} before, "

@@ -12,7 +12,7 @@ import torch
 import bench.device as device_mod
 from bench.config import ConfigError
 from bench.configure import load_config
-from bench.device import Runtime, cpu_bf16_flags, cpu_model, resolve_memory_format, resolve_precision
+from bench.device import Runtime, cpu_bf16_flags, cpu_capability, cpu_model, resolve_memory_format, resolve_precision
 from bench.runs import run_name
 from bench.train import train
 
@@ -53,6 +53,18 @@ def test_the_cpu_model_is_its_name_or_unknown(tmp_path, text, model):
     if text is not None:
         (tmp_path / "cpuinfo").write_text(text)
     assert cpu_model(str(tmp_path / "cpuinfo")) == model
+
+
+def test_the_cpu_capability_is_torchs_dispatch_level_or_unknown(monkeypatch):
+    """Two CPUs named "AMD EPYC" can be an AVX2 and an AVX512 machine: env.json records
+    torch's dispatch level beside the name."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert cpu_capability() == "AVX512"
+
+    def fails():
+        raise RuntimeError("no capability")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", fails)
+    assert cpu_capability() == "unknown"
 
 
 def test_auto_takes_bf16_and_channels_last_where_native(native):

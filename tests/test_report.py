@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from bench.report import aggregate, highlights, markdown_table, time_to_accuracy, write_report
+from bench.report.aggregation import machine_name
 from bench.report.rendering import compute_line
 
 # dense and dense_leaky differ by 10 points, so a row measured against the wrong one shows it.
@@ -198,6 +199,16 @@ def test_the_report_sums_what_the_runs_cost_and_counts_those_without_timings():
     assert compute_line(runs)[0] == ("Compute spent: the 2 timed runs trained for 1.5 h of wall-clock and evaluated "
                                      "for 0.1 h more (1.6 h in all; 1 run(s) recorded no timing).")
     assert compute_line(runs.drop(columns="train_wall_s")) == []
+
+
+def test_two_cpus_of_one_name_but_another_instruction_set_are_two_machines():
+    """The timing machine is told apart by the CPU's dispatch level where runs recorded it;
+    older runs keep the key they had (name and platform), so their reports do not change."""
+    base = {"cpu": "AMD EPYC", "platform": "Linux-x86_64"}
+    avx2, avx512 = machine_name({**base, "cpu_capability": "AVX2"}), machine_name({**base, "cpu_capability": "AVX512"})
+    assert avx2 != avx512 and "AVX512" in avx512
+    assert machine_name(base) == "AMD EPYC (Linux-x86_64)"
+    assert machine_name({**base, "gpu": "NVIDIA H100", "cpu_capability": "AVX512"}) == "NVIDIA H100 (Linux-x86_64)"
 
 
 def test_a_row_timed_on_the_timing_machine_only_under_load_keeps_those_timings():

@@ -62,6 +62,16 @@ def _fingerprint(run_dir: Path, env: dict) -> str:
     return str(fp)[:FINGERPRINT_PREFIX] if fp else UNKNOWN_DATA
 
 
+def machine_name(env: dict) -> str:
+    """The machine a run was timed on, from its recorded environment: the GPU, else the CPU
+    with the instruction set torch dispatched to (runs before it was recorded: the CPU's
+    name only), and the platform string."""
+    cpu = env.get("cpu") or "CPU not recorded"
+    if env.get("cpu_capability"):
+        cpu += f", {env['cpu_capability']}"
+    return f"{env.get('gpu') or cpu} ({env.get('platform', '?')})"
+
+
 def load_runs(results_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """One row per finished run under results_dir/runs (every scalar summary field, nested
     ones flattened; its control, comparators, machine and data fingerprint), and the runs'
@@ -78,7 +88,7 @@ def load_runs(results_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]
         row["run_dir"] = str(path.parent)
         env = s.get("env", {})
         row["device"] = env.get("device")
-        row["machine"] = f"{env.get('gpu') or env.get('cpu') or 'CPU not recorded'} ({env.get('platform', '?')})"
+        row["machine"] = machine_name(env)
         row["data"] = _fingerprint(path.parent, env)
         rows.append(row)
         hist = path.parent / "history.csv"
