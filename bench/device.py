@@ -168,7 +168,8 @@ def parse_pin(value: str) -> tuple[str, str]:
 # oneDNN's CPU kernel for the weight gradient of a strided 1x1 convolution in channels_last
 # is wrong when the convolution has fewer than 8 input channels (torch 2.14.1 on AVX2 x86
 # CPUs: errors as large as the gradient itself, or heap corruption; forward pass and input
-# gradient are right; 3x3 kernels, stride 1 and >= 8 input channels are right). Pruning
+# gradient are right; 3x3 kernels, stride 1 and >= 8 input channels are right; the AVX-512
+# kernel is right, but the guard applies on every CPU so that runs do not depend on it). Pruning
 # creates such layers: a ResNet's downsample shortcut after the residual stream is cut
 # below 8 channels. Those layers alone run in contiguous format on CPUs (input and weight;
 # the output goes back to channels_last), which oneDNN computes correctly and which costs
@@ -192,7 +193,7 @@ def _channels_last_output(m: nn.Conv2d, args: tuple, out: torch.Tensor) -> Optio
     return None
 
 
-def guard_onednn_1x1(model: nn.Module) -> int:
+def guard_onednn_1x1(model: nn.Module) -> None:
     """Keep the strided 1x1 convolutions with < 8 input channels out of oneDNN's wrong
     channels_last kernel (see ONEDNN_1X1_MIN_CHANNELS): hooks on every strided 1x1
     convolution make the input contiguous while the layer is that narrow (pruning may

@@ -4,6 +4,10 @@ so that CI exercises the path on any x86 machine)."""
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -151,6 +155,44 @@ def test_narrow_strided_1x1_convs_get_the_right_weight_gradient_in_channels_last
     narrow = rt.place(torch.nn.Conv2d(6, 16, 1, stride=2, bias=False))
     assert narrow.weight.is_contiguous()
     assert weight_grad_error(narrow, rt) < 1e-5
+
+
+ONEDNN_AVX2_CASE = """
+import sys, torch
+import bench.device as d
+torch.set_num_threads(1)
+if sys.argv[1] == "unguarded":
+    d.guard_onednn_1x1 = lambda model: None
+torch.manual_seed(0)
+conv = torch.nn.Conv2d(6, 16, 1, stride=2, bias=False)
+ref = torch.nn.Conv2d(6, 16, 1, stride=2, bias=False).double()
+ref.weight.data.copy_(conv.weight.data)
+conv = d.to_memory_format(conv, True, torch.device("cpu"))
+x = torch.randn(64, 6, 32, 32)
+y = conv(x.contiguous(memory_format=torch.channels_last))
+g = torch.randn(y.shape)
+y.backward(g)
+ref(x.double()).backward(g.double())
+print(((conv.weight.grad.double() - ref.weight.grad).abs().max() / ref.weight.grad.abs().max()).item())
+"""
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="oneDNN's AVX2 kernels are x86's")
+def test_the_guard_holds_on_onednns_avx2_kernels_on_any_x86_cpu():
+    """The planted case with oneDNN held to its AVX2 kernels (ONEDNN_MAX_CPU_ISA), where the
+    wrong weight gradient lives, so that the test has teeth on AVX-512 machines too (their
+    own kernel is right): unguarded it is wrong or crashes, guarded it is right."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
+
+    def case(mode: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", ONEDNN_AVX2_CASE, mode], env=env, capture_output=True,
+                              text=True, timeout=120)
+    bad = case("unguarded")
+    if bad.returncode == 0 and float(bad.stdout.split()[-1]) < 1e-3:
+        pytest.skip("this torch's oneDNN gets the planted case right even on AVX2 kernels: nothing to guard")
+    good = case("guarded")
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert float(good.stdout.split()[-1]) < 1e-5
 
 
 def test_a_strided_1x1_conv_narrowed_in_place_is_guarded_after_rewrapping(emulated):
