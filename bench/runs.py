@@ -138,13 +138,15 @@ def torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def git_commit() -> str:
-    here = Path(__file__).resolve().parent
+def git_commit(here: Path = Path(__file__).resolve().parent) -> str:
+    """The checkout's commit, `-dirty` where a tracked file outside `results/` has changed:
+    a suite rewrites its own report under results/ as it goes, which is not a code change."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
                              timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                                ":(top,exclude)results"], cwd=here, capture_output=True, text=True,
+                               timeout=5).stdout.strip()
         return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"

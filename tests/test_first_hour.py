@@ -501,6 +501,30 @@ def test_a_finished_run_names_itself_the_rerun_flag_and_a_code_change(tmp_path, 
     assert json.loads((run_dir / "env.json").read_text())["git_commit"] != "0123abc"
 
 
+def test_the_recorded_commit_is_dirty_for_code_changes_not_for_results(tmp_path):
+    """A suite rewrites its report under results/ while its runs go on: the runs after that
+    still ran on the committed code."""
+    from bench.runs import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "bench" / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "README.md").write_text("report\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    here = tmp_path / "bench"
+    clean = git_commit(here)
+    assert len(clean) == 40 and not clean.endswith("-dirty")
+    (tmp_path / "results" / "README.md").write_text("report, rebuilt\n")
+    assert git_commit(here) == clean
+    (tmp_path / "bench" / "code.py").write_text("x = 2\n")
+    assert git_commit(here) == clean + "-dirty"
+
+
 # --------------------------------------------------------------------------- W&B report without network
 def test_wandb_report_without_network_is_one_line_naming_the_local_report(tmp_path):
     suite = tmp_path / "results" / "s1"
