@@ -1,4 +1,4 @@
-"""The controls of issue 18: the small dense model (`dense_small`) meets its parameter
+"""The controls: the small dense model (`dense_small`) meets its parameter
 target within the pruning methods' 2% on VGG and ResNet, deterministically from the run
 seed; random structured pruning (`l1_filter` with `importance: random`) removes as many
 channels, layer by layer, as L1 at the same target; and the suites run every control."""

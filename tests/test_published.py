@@ -1,4 +1,4 @@
-"""The published column (issue 18, item 3): configs/published.yaml is well formed and
+"""The published column: configs/published.yaml is well formed and
 sourced, and the report sets an entry beside our row only where model, method and kept
 fraction match, with the source's delta against its own baseline."""
 from __future__ import annotations
