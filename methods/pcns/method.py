@@ -31,7 +31,7 @@ class PCNS(Method):
                                        "network (draft sec. 2: repeatable during training; 2 of the quick 8-epoch "
                                        "recipe: a partially trained network)")
         energy: float = opt(0.99, "per-layer fraction of the TOs' centred variance to keep (draft sec. 2.2 "
-                            "'variance threshold', value TODO there; PCN's example)")
+                            "'variance threshold', value left open there; PCN's example)")
         calibration_images: int = opt(MIN_CONV_IMAGES, "calibration images at least, for models with conv layers "
                                 "(2,048: enough for a stable PCA of a CIFAR conv layer)")
         samples_per_unit: int = opt(SAMPLES_PER_UNIT, "calibration samples per neuron at least, conv positions "
