@@ -34,3 +34,11 @@ def test_docs_links_point_at_files_that_exist():
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
             path = (page.parent / target).resolve()
             assert path.exists(), f"{page.relative_to(ROOT)}: broken link {target}"
+
+
+def test_every_config_file_is_listed_in_the_configs_page():
+    """docs/configs.md names every file under configs/, so a newcomer finds what each is for."""
+    page = (ROOT / "docs" / "configs.md").read_text()
+    missing = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "configs").rglob("*.yaml"))
+               if f"`{p.relative_to(ROOT)}`" not in page]
+    assert not missing, f"docs/configs.md does not list {missing}"
