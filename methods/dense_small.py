@@ -11,8 +11,8 @@ the parameter count is a non-decreasing step function of the width, constant bet
 widths (k + 1/2) / c, and no width hits a target exactly in general. The search bisects
 over those steps (one width inside each, its midpoint) for the step at which the count
 first reaches the target and takes the closer of the two counts on either side of it
-(**choice**: the closest, so the small model may land up to the
-tolerance above its target while the pruning methods land at or below it). Candidate
+(**choice**: the closest, so the small model may land up to the tolerance above its
+target while the pruning methods land at or below it). Candidate
 models are built on the meta device (no memory). A target that no width meets within
 `target_tol_frac` (relative) is not an error: the closest width is trained and the
 summary says `within_tol: false`.
