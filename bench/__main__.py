@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench.config import ConfigError, split_args
+from bench.config import (ConfigError, device_name, label_list, open_fraction, seed_list, split_args,
+                          whole_number)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -13,6 +14,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not files:
         raise ConfigError("give at least one config file, e.g. `python -m bench run configs/smoke.yaml`")
     cfg = load_config(files, overrides)
+    from bench.configure import check_output_dir
+    check_output_dir(cfg.output_dir, "output_dir")
     from bench.train import train          # heavy: only once the config is known to be valid
     summary = train(cfg, rerun=args.rerun)
     if summary and summary.get("status") == "diverged":
@@ -208,15 +211,18 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--results-dir", default=None, help="where runs and the report go (default: results/<suite name>)")
     s.add_argument("--executor", default="local", choices=("local", "slurm", "debug"),
                    help="local: run here; slurm: one submitit job per run; debug: submitit in-process")
-    s.add_argument("--jobs", type=int, default=1, help="local executor: runs at once, as separate processes sharing the CPU threads")
+    s.add_argument("--jobs", type=whole_number(1), default=1,
+                   help="local executor: runs at once, as separate processes sharing the CPU threads")
     s.add_argument("--partition", default=None, help="SLURM partition (suite file: slurm.partition)")
-    s.add_argument("--gpus-per-job", type=int, default=None, help="GPUs per run; >1 trains each run with DDP")
-    s.add_argument("--timeout-min", type=int, default=None, help="SLURM time limit per run, minutes")
-    s.add_argument("--array-parallelism", type=int, default=None, help="at most this many SLURM jobs at once")
+    s.add_argument("--gpus-per-job", type=whole_number(1), default=None,
+                   help="GPUs per run; >1 trains each run with DDP")
+    s.add_argument("--timeout-min", type=whole_number(1), default=None, help="SLURM time limit per run, minutes")
+    s.add_argument("--array-parallelism", type=whole_number(1), default=None,
+                   help="at most this many SLURM jobs at once")
     s.add_argument("--no-wait", action="store_true", help="slurm: submit and return; run `report` later")
-    s.add_argument("--seeds", default=None, type=lambda v: [int(x) for x in v.split(",")], metavar="S[,S...]",
+    s.add_argument("--seeds", default=None, type=seed_list, metavar="S[,S...]",
                    help="run only these of the suite's seeds (e.g. --seeds 0: every row once before any repeat)")
-    s.add_argument("--rows", default=None, type=lambda v: v.split(","), metavar="LABEL[,LABEL...]",
+    s.add_argument("--rows", default=None, type=label_list, metavar="LABEL[,LABEL...]",
                    help="run only these row labels (as `methods` lists them; the same runs as in the whole suite)")
     s.add_argument("--retry-failed", action="store_true",
                    help="also re-run cells that diverged (a plain re-invocation keeps them as diverged)")
@@ -229,17 +235,19 @@ def main(argv: list[str] | None = None) -> int:
                                         "Friedman + Nemenyi average ranks and a CD diagram")
     c.add_argument("suite_dirs", nargs="+", metavar="SUITE_DIR", help="two or more suite results folders")
     c.add_argument("--out", default="out/compare", help="folder for compare.md and cd.png (default: out/compare)")
-    c.add_argument("--alpha", type=float, default=0.05, help="significance level of the tests (default: 0.05)")
+    c.add_argument("--alpha", type=open_fraction, default=0.05, help="significance level of the tests (default: 0.05)")
     c.add_argument("--references", action="store_true",
                    help="also rank the full-size rows (no target: dense, ...) inside every target cell")
     c.set_defaults(fn=cmd_compare)
     t = sub.add_parser("retime", help="time every row's deployed architecture in one sitting -> RESULTS_DIR/retime.json "
                                       "(the report's speed table); run it on a quiet machine")
     t.add_argument("results_dir", help="the suite's results folder, e.g. results/cifar10-quick")
-    t.add_argument("--rounds", type=int, default=None, help="timed rounds, each timing every architecture once (7)")
-    t.add_argument("--warmup", type=int, default=None, help="warm-up rounds first, dropped (1)")
-    t.add_argument("--latency-reps", type=int, default=None, help="batch-1 forwards per latency sample (20)")
-    t.add_argument("--device", default="auto", help="auto (CUDA where available), cpu, cuda, cuda:N")
+    t.add_argument("--rounds", type=whole_number(1), default=None,
+                   help="timed rounds, each timing every architecture once (7)")
+    t.add_argument("--warmup", type=whole_number(0), default=None, help="warm-up rounds first, dropped (1)")
+    t.add_argument("--latency-reps", type=whole_number(1), default=None,
+                   help="batch-1 forwards per latency sample (20)")
+    t.add_argument("--device", default="auto", type=device_name, help="auto (CUDA where available), cpu, cuda, cuda:N")
     t.set_defaults(fn=cmd_retime)
     w = sub.add_parser("wandb-report", help="save a W&B report comparing a suite's runs (needs the network)")
     w.add_argument("results_dir", help="the suite's results folder, e.g. results/cifar10-quick")

@@ -11,12 +11,14 @@ names of methods, models and datasets are looked up in their registries one laye
 up, in bench/configure.py (`build_config`, `load_config`).
 
 Values coming from YAML or the command line are coerced to the field's declared
-type; an unknown key, a wrong type or a value outside `choices` raises
-`ConfigError` with the key, the allowed values and a "did you mean" suggestion.
+type; an unknown key, a wrong type, a value outside `choices` or its range, a key
+given twice in one mapping, or an `include:` loop raises `ConfigError` with the
+key, the allowed values and a "did you mean" suggestion.
 Downstream code only ever sees the typed objects.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import hashlib
@@ -77,7 +79,8 @@ def check_range(value: Any, text: str, key: str) -> None:
     low_closed, low, high, high_closed = parse_range(text)
     inside = (value >= low if low_closed else value > low) and (value <= high if high_closed else value < high)
     if not inside:
-        raise ConfigError(f"{key} must be {range_rule(text)}, got {value:g}")
+        shown = value if isinstance(value, int) else f"{value:g}"     # a huge seed shown whole, not as 1.8e+19
+        raise ConfigError(f"{key} must be {range_rule(text)}, got {shown}")
 
 
 # --------------------------------------------------------------------------- sections
@@ -150,13 +153,29 @@ class WandbConfig:
     tags: list[str] = opt([], "W&B tags")
 
 
+# Seeds a run takes: torch, numpy and Python all accept them, and so do the seeds derived
+# from them (train.py seeds each epoch's data order with seed * 100_003 + epoch, which
+# must stay below 2**63).
+SEED_RANGE = "[0, 2147483648)"
+# What `device` may name (bench.device.resolve_device turns it into a torch device).
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+
+
+def check_device_name(name: Any, key: str = "device") -> str:
+    """`name` if it is a device this suite runs on, else a ConfigError saying which are."""
+    if not isinstance(name, str) or not re.fullmatch(DEVICE_PATTERN, name):
+        raise ConfigError(f"{key} '{name}': use auto, cpu, cuda or cuda:N")
+    return name
+
+
 # The control of a run that names none (RunConfig.control, a suite's `control:`).
 DEFAULT_CONTROL = "dense"
 
 
 @dataclass
 class RunConfig:
-    seed: int = opt(0, "seed for model init, data order, augmentation and the method's randomness")
+    seed: int = opt(0, "seed for model init, data order, augmentation and the method's randomness",
+                    range=SEED_RANGE)
     device: str = opt("auto", "auto (cuda if available), cpu, cuda or cuda:N")
     output_dir: str = opt("results/runs", "where run directories are written")
     label: str = opt("", "name shown in reports and W&B (default: the method name); suites set it")
@@ -170,6 +189,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     method: Any = field(default=None, metadata={"help": "the method and its options (method.name)"})
     wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def validate(self) -> None:
+        """A device name torch would reject (or a device this suite does not run on) fails
+        here, with the config, rather than as torch's traceback once the run has begun."""
+        check_device_name(self.device)
 
 
 # Keys that change where or how a run is reported, not what it computes: they are
@@ -305,7 +329,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"override '{text}' has an empty key")
     try:
-        parsed = yaml.safe_load(value) if value != "" else ""
+        parsed = load_yaml_text(value) if value != "" else ""
+    except DuplicateKeyError as e:
+        raise ConfigError(f"override '{text}': {e}") from None
     except yaml.YAMLError:
         parsed = value
     return key.split("."), parsed
@@ -346,6 +372,65 @@ def _value_after(args: list[str], i: int) -> str:
     return nxt if nxt and "=" not in nxt and not nxt.startswith("-") and not nxt.endswith((".yaml", ".yml")) else "VALUE"
 
 
+# --------------------------------------------------------------------------- command-line values
+# argparse type functions: a bad value is argparse's one-line error naming the option,
+# before anything runs (an int option takes any integer, a lambda is reported as
+# "invalid <lambda> value").
+def whole_number(low: int) -> Any:
+    """An argparse type: an integer >= `low`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    parse.__name__ = f"whole number >= {low}"
+    return parse
+
+
+def open_fraction(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1 (a significance level)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 such as 0.05, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
+    return value
+
+
+def seed_list(text: str) -> list[int]:
+    """An argparse type: seeds separated by commas, e.g. `0,1,2`."""
+    try:
+        seeds = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds separated by commas, e.g. 0,1,2; got {text!r}") from None
+    for seed in seeds:
+        try:
+            check_range(seed, SEED_RANGE, "a seed")
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return seeds
+
+
+def label_list(text: str) -> list[str]:
+    """An argparse type: row labels separated by commas, e.g. `dense,pcn`."""
+    labels = text.split(",")
+    if not all(label.strip() for label in labels):
+        raise argparse.ArgumentTypeError(f"expected row labels separated by commas, e.g. dense,pcn; got {text!r}")
+    return [label.strip() for label in labels]
+
+
+def device_name(text: str) -> str:
+    """An argparse type: a device name as `device` takes it (check_device_name)."""
+    try:
+        return check_device_name(text, "")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).lstrip()) from None
+
+
 def merge(base: dict, update: dict) -> dict:
     """Recursive dict merge; `update` wins."""
     out = dict(base)
@@ -357,13 +442,52 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that holds one key twice (YAML would silently keep the last one)."""
+
+    def __init__(self, key: Any, first_line: int, second_line: int):
+        super().__init__(f"key '{key}' appears twice (lines {first_line} and {second_line}); keep one of them")
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader (plain data only: no Python tags), except that a mapping holding
+    one key twice is an error: a second `train:` would otherwise silently replace the
+    first, and with it every setting the first one held. Keys brought in by a merge key
+    (`<<: *anchor`) may be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = lines.get(key)
+                except TypeError:          # an unhashable key: the safe loader's own error follows
+                    continue
+                line = key_node.start_mark.line + 1
+                if first is not None:
+                    raise DuplicateKeyError(key, first, line)
+                lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str) -> Any:
+    """YAML text as plain data (safe loading), refusing duplicate keys (UniqueKeyLoader)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
+    """A config or suite file as a mapping (safe loading; a key given twice is an error)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file '{path}' does not exist; configs live under configs/ "
                           f"(e.g. configs/smoke.yaml)")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = load_yaml_text(p.read_text()) or {}
+    except DuplicateKeyError as e:
+        raise ConfigError(f"config file '{path}': {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -389,15 +513,31 @@ def raw_from_sources(paths: list[str], overrides: list[str]) -> dict:
     return raw
 
 
-def _read_with_includes(path: str) -> dict:
-    """`include: other.yaml` (or a list) is read first, relative to this file; this file wins."""
+def _read_with_includes(path: str, chain: tuple[tuple[Path, str], ...] = ()) -> dict:
+    """`include: other.yaml` (or a list) is read first, relative to this file; this file wins.
+
+    `chain` holds the files that include this one, outermost first: a file met again on
+    its own chain would include itself forever, and is an error naming the loop."""
+    here = Path(path).resolve()
+    seen = [resolved for resolved, _ in chain]
+    if here in seen:
+        loop = [shown for _, shown in chain[seen.index(here) + 1:]]
+        how = f"via {' -> '.join(loop)}; remove one of these includes" if loop else "directly; remove that include"
+        raise ConfigError(f"config file '{path}' includes itself {how}")
     raw = read_yaml(path)
     includes = raw.pop("include", [])
     if isinstance(includes, str):
         includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(inc, str) and inc for inc in includes):
+        raise ConfigError(f"config file '{path}': include: expected a file name or a list of file names "
+                          f"(relative to this file), got {includes!r}")
     base: dict = {}
     for inc in includes:
-        base = merge(base, _read_with_includes(str(Path(path).parent / inc)))
+        target = Path(path).parent / inc
+        if not target.is_file():
+            raise ConfigError(f"config file '{path}' includes '{inc}', which does not exist at '{target}' "
+                              f"(include paths are relative to the including file)")
+        base = merge(base, _read_with_includes(str(target), chain + ((here, str(path)),)))
     return merge(base, raw)
 
 

@@ -16,6 +16,7 @@ model's name.
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 from functools import lru_cache
@@ -55,6 +56,22 @@ def build_config(raw: dict) -> RunConfig:
     cfg.model.num_classes = dataset.classes(cfg.model.num_classes)
     method_cls.resolve_run(cfg, tuple(dataset.image_shape))     # e.g. Scratch-B's epoch count
     return cfg
+
+
+def check_output_dir(path: Union[str, Path], what: str, writable: bool = True) -> None:
+    """ConfigError, before any work, where `path` cannot be the folder outputs go to: it,
+    or the nearest part of it that exists, is a file (or, when `writable`, a folder this
+    process may not write in). A folder that does not exist yet is fine: it is created."""
+    p = Path(path)
+    for part in (p, *p.parents):
+        if not part.exists():
+            continue
+        if not part.is_dir():
+            where = f"'{path}' is a file" if part == p else f"'{path}': '{part}' is a file"
+            raise ConfigError(f"{what} {where}, not a folder; give a folder (it is created if missing)")
+        if writable and not os.access(part, os.W_OK | os.X_OK):
+            raise ConfigError(f"{what} '{path}': this process may not write in '{part}'; give a folder it may write in")
+        return
 
 
 def build_data_config(data_raw: Any) -> DataConfig:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from bench import dist
-from bench.config import ConfigError, TrainConfig
+from bench.config import ConfigError, TrainConfig, check_device_name
 from bench.metrics import Clock
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")   # x86 (/proc/cpuinfo flags), Arm (Features)
@@ -38,11 +38,20 @@ def resolve_device(name: str) -> torch.device:
     synchronisation, autocast) then works on the run's device rather than on GPU 0."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    check_device_name(name)                  # `foo`, `mps`: one line saying what is accepted
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device '{name}': use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available; use device=cpu or device=auto")
     if dev.type == "cuda" and dev.index is not None:
-        torch.cuda.set_device(dev)
+        try:
+            torch.cuda.set_device(dev)
+        except RuntimeError:                 # an index past the last GPU: "invalid device ordinal"
+            n = torch.cuda.device_count()
+            raise ConfigError(f"device '{name}': this machine has {n} CUDA device(s); use cuda:0"
+                              f"{f' to cuda:{n - 1}' if n > 1 else ''} or device=auto") from None
     return dev
 
 

@@ -22,7 +22,7 @@ import sys
 import torch
 from torch import nn
 
-from bench.config import ConfigError
+from bench.config import ConfigError, whole_number
 from bench.configure import load_config
 from bench.data import load_data
 from bench.models import build_model
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__)
     p.add_argument("config", nargs="?", default="configs/quick-vgg.yaml")
     p.add_argument("overrides", nargs="*")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=whole_number(1), default=5, help="timed rounds after one warm-up round (5)")
     args = p.parse_args(argv)
     if args.config and "=" in args.config:
         args.overrides.insert(0, args.config)

@@ -33,7 +33,9 @@ the elapsed time and an ETA. Finished cells are skipped, so an interrupted suite
 picks up where it stopped; a cell whose loss diverged is recorded as such (its
 summary.json says `status: diverged`), the others go on, and a plain re-invocation
 keeps it as diverged (`--retry-failed` runs it again). The report is written at
-the end.
+the end. A dry run (`--dry-run`) runs, writes and fetches nothing: where the data is
+not on the machine, finished runs cannot be matched (a run's identity holds its data's
+fingerprint), so it lists every run as to do and says why.
 
 The scratch curve (e.g. `scratch_curve: {epochs: [m1, m2, ...]}`, multiples of the budget E,
 the dense_small row's train.epochs) adds, per model, target and seed, the suite's
@@ -50,6 +52,8 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import platform
+import re
+import shutil
 import statistics
 import sys
 import time
@@ -60,10 +64,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import (DEFAULT_CONTROL, ConfigError, RunConfig, _suggest, build_dataclass, config_hash, merge, opt,
-                          raw_from_sources, read_yaml)
-from bench.configure import build_config
+from bench.config import (DEFAULT_CONTROL, SEED_RANGE, ConfigError, RunConfig, _suggest, build_dataclass, check_range,
+                          config_hash, merge, opt, raw_from_sources, read_yaml)
+from bench.configure import build_config, check_output_dir
 from bench.datasets import dataset_for
+from bench.datasets.base import TorchvisionArchive, given_root, resolve_root
 from bench.metrics.base import fmt_si
 from bench.progress import SuiteProgress, hms
 from bench.runs import RunDir, RunningElsewhere, locked_elsewhere, run_name, run_path, write_json
@@ -73,26 +78,33 @@ from methods import get_method
 CURVE_BASE = "dense_small"     # the suite row the scratch curve stretches
 
 
+EXECUTORS = ("local", "slurm", "debug")
+# A suite's name is a folder name (results/<name>/) and a W&B group: no separators, no
+# `..`, nothing hidden.
+SUITE_NAME_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
+
+
 @dataclass
 class SlurmConfig:
     partition: str = opt("", "SLURM partition (empty: the cluster's default)")
-    gpus_per_job: int = opt(1, "GPUs per run; more than 1 trains that run with DDP across them")
-    cpus_per_task: int = opt(8, "CPUs per GPU task")
-    timeout_min: int = opt(24 * 60, "time limit per run in minutes (an interrupted run resumes when resubmitted)")
-    array_parallelism: int = opt(32, "at most this many runs of the suite at once")
-    mem_gb: int = opt(32, "memory per job in GB")
+    gpus_per_job: int = opt(1, "GPUs per run; more than 1 trains that run with DDP across them", range="[1, inf)")
+    cpus_per_task: int = opt(8, "CPUs per GPU task", range="[1, inf)")
+    timeout_min: int = opt(24 * 60, "time limit per run in minutes (an interrupted run resumes when resubmitted)",
+                           range="[1, inf)")
+    array_parallelism: int = opt(32, "at most this many runs of the suite at once", range="[1, inf)")
+    mem_gb: int = opt(32, "memory per job in GB", range="[1, inf)")
 
 
 @dataclass
 class SuiteConfig:
-    name: str = opt("", "suite name: W&B group and the folder results/<name>/")
+    name: str = opt("", "suite name: W&B group and the folder results/<name>/ (letters, digits, '.', '_', '-')")
     base: str = opt("", "run config holding the shared recipe, relative to the suite file")
     results_dir: str = opt("", "where runs and the report go (default: results/<name>)")
     overrides: dict[str, Any] = opt({}, "run-config overrides applied to every cell")
     models: dict[str, Any] = opt({}, "model label -> run-config overrides")
     methods: dict[str, Any] = opt({}, "method label -> options (name, targets, method options, run: overrides)")
     targets: list[float] = opt([], "parameter targets (fractions of dense) for methods with target_params")
-    seeds: list[int] = opt([0], "seeds; every cell runs once per seed")
+    seeds: list[int] = opt([0], "seeds, each listed once; every cell runs once per seed")
     control: str = opt("", f"label of the method the others are compared with in the report, unless their entry "
                            f"names its own (`control:`); default: {DEFAULT_CONTROL}")
     comparators: list[str] = opt([], "labels of this suite every row is also compared with in the report, at its "
@@ -105,8 +117,20 @@ class SuiteConfig:
     def validate(self) -> None:
         if not self.name:
             raise ConfigError("suite: 'name' is required (it names the W&B group and results/<name>/)")
+        if not re.fullmatch(SUITE_NAME_PATTERN, self.name):
+            raise ConfigError(f"suite.name: {self.name!r} is not a folder name (it names results/<name>/): use "
+                              f"letters, digits, '.', '_' and '-', not starting with '.'")
         if not self.models or not self.methods:
             raise ConfigError("suite: 'models' and 'methods' must each list at least one entry")
+        self.check_entries()
+        if not self.seeds:
+            raise ConfigError("suite.seeds: list at least one seed, e.g. [0]")
+        for i, seed in enumerate(self.seeds):
+            check_range(seed, SEED_RANGE, f"suite.seeds[{i}]")
+        repeated = [seed for seed, n in Counter(self.seeds).items() if n > 1]
+        if repeated:
+            raise ConfigError(f"suite.seeds: {repeated[0]} is listed twice; list each seed once (every cell runs "
+                              f"once per seed)")
         curve_multiples(self)                       # a malformed scratch_curve fails when the suite is loaded
         declared = {"suite.control": self.control} if self.control else {}
         declared.update({f"suite.methods.{label}.control": (entry or {})["control"]
@@ -116,6 +140,25 @@ class SuiteConfig:
             if not isinstance(control, str) or control not in self.methods:
                 raise ConfigError(f"{key}: '{control}' is not a method label of this suite"
                                   f"{_suggest(str(control), self.methods)}; labels: {', '.join(self.methods)}")
+
+    def check_entries(self) -> None:
+        """Every entry of `models` and `methods` is a mapping (or empty), as are a method's
+        `run:` overrides, and a method's `name` is a string: anything else fails here, with
+        the key, rather than deep in the grid's expansion."""
+        for label, entry in self.models.items():
+            if entry is not None and not isinstance(entry, dict):
+                raise ConfigError(f"suite.models.{label}: expected a mapping of run-config overrides or nothing, "
+                                  f"got {entry!r}")
+        for label, entry in self.methods.items():
+            if entry is None:
+                continue
+            if not isinstance(entry, dict):
+                raise ConfigError(f"suite.methods.{label}: expected a mapping of options or nothing, got {entry!r}")
+            if entry.get("run") is not None and not isinstance(entry["run"], dict):
+                raise ConfigError(f"suite.methods.{label}.run: expected a mapping of run-config overrides or "
+                                  f"nothing, got {entry['run']!r}")
+            if "name" in entry and not isinstance(entry["name"], str):
+                raise ConfigError(f"suite.methods.{label}.name: expected a method name, got {entry['name']!r}")
 
     def controls(self) -> dict[str, str]:
         """Method label -> the label of its control: what the report compares its row with."""
@@ -324,6 +367,47 @@ def cell_costs(cells: list[Cell]) -> list[tuple[float, float]]:
     return out
 
 
+def missing_data(cells: list[Cell]) -> list[str]:
+    """What the cells read that is not on this machine, one phrase per data set, found
+    without fetching anything (empty when every data set is there). A dataset that
+    torchvision fetches is there when its folder is; the others (synthetic) always are."""
+    missing = []
+    for data_cfg in {repr(c.cfg.data): c.cfg.data for c in cells}.values():
+        ds = dataset_for(data_cfg)
+        if not isinstance(ds, TorchvisionArchive):
+            continue
+        folder = resolve_root(ds.cfg) / ds.folder
+        if folder.is_dir():
+            continue
+        if given_root(ds.cfg) and not ds.cfg.download:
+            missing.append(f"no {ds.title} at '{folder}' (a run would stop there: set data.root or "
+                           f"$BENCH_DATA_ROOT to the folder holding {ds.folder}/)")
+        else:
+            missing.append(f"{ds.title} is not in '{resolve_root(ds.cfg)}' (a run would fetch it, "
+                           f"{ds.archive_mb} MB)")
+    return missing
+
+
+def check_executor(executor: str, dry_run: bool) -> None:
+    """ConfigError, before anything is written, for an executor that cannot work here:
+    an unknown one, submitit missing, or (for SLURM, unless this is a dry run, which
+    submits nothing) no SLURM commands on this machine."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor '{executor}'{_suggest(executor, EXECUTORS)}; use {', '.join(EXECUTORS)}")
+    if executor == "local" or dry_run:
+        return
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"--executor {executor} needs submitit, which is not installed here: "
+                          f"pip install submitit, or use --executor local") from None
+    if executor == "slurm":
+        absent = [cmd for cmd in ("sbatch", "srun") if shutil.which(cmd) is None]
+        if absent:
+            raise ConfigError(f"no SLURM here ({' and '.join(absent)} not found on PATH): use --executor local, "
+                              f"or submit from a machine of the SLURM cluster")
+
+
 def ensure_data(cells: list[Cell]) -> None:
     """Fetch (or fail on) every data set the cells read, before the first run starts
     (and once, not in each of several worker processes)."""
@@ -431,6 +515,9 @@ def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, result
               executor: str = "local", jobs: int = 1, slurm_overrides: dict | None = None, wait: bool = True,
               retry_failed: bool = False, seeds: list[int] | None = None, rows: list[str] | None = None) -> int:
     suite, folder = load_suite(path)
+    check_executor(executor, dry_run)
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1 (runs at once), got {jobs}")
     if results_dir:
         suite.results_dir = results_dir
     if seeds is not None:        # a part of the grid: e.g. every row at seed 0 of several suites first
@@ -438,13 +525,19 @@ def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, result
         if unknown:
             raise ConfigError(f"--seeds {','.join(map(str, unknown))}: not among this suite's seeds "
                               f"({', '.join(map(str, suite.seeds))})")
-    for key, value in (slurm_overrides or {}).items():
-        if value is not None:
-            setattr(suite.slurm, key, value)
+    given = {key: value for key, value in (slurm_overrides or {}).items() if value is not None}
+    if given:                  # checked as the suite file's slurm: section is
+        suite.slurm = build_dataclass(SlurmConfig, {**dataclasses.asdict(suite.slurm), **given}, "suite.slurm.")
     grid = expand(suite, folder, cli_overrides)   # the whole suite: the report's "partial" line counts it
     cells = select_rows([c for c in grid if seeds is None or c.seed in seeds], rows)
     results = Path(cells[0].cfg.output_dir).parent
-    status = [c.status() for c in cells]
+    where = "--results-dir" if results_dir else "suite.results_dir" if suite.results_dir else "the results folder"
+    for out in dict.fromkeys([results, *(Path(c.cfg.output_dir) for c in cells)]):
+        check_output_dir(out, where, writable=not dry_run)
+    # A run's identity holds its data's fingerprint, so finding the finished runs reads the
+    # data. A dry run fetches nothing: without the data it lists every run as to do.
+    absent = missing_data(cells) if dry_run else []
+    status = ["todo"] * len(cells) if absent else [c.status() for c in cells]
     if retry_failed and not dry_run:
         for c, st in zip(cells, status):
             if st == "diverged":     # kept beside the run, out of the way of a fresh attempt
@@ -452,13 +545,18 @@ def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, result
         status = ["todo" if st == "diverged" else st for st in status]
     todo = run_order([c for c, st in zip(cells, status) if st == "todo"])
     n_diverged, n_running = status.count("diverged"), status.count("running")
-    print(f"suite {suite.name}: {len(cells)} runs ({status.count('finished')} finished"
-          + (f", {n_running} running elsewhere" if n_running else "")
-          + (f", {n_diverged} diverged: --retry-failed re-runs them" if n_diverged else "") + f") -> {results}",
-          flush=True)
+    if absent:
+        print(f"suite {suite.name}: {len(cells)} runs (finished ones unknown: the data is not here) -> {results}\n"
+              f"note: {'; '.join(absent)}; a run's identity holds its data's fingerprint, so without the data "
+              f"finished runs cannot be matched: every run is listed as todo", flush=True)
+    else:
+        print(f"suite {suite.name}: {len(cells)} runs ({status.count('finished')} finished"
+              + (f", {n_running} running elsewhere" if n_running else "")
+              + (f", {n_diverged} diverged: --retry-failed re-runs them" if n_diverged else "") + f") -> {results}",
+              flush=True)
     pin_auto_precision(cells, status)
     if dry_run:
-        return _dry_run(run_order(cells))
+        return _dry_run(cells, status)
 
     from bench.report import write_report
     ensure_data(todo)
@@ -473,13 +571,11 @@ def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, result
         failed = []
     elif executor == "local":
         failed = _run_local(todo, jobs, progress)
-    elif executor in ("slurm", "debug"):
+    else:                      # slurm or debug (check_executor)
         failed = _run_submitit(todo, executor, suite.slurm, results / "submitit", wait, progress)
         if not wait:
             print(f"not waiting: build the report when the jobs are done with `python -m bench report {results}`")
             return 0
-    else:
-        raise ConfigError(f"unknown executor '{executor}'; use local, slurm or debug")
     for c, tb in failed:
         c.run_dir.mkdir(parents=True, exist_ok=True)
         (c.run_dir / "error.txt").write_text(tb)
@@ -549,10 +645,14 @@ def _announce(todo: list[Cell], executor: str) -> list[float]:
     return seconds
 
 
-def _dry_run(cells: list[Cell]) -> int:
+def _dry_run(cells: list[Cell], statuses: list[str]) -> int:
+    """List the cells in run order with their status (`statuses`, in the order of `cells`)
+    and estimated cost; run and write nothing."""
+    status_of = {id(c): st for c, st in zip(cells, statuses)}
+    cells = run_order(cells)
     total_macs = total_s = 0.0
     for c, (macs, seconds) in zip(cells, cell_costs(cells)):
-        status = c.status()
+        status = status_of[id(c)]
         if status == "todo":
             total_macs, total_s = total_macs + macs, total_s + seconds
         target = "-" if c.target is None else f"{c.target:g}"

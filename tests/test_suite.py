@@ -123,7 +123,8 @@ def test_a_suite_keeps_the_precision_of_its_finished_runs(tmp_path, capsys):
     names = [run_name(c.cfg) for c in cells]
     done = cells[0].run_dir
     done.mkdir(parents=True)
-    write_json(RunDir(done).summary_path, {"status": "finished", "precision": "bf16", "memory_format": "channels_last"})
+    write_json(RunDir(done).summary_path, {"status": "finished", "run_id": done.name, "test_acc": 0.5,
+                                           "precision": "bf16", "memory_format": "channels_last"})
     status = [c.status() for c in cells]
     assert status == ["finished", "todo", "todo", "todo"]
     pin_auto_precision(cells, status)
