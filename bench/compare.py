@@ -50,17 +50,18 @@ region of the Friedman statistic", Communications in Statistics A 9(6):571-595, 
 from __future__ import annotations
 
 import itertools
-import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy import stats
 
+from bench.config import ConfigError
+from bench.records import read_run_config, read_suite, read_summary
 from bench.report.rendering import p_text
 
 DEFAULT_OUT = Path("out/compare")
@@ -99,22 +100,23 @@ def load_setting(path: str | Path) -> Setting:
     of run folders): model (name and width), budget (train.epochs), target (None for a
     full-size run: NaN), label, seed and final top-1 (`test_acc`). A run folder with a
     config.yaml but no summary.json is counted as unfinished; a summary whose status is
-    `diverged` is named and left out (it has no accuracy)."""
+    `diverged` is named and left out (it has no accuracy). suite.json and every summary are
+    checked as they are read (bench.records): a damaged one is a one-line error naming it."""
     path = Path(path)
     if not path.is_dir():
         raise CompareError(f"{path}: not a folder")
     runs_dir = path / "runs" if (path / "runs").is_dir() else path
     name = path.name
     suite_file = path / "suite.json"
-    if suite_file.is_file():
-        name = json.loads(suite_file.read_text()).get("suite") or name
+    if os.path.lexists(suite_file):
+        name = read_suite(suite_file).get("suite") or name
     rows, unfinished, diverged = [], 0, []
     for run in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
         summary_file = run / "summary.json"
-        if not summary_file.is_file():
+        if not os.path.lexists(summary_file):
             unfinished += (run / "config.yaml").is_file()
             continue
-        s = json.loads(summary_file.read_text())
+        s = read_summary(summary_file)
         status = s.get("status", "finished")
         if status == "diverged":
             diverged.append(s.get("run_id", run.name))
@@ -124,8 +126,8 @@ def load_setting(path: str | Path) -> Setting:
             unfinished += 1
             continue
         cfg = s.get("config")
-        if not cfg and (run / "config.yaml").is_file():
-            cfg = yaml.safe_load((run / "config.yaml").read_text())
+        if not cfg and os.path.lexists(run / "config.yaml"):
+            cfg = read_run_config(run / "config.yaml")
         cfg = cfg or {}
         target = s.get("target")
         epochs = s.get("epochs") or cfg.get("train", {}).get("epochs")
@@ -556,13 +558,22 @@ def write(c: Comparison, out: Path) -> Path:
 
 def main(suite_dirs: Sequence[str], out: str | Path = DEFAULT_OUT, alpha: float = ALPHA,
          references: bool = False) -> int:
-    """The command: 0 and the written paths, or 1 and one line on bad input."""
+    """The command: 0 and the written paths, or 1 and one line on bad input (checked before
+    any work: `--out` must be a folder or not exist yet, 0 < alpha < 1; then every file read)."""
     import sys
+    out = Path(out)
     try:
+        if not 0 < alpha < 1:
+            raise CompareError(f"--alpha {alpha:g}: a significance level is between 0 and 1 (exclusive), "
+                               f"e.g. --alpha 0.05")
+        there = next((p for p in (out, *out.parents) if p.exists()), None)
+        if there is not None and not there.is_dir():
+            raise CompareError(f"--out {out}: {there} is a file, not a folder; give a folder for compare.md and "
+                               f"cd.png (it is made where missing)")
         c = compare(suite_dirs, alpha=alpha, references=references)
-    except CompareError as e:
+    except (CompareError, ConfigError) as e:       # ConfigError: a damaged record (bench.records)
         print(f"compare: {e}", file=sys.stderr)
         return 1
-    md = write(c, Path(out))
+    md = write(c, out)
     print(f"wrote {md}" + (f" and {md.parent / 'cd.png'}" if c.friedman else f" ({c.friedman_note})"))
     return 0

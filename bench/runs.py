@@ -41,6 +41,7 @@ from bench.architecture import ArchitectureError, rebuild
 from bench.config import ConfigError, RunConfig, config_hash, to_dict
 from bench.datasets import data_fingerprint
 from bench.device import cpu_capability, cpu_model
+from bench.records import read_env, read_run_config, read_summary
 
 PACKAGES = ("torch", "torchvision", "timm", "torch-pruning", "wandb", "pandas", "numpy")
 
@@ -82,8 +83,8 @@ def finished_index(out: Path) -> dict[str, Path]:
     for folder in sorted(names):
         path = out / folder
         try:
-            fp = json.loads((path / "env.json").read_text()).get("data_fingerprint")
-            raw = yaml.safe_load((path / "config.yaml").read_text())
+            fp = read_env(path / "env.json").get("data_fingerprint")
+            raw = read_run_config(path / "config.yaml")
             if not fp:
                 raise ValueError("its env.json records no data_fingerprint")
             name = run_name(build_config(raw), fp)
@@ -235,7 +236,9 @@ class RunDir:
         return self.summary_path.is_file()
 
     def read_summary(self) -> dict:
-        return json.loads(self.summary_path.read_text())
+        """summary.json, checked (bench.records.read_summary): a damaged or crafted one is a
+        one-line error naming it, not a traceback."""
+        return read_summary(self.summary_path)
 
     def retire_summary(self) -> Path:
         """Set a finished run's summary.json aside as summary.before-rerun[-N].json (the

@@ -48,6 +48,8 @@ from torch import nn
 from bench.architecture import ArchitectureError, deployed_record, rebuild
 from bench.config import ConfigError, TrainConfig
 from bench.device import to_memory_format
+from bench.records import (ANY_NUMBER, NUMBER, ListOf, Record, check, read_json_record, read_suite, read_summary,
+                           refuse, show)
 
 FORMAT = 1
 MEASURES = ("latency_ms", "infer_batch_ms", "train_step_ms")
@@ -67,12 +69,11 @@ def _target_key(t: Any) -> Optional[float]:
 
 
 def finished_summaries(results_dir: Path) -> list[dict]:
+    """The summaries of the finished runs under `results_dir/runs`, each checked
+    (bench.records.read_summary: a damaged one is a one-line error naming it)."""
     out = []
     for path in sorted(Path(results_dir).glob("runs/*/summary.json")):
-        try:
-            s = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: unreadable summary ({e})") from None
+        s = read_summary(path)
         if s.get("status", "finished") == "finished":
             out.append(s)
     return out
@@ -219,7 +220,7 @@ def retime(results_dir: str | Path, rounds: int = ROUNDS, warmup: int = WARMUP_R
         raise ConfigError(f"no finished runs under '{out}/runs'")
     dev = resolve_device(device)
     suite = out / "suite.json"
-    controls = (json.loads(suite.read_text()).get("controls") or {}) if suite.is_file() else {}
+    controls = (read_suite(suite).get("controls") or {}) if os.path.lexists(suite) else {}
     rows, archs, skipped = plan(summaries, controls)
     for s in skipped:
         log(f"retime: {s['model']} {s['label']} {s['target']}: not timed ({s['reason']})")
@@ -354,9 +355,45 @@ def speed_lines(retime_doc: dict) -> list[str]:
     return lines + ([""] if retime_doc.get("not_timed") else [])
 
 
+_TEXT = (str, None)
+_LOAD = (ListOf(NUMBER), None)
+# What speed_lines reads from retime.json: read_retime checks it all before the table is drawn.
+RETIME = Record(required={
+    "sitting": Record(required={"cpu": str, "device": str, "torch_threads": int, "torch": str, "started": str,
+                                "finished": str, "rounds": int, "warmup_rounds": int},
+                      optional={"cpu_capability": _TEXT, "gpu": _TEXT, "load_before": _LOAD, "load_after": _LOAD,
+                                "load_per_round": ListOf(_LOAD)}),
+    "architectures": ListOf(Record(required={
+        "id": str, "params": int, "macs": int,
+        "setting": Record(required={"eval_batch": int, "train_batch": int, "precision": str, "memory_format": str}),
+        "samples": Record(required={m: ListOf(ANY_NUMBER) for m in MEASURES})})),
+    "rows": ListOf(Record(required={"model": str, "label": str, "target": (NUMBER, None), "control": str,
+                                    "arch": str, "representative_seed": (int, None)})),
+}, optional={"not_timed": ListOf(Record(required={"model": str, "label": str, "target": (NUMBER, None),
+                                                  "reason": str}))})
+
+
+def read_retime(path: str | Path) -> dict:
+    """retime.json, checked before anything is drawn from it: this version's format, the
+    keys and types speed_lines reads, every row's architecture present. A damaged, crafted
+    or other-version file is a one-line RecordError naming it."""
+    fix = f"delete it, or time the suite again: `python -m bench retime {Path(path).parent}`"
+    doc = read_json_record(path, "retime record", fix)
+    if doc.get("format") != FORMAT:
+        found = f"format {show(doc['format'])}" if "format" in doc else "no format"
+        raise refuse(path, "retime record", f"{found}; this version reads format {FORMAT}", fix)
+    check(doc, RETIME, path, "retime record", fix)
+    ids = {a["id"] for a in doc["architectures"]}
+    for i, row in enumerate(doc["rows"]):
+        if row["arch"] not in ids:
+            raise refuse(path, "retime record", f"rows[{i}].arch {show(row['arch'])} names no architecture", fix)
+    return doc
+
+
 def report_lines(results_dir: str | Path) -> list[str]:
-    """The report's speed section from `results_dir/retime.json`; nothing where there is none."""
+    """The report's speed section from `results_dir/retime.json` (checked: read_retime);
+    nothing where there is none."""
     path = Path(results_dir) / "retime.json"
-    if not path.is_file():
+    if not os.path.lexists(path):
         return []
-    return speed_lines(json.loads(path.read_text()))
+    return speed_lines(read_retime(path))

@@ -16,29 +16,33 @@ Building needs no network (`build_report`, tested offline); only saving does.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional
 
 from bench.config import ConfigError
+from bench.records import FIX_RUN, Record, read_json_record, read_suite
 
 DEFAULT_PROJECT = "compress-bench"
 DEFAULT_BASE_URL = "https://api.wandb.ai"          # W&B's own default for $WANDB_BASE_URL
 GROUPING = ["config.method", "config.target"]
 CURVE_METHOD = "dense_small"     # the runs of the scratch curve (bench.scratch_curve.CURVE_METHOD)
+# What suite_of reads of a summary: its config's W&B project.
+PROJECT = Record(optional={"config": Record(optional={"wandb": Record(optional={"project": (str, None)})})})
 
 
 def suite_of(results_dir: Path) -> tuple[str, str]:
     """(suite name = W&B group, W&B project) from the suite's results folder."""
     meta_path = results_dir / "suite.json"
-    if not meta_path.is_file():
+    if not os.path.lexists(meta_path):
         raise ConfigError(f"no suite.json in '{results_dir}'; give the folder a suite wrote "
                           f"(results/<suite name>), e.g. results/cifar10-quick")
-    suite = json.loads(meta_path.read_text())["suite"]
+    suite = read_suite(meta_path, required=("suite",))["suite"]
     project = DEFAULT_PROJECT
-    for cfg_path in sorted(results_dir.glob("runs/*/summary.json"))[:1]:
-        project = json.loads(cfg_path.read_text()).get("config", {}).get("wandb", {}).get("project") or project
+    for path in sorted(results_dir.glob("runs/*/summary.json"))[:1]:
+        # Only the W&B project is read here: checked as far as that goes (bench.records).
+        s = read_json_record(path, "summary", FIX_RUN, PROJECT)
+        project = s.get("config", {}).get("wandb", {}).get("project") or project
     return suite, project
 
 

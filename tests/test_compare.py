@@ -285,3 +285,23 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, capsys, case):
     err = capsys.readouterr().err.strip()
     assert err.startswith("compare: ") and len(err.splitlines()) == 1
     assert not (tmp_path / "cmp").exists()
+
+
+@pytest.mark.parametrize("alpha, out, says", [(2.0, None, "--alpha 2"), (0.0, None, "--alpha 0"),
+                                              (math.nan, None, "--alpha nan"), (0.05, "FILE", "is a file"),
+                                              (0.05, "FILE/sub", "is a file")])
+def test_a_bad_alpha_or_an_out_that_is_a_file_is_one_line_before_any_work(tmp_path, capsys, monkeypatch, alpha,
+                                                                           out, says):
+    """Checked before the suites are read: no CD of nan, no FileExistsError after the work
+    (the command line also refuses such an alpha as it parses it)."""
+    good = plant(tmp_path / "good", ORDER)
+    (tmp_path / "file").write_text("keep")
+    monkeypatch.setattr(cmp, "compare", lambda *a, **k: pytest.fail("the suites were read"))
+    out = (out or "cmp").replace("FILE", str(tmp_path / "file"))
+    if alpha == 0.05:
+        assert cli(["compare", str(good), str(good), "--out", out]) == 1
+    else:
+        assert cmp.main([str(good), str(good)], out=tmp_path / out, alpha=alpha) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("compare: ") and len(err.splitlines()) == 1 and says in err, err
+    assert (tmp_path / "file").read_text() == "keep" and not (tmp_path / "cmp").exists()

@@ -21,7 +21,7 @@ def plant(root: Path, run_id: str, label: str, width: float, seed: int = 0, targ
     """A finished run's summary as the harness writes it (the fields retime reads)."""
     run_cfg = ModelConfig(name="vgg11", width=0.25, num_classes=10)
     summary = {"status": "finished", "run_id": run_id, "method": "dense_small" if target else "dense",
-               "model": "vgg11", "label": label, "seed": seed, "target": target, "precision": "fp32",
+               "model": "vgg11", "label": label, "seed": seed, "target": target, "test_acc": 0.5, "precision": "fp32",
                "memory_format": "contiguous",
                "method_summary": {"width": width},
                "config": {"control": "dense", "model": {"name": "vgg11", "width": 0.25, "act": "relu",
@@ -119,7 +119,7 @@ def test_a_row_that_cannot_be_rebuilt_is_named_and_the_rest_timed(planted):
     d.mkdir()
     (d / "summary.json").write_text(json.dumps({"status": "finished", "run_id": "odd", "method": "mystery",
                                                 "model": "vgg11", "label": "mystery", "target": 0.5,
-                                                "config": {"model": {"name": "vgg11", "width": 0.25}}}))
+                                                "test_acc": 0.5, "config": {"model": {"name": "vgg11", "width": 0.25}}}))
     doc = json.loads(retime(planted, rounds=1, warmup=0, latency_reps=1, device="cpu", log=lambda s: None).read_text())
     assert [s["label"] for s in doc["not_timed"]] == ["mystery"] and len(doc["rows"]) == 2
     assert "not timed: vgg11 mystery 0.5" in "\n".join(speed_lines(doc))

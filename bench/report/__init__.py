@@ -1,9 +1,10 @@
 """The report of a suite: runs.csv, a README with one table per model, PNG plots,
 and a W&B summary run in the suite's group.
 
-`python -m bench report RESULTS_DIR` (a suite's results folder, or its runs/ folder)
-reads every finished run under `RESULTS_DIR/runs/*/summary.json` (and its history.csv)
-and writes:
+`python -m bench report RESULTS_DIR` (a suite's results folder, or its runs/ folder, or
+any folder of run folders) reads every finished run under `RESULTS_DIR/runs/*/summary.json`
+(a folder of runs: `RESULTS_DIR/*/summary.json`) and its history.csv, each checked
+(bench.records), and writes:
 
 - `runs.csv`: one row per run, every scalar summary field (nested ones flattened);
 - `README.md`: per model, one row per (method, target): top-1 with its 95% interval and
@@ -61,19 +62,25 @@ def _finished(folder: Path) -> bool:
 
 
 def locate(path: str | Path) -> Path:
-    """The results folder to report on: `path` itself, or its parent when `path` is the
-    runs/ folder. A folder that does not exist or holds no finished run is a ConfigError
-    (one line), not an empty report."""
+    """The folder to report on: `path` itself when it holds a runs/ folder of finished runs;
+    its parent when `path` is that runs/ folder (the suite's folder, with its suite.json);
+    `path` itself when it is a folder of run folders by another name (its runs are read
+    from it, never from a runs/ folder beside it). A folder that does not exist or holds no
+    finished run is a ConfigError (one line), not an empty report."""
     p = Path(path)
     if not p.is_dir():
         raise ConfigError(f"report: '{path}' is not a folder; give a suite's results folder (e.g. "
                           f"results/cifar10-quick) or the runs/ folder inside it")
-    if not _finished(p) and any(p.glob("*/summary.json")):
-        p = p.parent                                      # the runs/ folder itself
-    if not _finished(p):
-        raise ConfigError(f"report: no finished runs under '{p / 'runs'}' (a finished run's folder holds "
-                          f"summary.json)")
-    return p
+    if _finished(p):
+        return p
+    if any(p.glob("*/summary.json")):
+        # A runs/ folder: its suite's folder, which holds it. Any other folder of runs is
+        # reported on as it is (its parent may hold other runs, or none).
+        if p.name == "runs" or p.resolve().name == "runs":     # `results/x/runs`, or `.` inside it
+            return p.parent if p.name == "runs" else p.resolve().parent
+        return p
+    raise ConfigError(f"report: no finished runs under '{p / 'runs'}' or in '{p}' itself (a finished run's "
+                      f"folder holds summary.json)")
 
 
 def destination(results_dir: Path) -> Path:

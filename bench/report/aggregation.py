@@ -18,6 +18,7 @@ are never compared with each other.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,6 +27,7 @@ import pandas as pd
 
 from bench.config import DEFAULT_CONTROL, flatten, read_yaml
 from bench.metrics import FINAL, declared
+from bench.records import read_env, read_history, read_suite, read_summary
 from bench.report.statistics import Family, fit_family, mean_ci
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,14 +52,10 @@ def _has_target(t: Any) -> bool:
 
 def _fingerprint(run_dir: Path, env: dict) -> str:
     """The data fingerprint the run recorded (env.json, else the summary's env), as its
-    first characters; `unknown` for runs made before runs recorded one."""
-    fp = None
+    first characters; `unknown` for runs made before runs recorded one. A damaged env.json
+    is an error (bench.records), not `unknown`: that would pool the run with other data."""
     path = run_dir / "env.json"
-    if path.is_file():
-        try:
-            fp = json.loads(path.read_text()).get("data_fingerprint")
-        except (OSError, ValueError):
-            fp = None
+    fp = read_env(path).get("data_fingerprint") if os.path.lexists(path) else None
     fp = fp or env.get("data_fingerprint")
     return str(fp)[:FINGERPRINT_PREFIX] if fp else UNKNOWN_DATA
 
@@ -73,12 +71,15 @@ def machine_name(env: dict) -> str:
 
 
 def load_runs(results_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """One row per finished run under results_dir/runs (every scalar summary field, nested
+    """One row per finished run under results_dir/runs (or under results_dir itself when it
+    is a folder of run folders with no runs/ inside: every scalar summary field, nested
     ones flattened; its control, comparators, machine and data fingerprint), and the runs'
-    histories by run id (key `__wandb__`: the W&B settings of the first run)."""
+    histories by run id (key `__wandb__`: the W&B settings of the first run). Each
+    summary.json and history.csv is checked as it is read (bench.records): a damaged or
+    crafted one is a one-line RecordError naming it."""
     rows, histories = [], {}
-    for path in sorted(Path(results_dir).glob("runs/*/summary.json")):
-        s = json.loads(path.read_text())
+    for path in summary_paths(results_dir):
+        s = read_summary(path)
         cfg = s.get("config", {})
         histories.setdefault("__wandb__", cfg.get("wandb", {}))
         row = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
@@ -92,9 +93,17 @@ def load_runs(results_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]
         row["data"] = _fingerprint(path.parent, env)
         rows.append(row)
         hist = path.parent / "history.csv"
-        if hist.is_file():
-            histories[s["run_id"]] = pd.read_csv(hist)
+        if os.path.lexists(hist):
+            histories[s["run_id"]] = read_history(hist)
     return pd.DataFrame(rows), histories
+
+
+def summary_paths(results_dir: str | Path) -> list[Path]:
+    """The summary.json of every run folder: under results_dir/runs/, or in results_dir's
+    own subfolders where it has no runs/ folder (a folder of runs, see bench.report.locate)."""
+    folder = Path(results_dir)
+    runs = folder / "runs" if (folder / "runs").is_dir() else folder
+    return sorted(runs.glob("*/summary.json"))
 
 
 def suite_plan(results_dir: Path) -> dict[str, Any]:
@@ -103,8 +112,8 @@ def suite_plan(results_dir: Path) -> dict[str, Any]:
     suite file is the one suite.json names, else configs/suites/<folder name>.yaml."""
     results_dir = Path(results_dir)
     meta: dict[str, Any] = {}
-    if (results_dir / "suite.json").is_file():
-        meta = json.loads((results_dir / "suite.json").read_text())
+    if os.path.lexists(results_dir / "suite.json"):
+        meta = read_suite(results_dir / "suite.json")
     if "comparators" not in meta:
         candidates = [Path(meta["file"]), REPO / meta["file"]] if meta.get("file") else []
         candidates.append(REPO / "configs" / "suites" / f"{meta.get('suite') or results_dir.name}.yaml")

@@ -1,6 +1,9 @@
 """Writing the report files of a results folder (see bench.report)."""
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -64,26 +67,58 @@ def analyse(results_dir: str | Path) -> Optional[Analysis]:
 def write_report(results_dir: str | Path, suite_name: Optional[str] = None,
                  out_dir: Optional[str | Path] = None) -> Optional[Path]:
     """Read the runs under `results_dir` and write the report files into `out_dir`
-    (default: `results_dir`); returns the README's path (None without finished runs)."""
+    (default: `results_dir`); returns the README's path (None without finished runs).
+
+    Everything is read, checked and drawn before any report file is replaced: the texts
+    are built in memory and the plots drawn into a temporary folder inside `out_dir`; then
+    each file is moved into place, the README last. A damaged input (a summary, a history,
+    suite.json, retime.json: bench.records) stops it with its one-line error and leaves
+    the previous report as it was."""
     src = Path(results_dir)
     out = Path(out_dir) if out_dir is not None else src
     a = analyse(src)
     if a is None:
         print(f"report: no finished runs under {src}/runs")
         return None
+    speed = timing.report_lines(src)        # the speed table of `bench retime`, where retime.json exists
+    name = suite_name or a.meta.get("suite") or src.name
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    meta, histories, diverged = a.meta, a.histories, a.diverged
-    write_text(out / "runs.csv", a.all_runs.to_csv(index=False))
-    n_runs = len(a.all_runs)                # finished and diverged
-    name = suite_name or meta.get("suite") or src.name
+    drawing = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
+        texts, plots = report_files(a, name, drawing, speed)
+        for p in plots:                     # every file is ready: only now are the old ones replaced
+            os.replace(p, out / p.name)
+        for fname, text in texts.items():   # README.md last
+            write_text(out / fname, text)
+    except BaseException:
+        shutil.rmtree(drawing, ignore_errors=True)
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    shutil.rmtree(drawing, ignore_errors=True)
+    readme = out / "README.md"
     if a.agg is None:
-        write_text(out / "README.md", "\n".join([f"# Results: {name}", "", *diverged]))
-        print(f"report: every run under {src}/runs diverged -> {out / 'README.md'}")
-        return out / "README.md"
-    write_text(out / "histories.csv", all_histories(a.every_run, histories).to_csv(index=False))
+        print(f"report: every run under {src}/runs diverged -> {readme}")
+        return readme
+    log_to_wandb(name, a.every_run, [out / p.name for p in plots], out, a.wandb_cfg)
+    print(f"report: {len(a.every_run)} runs -> {readme}")
+    return readme
+
+
+def report_files(a: Analysis, name: str, drawing: Path, speed: list[str]) -> tuple[dict[str, str], list[Path]]:
+    """The report of `a`: its text files by name (README.md last) and its plots, drawn into
+    the folder `drawing`; `speed` is the speed section of retime.json (timing.report_lines)."""
+    meta, histories, diverged = a.meta, a.histories, a.diverged
+    texts = {"runs.csv": a.all_runs.to_csv(index=False)}
+    n_runs = len(a.all_runs)                # finished and diverged
+    if a.agg is None:
+        texts["README.md"] = "\n".join([f"# Results: {name}", "", *diverged])
+        return texts, []
     every_run, runs, agg, matched = a.every_run, a.runs, a.agg, a.matched
-    write_text(out / "table.csv", agg.drop(columns=["tta_s_seeds"], errors="ignore").to_csv(index=False))
-    plots = plot(agg, runs, histories, out)
+    texts["histories.csv"] = all_histories(every_run, histories).to_csv(index=False)
+    texts["table.csv"] = agg.drop(columns=["tta_s_seeds"], errors="ignore").to_csv(index=False)
+    plots = plot(agg, runs, histories, drawing)
     lines = [f"# Results: {name}", ""]
     if "command" in meta:
         machines = runs["machine"].value_counts() if "machine" in runs else pd.Series(dtype=int)
@@ -113,15 +148,13 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None,
               statistics_note(), "", *data_line(agg), *compute_line(every_run)]
     published = load_published()
     for model in dict.fromkeys(agg["model"]):
-        matched_lines, matched_plots = scratch_curve.section(matched, every_run, agg, model, out,
+        matched_lines, matched_plots = scratch_curve.section(matched, every_run, agg, model, drawing,
                                                              reference_labels(agg), correction_name())
         plots += matched_plots
         lines += [f"## {model}", "", *highlights(agg, model, runs), *ranking_lines(agg, runs, model), "",
                   markdown_table(agg, model), *speed_section(agg, model), *comparators_section(agg, model),
                   *matched_lines, *published_section(agg, model, published)]
-    lines += timing.report_lines(src)       # the speed table of `bench retime`, where retime.json exists
+    lines += speed
     lines += diverged + ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
-    write_text(out / "README.md", "\n".join(lines))
-    log_to_wandb(name, every_run, plots, out, a.wandb_cfg)
-    print(f"report: {len(every_run)} runs -> {out / 'README.md'}")
-    return out / "README.md"
+    texts["README.md"] = "\n".join(lines)
+    return texts, plots
