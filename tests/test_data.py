@@ -132,3 +132,4 @@ def test_without_network_the_fetch_fails_within_seconds_in_one_line(tmp_path, mo
     assert "\n" not in msg
     assert msg.startswith(f"could not download CIFAR-10 from {CIFAR10.url} into 'data' (URLError: ")
     assert "set data.root=" in msg and "$BENCH_DATA_ROOT" in msg and f"put {CIFAR10.filename}" in msg
+    assert not (tmp_path / "data").exists()        # nothing fetched, no empty data folder left

@@ -191,9 +191,12 @@ class TorchvisionArchive(Dataset):
               f"to use a copy you have, set data.root or $BENCH_DATA_ROOT", file=sys.stderr, flush=True)
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(DOWNLOAD_SOCKET_TIMEOUT_S)
+        made = not root.exists()
         try:
             tv_utils.download_and_extract_archive(tv.url, str(root), filename=tv.filename, md5=tv.tgz_md5)
         except (OSError, RuntimeError) as e:   # URLError and timeouts are OSErrors; a bad md5 a RuntimeError
+            if made and root.is_dir() and not any(root.iterdir()):
+                root.rmdir()                   # nothing fetched: leave no empty data folder behind
             reason = " ".join(str(getattr(e, "reason", None) or e).split())
             raise ConfigError(
                 f"could not download {self.title} from {tv.url} into '{root}' ({type(e).__name__}: {reason}); "

@@ -41,7 +41,8 @@ def load_batch(f: IO[bytes], path: Path | str) -> Any:
         return BatchUnpickler(f, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise ConfigError(f"refusing '{path}': {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
-                          f"a CIFAR batch holds numpy arrays, lists, dicts, strings and numbers only") from None
+                          f"a CIFAR batch holds numpy arrays, lists, dicts, strings and numbers only; a damaged copy "
+                          f"is fetched again by removing its folder (or use another data.root)") from None
 
 
 @register_dataset("cifar10")
