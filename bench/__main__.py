@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from bench.config import (ConfigError, device_name, label_list, open_fraction, seed_list, split_args,
                           whole_number)
@@ -165,8 +166,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bench.report import destination, locate
     results = locate(args.results_dir)             # before pandas and torch load: a wrong folder fails at once
     from bench.report import write_report
-    out = destination(results)
-    if out != results:
+    out = Path(args.out) if args.out else destination(results)
+    from bench.configure import check_output_dir
+    check_output_dir(out, "--out")
+    if out != results and not args.out:
         print(f"report: {results} is not a suite's folder (no suite.json): the report goes to {out}", flush=True)
     write_report(results, out_dir=out)
     return 0
@@ -230,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="tables and plots from the runs under a suite's results directory")
     rep.add_argument("results_dir", help="a suite's results folder (results/<suite>) or the runs/ folder in it; "
                                          "runs outside a suite (no suite.json) get their report under out/")
+    rep.add_argument("--out", default=None, help="folder for the report (default: the suite's folder; runs "
+                                                 "outside a suite: out/report-<folder name>)")
     rep.set_defaults(fn=cmd_report)
     c = sub.add_parser("compare", help="rank methods across suites: ranks per cell, Kendall's tau, "
                                         "Friedman + Nemenyi average ranks and a CD diagram")

@@ -449,6 +449,19 @@ def test_report_takes_the_runs_folder_and_writes_ad_hoc_reports_out_of_results(t
     assert "is not a suite's folder (no suite.json): the report goes to" in capsys.readouterr().out
 
 
+def test_report_writes_where_out_says_and_refuses_a_file_there(tmp_path, monkeypatch, capsys):
+    from bench.__main__ import main
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    runs, hists = planted()
+    write_suite_folder(tmp_path / "results", runs, hists)
+    assert main(["report", str(tmp_path / "results"), "--out", str(tmp_path / "mine")]) == 0
+    assert (tmp_path / "mine" / "README.md").is_file() and not (tmp_path / "results" / "README.md").exists()
+    (tmp_path / "afile").write_text("x")
+    assert main(["report", str(tmp_path / "results"), "--out", str(tmp_path / "afile")]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --out ")
+    assert (tmp_path / "afile").read_text() == "x"
+
+
 def test_accuracy_over_time_has_one_style_per_row_and_the_mean_over_seeds():
     from bench.report.plots import mean_curve, row_styles
     styles = row_styles(list(range(19)))
