@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
 import os
 import resource
 import time
@@ -196,7 +197,11 @@ def _timings(fn: Callable, repeats: int, number: int = 1, device: torch.device =
     """Seconds per call of `fn`, `repeats` times (each the mean of `number` calls), through
     `torch.utils.benchmark` at the process's thread count, its clock waiting for `device`
     (the one `fn` runs on: the benchmark's own waits for the current CUDA device only)."""
-    import torch.utils.benchmark as benchmark     # here: importing it costs 0.2 s and logs about CUDA_HOME
+    # Imported here: it costs 0.2 s. It imports torch's C++-extension builder, which warns
+    # "No CUDA runtime is found, using CUDA_HOME=..." on a CPU machine with a CUDA toolkit
+    # installed; nothing here builds an extension, so that warning is silenced.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    import torch.utils.benchmark as benchmark
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads(),
                             timer=Clock(device))
     return [timer.timeit(number).mean for _ in range(repeats)]
