@@ -16,6 +16,7 @@ The error is a RecordError, a ConfigError: the command line prints it as one lin
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -243,17 +244,13 @@ _SUMMARY_KEYS = {"status": str, "test_acc": (NUMBER, None), "model": str, "metho
                  "dataset": _TEXT, "seed": int, "target": (NUMBER, None), "epochs": int, "precision": _TEXT,
                  "memory_format": _TEXT, "diverged_epoch": int, "diverged_step": int, "message": str,
                  "config": RUN_CONFIG, "env": ENV}
-_SUMMARY: list[Record] = []
-
-
+@functools.cache
 def summary_spec() -> Record:
     """What a summary.json must hold: a run id, and where present the identity keys and
     every declared final metric (bench.metrics) of the right type."""
-    if not _SUMMARY:
-        from bench.metrics import FINAL, declared        # the declared metrics: on first use
-        metrics = {m.name: (ANY_NUMBER, None) for m in declared(FINAL)}
-        _SUMMARY.append(Record(required={"run_id": str}, optional={**metrics, **_SUMMARY_KEYS}))
-    return _SUMMARY[0]
+    from bench.metrics import FINAL, declared        # the declared metrics: on first use
+    metrics = {m.name: (ANY_NUMBER, None) for m in declared(FINAL)}
+    return Record(required={"run_id": str}, optional={**metrics, **_SUMMARY_KEYS})
 
 
 def read_summary(path: str | os.PathLike) -> dict:
