@@ -554,7 +554,10 @@ def run_suite(path: str, cli_overrides: list[str], dry_run: bool = False, result
               + (f", {n_running} running elsewhere" if n_running else "")
               + (f", {n_diverged} diverged: --retry-failed re-runs them" if n_diverged else "") + f") -> {results}",
               flush=True)
-    pin_auto_precision(cells, status)
+    # The pin reads the whole suite's finished runs: a selection (--seeds, --rows) with
+    # none finished of its own still trains at the precision of those outside it.
+    pin_auto_precision([c for c, st in zip(cells, status) if st == "todo"],
+                       [] if absent else [c for c in grid if c.status() == "finished"])
     if dry_run:
         return _dry_run(cells, status)
 
@@ -605,23 +608,24 @@ def select_rows(cells: list[Cell], rows: list[str] | None) -> list[Cell]:
     return [c for c in cells if c.label in rows]
 
 
-def pin_auto_precision(cells: list[Cell], status: list[str]) -> None:
+def pin_auto_precision(todo: list[Cell], finished: list[Cell]) -> None:
     """A suite keeps one precision. Where its cells leave precision and memory format to
-    the machine (`auto`) and the suite's finished runs agree on what that gave, the cells
-    still to run are pinned to it (train.auto_resolves_to), so that a suite finished on
-    another machine (say one with native bf16) still compares like with like."""
+    the machine (`auto`) and the suite's `finished` runs (the whole grid's, whatever part
+    of it this call runs) agree on what that gave, the cells in `todo` are pinned to it
+    (train.auto_resolves_to), so that a suite finished on another machine (say one with
+    native bf16), or a part of it run with --seeds or --rows, still compares like with like."""
     def leaves_to_machine(c: Cell) -> bool:
         return "auto" in (c.cfg.train.precision, c.cfg.train.memory_format) and not c.cfg.train.auto_resolves_to
-    summaries = [RunDir(c.run_dir).read_summary() for c, st in zip(cells, status)
-                 if st == "finished" and leaves_to_machine(c)]
+    summaries = [RunDir(c.run_dir).read_summary() for c in finished if leaves_to_machine(c)]
     seen = Counter(f"{s['precision']}/{s.get('memory_format', 'contiguous')}" for s in summaries if "precision" in s)
     if len(seen) > 1:
         print(f"warning: this suite's finished runs mix precisions ({', '.join(f'{n} in {k}' for k, n in seen.items())}); "
-              f"their timings and accuracies are not like for like", file=sys.stderr, flush=True)
+              f"their timings and accuracies are not like for like: pin the runs to do with "
+              f"train.auto_resolves_to=PRECISION/FORMAT", file=sys.stderr, flush=True)
     if len(seen) != 1:
         return
     (pin, n), = seen.items()
-    todo = [c for c, st in zip(cells, status) if st == "todo" and leaves_to_machine(c)]
+    todo = [c for c in todo if leaves_to_machine(c)]
     for c in todo:
         c.raw = merge(c.raw, {"train": {"auto_resolves_to": pin}})
         c.cfg.train.auto_resolves_to = pin

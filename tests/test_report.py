@@ -494,3 +494,24 @@ def test_a_suite_declares_its_comparators_beside_control_without_changing_run_ha
     path.write_text(yaml.safe_dump(dict(suite, comparators=["basline"])))
     with pytest.raises(ConfigError, match=r"suite.comparators\[0\]: 'basline' is not a method label.*'baseline'"):
         load_suite(str(path))
+
+
+def test_the_report_says_which_rows_mix_precisions():
+    """One precision: one plain sentence. Several: bold, with the rows whose seeds trained
+    in different precisions (a row's seeds then differ by more than the seed)."""
+    from bench.report.rendering import precision_line
+    runs = pd.DataFrame({"label": ["a", "a", "b", "b"], "target": [0.5, 0.5, None, None],
+                         "precision": ["fp32", "bf16", "fp32", "fp32"],
+                         "memory_format": ["contiguous", "channels_last", "contiguous", None]})
+    line = precision_line(runs)[0]
+    assert line.startswith("**Runs in different precisions** (3 fp32, 1 bf16; memory format: 3 contiguous, 1 channels_last)")
+    assert "rows mixing them over their seeds: a at 50%." in line
+    assert precision_line(runs[runs["precision"] == "fp32"]) == [
+        "Precision: every run trained in fp32 (memory format: 3 contiguous).", ""]
+    assert precision_line(runs.drop(columns=["precision"])) == []
+
+
+def test_the_report_shows_a_data_folder_of_another_machine_as_a_placeholder():
+    from bench.report.build import shown_command
+    assert (shown_command("python -m bench suite s.yaml data.root=/work/shared/data/cifar10 --seeds 1 my.data.root=x")
+            == "python -m bench suite s.yaml data.root=DATA_ROOT --seeds 1 my.data.root=x")

@@ -127,7 +127,7 @@ def test_a_suite_keeps_the_precision_of_its_finished_runs(tmp_path, capsys):
                                            "precision": "bf16", "memory_format": "channels_last"})
     status = [c.status() for c in cells]
     assert status == ["finished", "todo", "todo", "todo"]
-    pin_auto_precision(cells, status)
+    pin_auto_precision([c for c, st in zip(cells, status) if st == "todo"], cells[:1])
     assert "precision bf16/channels_last for the 3 run(s) to do" in capsys.readouterr().out
     assert [c.cfg.train.auto_resolves_to for c in cells] == ["", *["bf16/channels_last"] * 3]
     assert [run_name(c.cfg) for c in cells] == names
@@ -135,6 +135,20 @@ def test_a_suite_keeps_the_precision_of_its_finished_runs(tmp_path, capsys):
     cells[1].cfg.train.auto_resolves_to = "fp32/contiguous"
     rt = Runtime(torch.device("cpu"), cells[1].cfg.train)
     assert (rt.precision, rt.memory_format) == ("fp32", "contiguous")
+
+
+def test_a_part_of_a_suite_keeps_the_precision_of_the_runs_outside_it(tmp_path, capsys):
+    """--seeds 1 (or --rows) on a machine whose `auto` differs: the selection has no finished
+    run of its own, and still trains at the precision of the suite's finished seed-0 runs."""
+    from bench.runs import RunDir, write_json
+    out = tmp_path / "out"
+    path = write_suite(tmp_path, seeds=[0, 1], results_dir=str(out))
+    for c in expand(*load_suite(str(path)), [])[:2]:         # both rows at seed 0
+        c.run_dir.mkdir(parents=True)
+        write_json(RunDir(c.run_dir).summary_path, {"status": "finished", "run_id": c.run_dir.name, "test_acc": 0.5,
+                                                    "precision": "fp32", "memory_format": "contiguous"})
+    assert run_suite(str(path), [], results_dir=str(out), seeds=[1], dry_run=True) == 0
+    assert "precision fp32/contiguous for the 2 run(s) to do, as in this suite's 2 finished run(s)" in capsys.readouterr().out
 
 
 def test_rows_selects_the_same_runs_as_the_whole_grid(tmp_path):

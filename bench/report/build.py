@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from bench.report.plots import plot
 from bench.report.statistics import CORRECTION
 from bench.report.published import load_published, published_section
 from bench.report.rendering import (comparators_section, compute_line, correction_name, data_line, highlights,
-                                    markdown_table, ranking_lines, speed_section, statistics_note)
+                                    markdown_table, precision_line, ranking_lines, speed_section, statistics_note)
 from bench.report.wandb_summary import log_to_wandb
 from bench.runs import write_text
 
@@ -106,6 +107,12 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None,
     return readme
 
 
+def shown_command(command: str) -> str:
+    """The suite command as the report shows it: a data.root override names a folder of
+    the machine that ran it, so it is shown as DATA_ROOT (give yours, or BENCH_DATA_ROOT)."""
+    return re.sub(r"(?<!\S)data\.root=\S+", "data.root=DATA_ROOT", command)
+
+
 def report_files(a: Analysis, name: str, drawing: Path, speed: list[str]) -> tuple[dict[str, str], list[Path]]:
     """The report of `a`: its text files by name (README.md last) and its plots, drawn into
     the folder `drawing`; `speed` is the speed section of retime.json (timing.report_lines)."""
@@ -123,9 +130,9 @@ def report_files(a: Analysis, name: str, drawing: Path, speed: list[str]) -> tup
     if "command" in meta:
         machines = runs["machine"].value_counts() if "machine" in runs else pd.Series(dtype=int)
         several = (f" Its runs ran on {len(machines)} machines: " + "; ".join(f"{n} on {m}" for m, n in machines.items())
-                   + ". Accuracy, parameters and MACs do not depend on the machine; timings are taken from one "
-                     "(see the speed section)." if len(machines) > 1 else "")
-        lines += [f"Produced by `{meta.get('command', '')}` on {meta.get('machine', '')} "
+                   + ". Parameters and MACs do not depend on the machine, nor does accuracy at one precision "
+                     "(see the precision line); timings are taken from one (see the speed section)." if len(machines) > 1 else "")
+        lines += [f"Produced by `{shown_command(meta.get('command', ''))}` on {meta.get('machine', '')} "
                   f"(devices: {', '.join(sorted(set(map(str, runs['device']))))}), last invoked {meta.get('started', '')} "
                   f"(finished runs are reused, not re-run).{several}", ""]
     planned = meta.get("cells")
@@ -145,7 +152,7 @@ def report_files(a: Analysis, name: str, drawing: Path, speed: list[str]) -> tup
               f"(within {tol}, a floating-point tolerance on accuracy as a fraction), with its training "
               f"wall-clock until then. MACs and params of sparse-training rows (weights held at zero by masks) "
               f"count non-zero weights in the *non-zero* columns only; their MACs are theoretical (dense kernels still run).", "",
-              statistics_note(), "", *data_line(agg), *compute_line(every_run)]
+              statistics_note(), "", *data_line(agg), *precision_line(every_run), *compute_line(every_run)]
     published = load_published()
     for model in dict.fromkeys(agg["model"]):
         matched_lines, matched_plots = scratch_curve.section(matched, every_run, agg, model, drawing,

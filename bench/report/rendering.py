@@ -104,6 +104,26 @@ def data_line(agg: pd.DataFrame) -> list[str]:
             f"*data* column says which each row used.", ""]
 
 
+def precision_line(runs: pd.DataFrame) -> list[str]:
+    """What precision the runs trained in (docs/protocol.md): one sentence when every run
+    used one; in bold, with the rows that mix them, when they differ, since accuracy and
+    wall-clock can depend on it. A memory format changes only the layout of the same
+    arithmetic, so formats are listed, not flagged."""
+    if "precision" not in runs or runs["precision"].isna().all():
+        return []
+    prec = runs["precision"].fillna("unrecorded")
+    fmt = runs["memory_format"].fillna("contiguous") if "memory_format" in runs else pd.Series("contiguous", runs.index)
+    formats = ", ".join(f"{n} {f}" for f, n in fmt.value_counts().items())
+    if prec.nunique() == 1:
+        return [f"Precision: every run trained in {prec.iloc[0]} (memory format: {formats}).", ""]
+    by_row = prec.groupby([runs["label"], runs["target"].fillna(0)]).nunique()
+    mixed = [f"{label}" + (f" at {target:.0%}" if target else "") for (label, target), n in by_row.items() if n > 1]
+    return [f"**Runs in different precisions** ({', '.join(f'{n} {p}' for p, n in prec.value_counts().items())}; "
+            f"memory format: {formats}): accuracy and wall-clock can depend on precision, so rows are compared "
+            f"across precisions here" + (f"; rows mixing them over their seeds: {', '.join(mixed)}" if mixed else "")
+            + ". Pin a suite's runs to one with train.auto_resolves_to=PRECISION/FORMAT.", ""]
+
+
 def compute_line(runs: pd.DataFrame) -> list[str]:
     """What the finished runs cost: their measured training and evaluation wall-clock,
     summed over every run of the folder (the scratch curve's longer runs included), in
