@@ -304,10 +304,18 @@ def _busy(s: dict) -> Optional[float]:
     return max(loads) - s.get("torch_threads", 1) if loads else None
 
 
-def speed_lines(retime_doc: dict) -> list[str]:
+def speed_lines(retime_doc: dict, run_ids: Optional[set[str]] = None,
+                rows_now: Optional[set[tuple]] = None) -> list[str]:
     """Markdown: the sitting and, per model, one table of the three timings (median and IQR
-    in ms) with the speed-up over the row's control beside each."""
+    in ms) with the speed-up over the row's control beside each. Given the folder's
+    current `run_ids` and rows (model, label, target), a row whose timed run is no longer
+    there (redone since, with another identity) is marked stale, and rows the sitting did
+    not time are named: a sitting is a snapshot, and the runs may have moved on."""
     s = retime_doc["sitting"]
+    stale = {id(r) for r in retime_doc["rows"]
+             if run_ids is not None and r.get("representative") is not None and r["representative"] not in run_ids}
+    untimed = sorted(rows_now - {(r["model"], r["label"], r["target"]) for r in retime_doc["rows"]},
+                     key=lambda t: (t[0], t[1], -(t[2] or 1.0))) if rows_now is not None else []
     archs = {a["id"]: a for a in retime_doc["architectures"]}
     busy = _busy(s)
     lines = ["## Speed, timed in one sitting", "",
@@ -322,6 +330,13 @@ def speed_lines(retime_doc: dict) -> list[str]:
     if busy is not None and busy > BUSY_LOAD:
         lines += [f"**The machine was busy during this sitting** (load above this process's {s['torch_threads']} "
                   f"threads by {busy:.2f} > {BUSY_LOAD}): the figures are not those of a quiet machine.", ""]
+    if stale or untimed:
+        lines += [f"**This sitting does not cover the current runs**: "
+                  + (f"{len(stale)} of its rows time the architecture of a run no longer in runs/ (marked *stale*: "
+                     f"redone since); " if stale else "")
+                  + (f"not timed in it: {', '.join(f'{m} {l}' + ('' if t is None else f' {t:g}') for m, l, t in untimed)}; "
+                     if untimed else "")
+                  + "`python -m bench retime` on this folder times every row again.", ""]
     lines += ["Times are median (IQR) in ms over the rounds. **Speed-ups are x faster than the row's control**: "
               "the control's median divided by the row's median, both from this sitting (> 1: faster).", ""]
     for model in dict.fromkeys(r["model"] for r in retime_doc["rows"]):
@@ -332,7 +347,8 @@ def speed_lines(retime_doc: dict) -> list[str]:
         lines += [f"### {model}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in rows:
             a = archs[r["arch"]]
-            cells = [r["label"], "-" if r["target"] is None else f"{r['target']:g}", r["control"],
+            cells = [r["label"] + (" (*stale*)" if id(r) in stale else ""),
+                     "-" if r["target"] is None else f"{r['target']:g}", r["control"],
                      str(r["representative_seed"]),
                      f"{a['params']:,}", f"{a['macs']:,}"]
             for m in MEASURES:
@@ -368,7 +384,8 @@ RETIME = Record(required={
         "setting": Record(required={"eval_batch": int, "train_batch": int, "precision": str, "memory_format": str}),
         "samples": Record(required={m: ListOf(ANY_NUMBER) for m in MEASURES})})),
     "rows": ListOf(Record(required={"model": str, "label": str, "target": (NUMBER, None), "control": str,
-                                    "arch": str, "representative_seed": (int, None)})),
+                                    "arch": str, "representative_seed": (int, None)},
+                          optional={"representative": _TEXT})),
 }, optional={"not_timed": ListOf(Record(required={"model": str, "label": str, "target": (NUMBER, None),
                                                   "reason": str}))})
 
@@ -390,10 +407,11 @@ def read_retime(path: str | Path) -> dict:
     return doc
 
 
-def report_lines(results_dir: str | Path) -> list[str]:
-    """The report's speed section from `results_dir/retime.json` (checked: read_retime);
-    nothing where there is none."""
+def report_lines(results_dir: str | Path, run_ids: Optional[set[str]] = None,
+                 rows_now: Optional[set[tuple]] = None) -> list[str]:
+    """The report's speed section from `results_dir/retime.json` (checked: read_retime),
+    set against the folder's current runs (speed_lines); nothing where there is none."""
     path = Path(results_dir) / "retime.json"
     if not os.path.lexists(path):
         return []
-    return speed_lines(read_retime(path))
+    return speed_lines(read_retime(path), run_ids, rows_now)

@@ -12,8 +12,9 @@ by side, per target:
   reach of the scratch curve), `·` not compared (the row is that comparator, is its own
   control, or the comparator did not run at this target);
 - a row *holds* when every comparison that has a verdict in two or more settings has the
-  same one in all of them, *moves* when one differs (the change is named), and is *open*
-  when some setting has no verdict yet for a comparison the others resolve.
+  same one in all of them, *moves* when one differs (the change is named; it can be a
+  change of the effect or only of the tests' power), and is *open* when some setting has
+  no verdict yet for a comparison the others resolve.
 
 The verdicts are recomputed from each suite's runs with the report's own code
 (`bench.report.build.analyse`), so they are those of an up-to-date report.

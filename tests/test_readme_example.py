@@ -1,5 +1,5 @@
-"""The README's "Add a method" example and docs/extending.md's dataset and metric examples
-are complete: load each as a file in a package like methods/ or bench/datasets/, register
+"""The README's "Add a method" example and docs/extending.md's model, dataset and metric
+examples are complete: load each as a file in a package like methods/ or bench/datasets/, register
 it, and train with it."""
 from __future__ import annotations
 
@@ -54,6 +54,18 @@ def test_readme_method_example_registers_and_trains(tmp_path, tiny_overrides, mo
     assert frozen > 0
     assert summary["params_trainable"] == summary["params_total"] - frozen
     assert summary["transforms"] and summary["transforms"][0]["epoch"] == 1
+
+
+def test_readme_model_example_registers_trains_and_prunes(tmp_path, tiny_overrides, monkeypatch):
+    from bench.models import base
+    monkeypatch.setattr(base, "MODELS", dict(base.MODELS))               # the registration ends with the test
+    load_example("## Add a model\n", tmp_path / "plain_cnn.py", base.MODELS, "plain_cnn")
+    cfg = load_config("configs/smoke.yaml", tiny_overrides + [
+        "model.name=plain_cnn", "model.width=0.5", "method.name=l1_filter", "method.target_params=0.5"])
+    summary = train(cfg, log=lambda s: None)
+    assert summary["status"] == "finished" and summary["transforms"]
+    dense = base.count_params(base.build_model(cfg.model))
+    assert abs(summary["params_total"] / dense - 0.5) <= 0.02 * 0.5 + 1e-9
 
 
 def test_readme_dataset_example_registers_loads_and_trains(tmp_path, tiny_overrides):

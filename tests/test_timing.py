@@ -106,6 +106,27 @@ def test_the_table_shows_median_and_iqr_and_the_ratio_of_the_sittings_medians():
     assert "busy" in "\n".join(speed_lines(doc))
 
 
+def test_a_sitting_older_than_the_runs_says_which_rows_it_does_not_cover():
+    """A row redone since the sitting (its timed run is gone) is marked stale; a row the
+    sitting never timed is named; a sitting that covers the runs says neither."""
+    arch = {"params": 10, "macs": 100, "samples": {m: [1.0] for m in MEASURES},
+            "setting": {"eval_batch": 4, "train_batch": 2, "precision": "fp32", "memory_format": "contiguous"}}
+    doc = {"sitting": {"cpu": "c", "device": "cpu", "torch_threads": 1, "torch": "x", "started": "t0",
+                       "finished": "t1", "rounds": 1, "warmup_rounds": 0},
+           "architectures": [{"id": "a1", **arch}],
+           "rows": [{"model": "m", "label": "dense", "target": None, "control": "dense", "arch": "a1",
+                     "representative": "dense-s0", "representative_seed": 0},
+                    {"model": "m", "label": "pcn", "target": 0.5, "control": "dense", "arch": "a1",
+                     "representative": "pcn-s0-old", "representative_seed": 0}]}
+    now = {("m", "dense", None), ("m", "pcn", 0.5), ("m", "gmp", 0.1)}
+    table = "\n".join(speed_lines(doc, {"dense-s0", "pcn-s0-new", "gmp-s0"}, now))
+    assert "1 of its rows time the architecture of a run no longer in runs/" in table
+    assert "| pcn (*stale*) | 0.5 |" in table and "| dense | - |" in table
+    assert "not timed in it: m gmp 0.1;" in table
+    covered = "\n".join(speed_lines(doc, {"dense-s0", "pcn-s0-old"}, now - {("m", "gmp", 0.1)}))
+    assert "does not cover" not in covered and "stale" not in covered
+
+
 def test_retime_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert main(["retime", str(tmp_path / "absent")]) == 2
     assert main(["retime", str(tmp_path)]) == 2

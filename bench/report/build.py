@@ -81,7 +81,9 @@ def write_report(results_dir: str | Path, suite_name: Optional[str] = None,
     if a is None:
         print(f"report: no finished runs under {src}/runs")
         return None
-    speed = timing.report_lines(src)        # the speed table of `bench retime`, where retime.json exists
+    # The speed table of `bench retime`, where retime.json exists, set against the runs now here.
+    speed = [] if a.agg is None else timing.report_lines(src, set(a.every_run["run_id"]), {
+        (m, l, None if pd.isna(t) else float(t)) for m, l, t in a.runs[["model", "label", "target"]].itertuples(index=False)})
     name = suite_name or a.meta.get("suite") or src.name
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
