@@ -73,6 +73,7 @@ import torch_pruning as tp
 from torch import nn
 
 from bench.config import ConfigError, opt
+from bench.models import model_defaults
 from bench.targets import Target
 from bench import dist
 from methods._pruning import (PruningConfig, ScheduledPruning, SeededRandomImportance, block_internal_convs,
@@ -134,19 +135,20 @@ class Criterion:
 
 def default_max_layer_ratio(model_name: str) -> float:
     """The largest share of one layer's channels a globally ranked criterion may remove
-    when `max_layer_ratio` is null: 0.7 on VGG, as in Torch-Pruning's reproduction of
-    DepGraph on VGG-19 (benchmarks/scripts/prune/cifar/global_group_gsl.sh,
+    when `max_layer_ratio` is null: the model family's "pruning.max_layer_ratio"
+    (bench.models.model_defaults), else 1.0. 0.7 on VGG (bench/models/vgg.py), as in
+    Torch-Pruning's reproduction of DepGraph on VGG-19 (benchmarks/scripts/prune/cifar/global_group_gsl.sh,
     `--max-sparsity 0.7`), 1.0 elsewhere (its ResNet-56 scripts set none). Without it, a
     global ranking after a short training collapses VGG's early layers (measured once:
     docs/methods/filter_pruning.md)."""
-    return 0.7 if model_name.startswith("vgg") else 1.0
+    return model_defaults(model_name).get("pruning.max_layer_ratio", 1.0)
 
 
 def _slimming_reg(model_name: str) -> float:
-    """1e-5 when the model name contains "resnet", else 1e-4. Liu et al. 2017 sec. 4.3 (grid
-    search over 1e-3, 1e-4, 1e-5 on CIFAR-10) use 1e-4 for VGGNet and 1e-5 for ResNet and
-    DenseNet; the suite has no DenseNet, so every other model (VGG) gets VGG's 1e-4."""
-    return 1e-5 if "resnet" in model_name else 1e-4
+    """The model family's "slimming.reg", else 1e-4. Liu et al. 2017 sec. 4.3 (grid search
+    over 1e-3, 1e-4, 1e-5 on CIFAR-10) use 1e-4 for VGGNet and 1e-5 for ResNet and DenseNet:
+    bench/models/vgg.py and resnet.py say so; a family that names none gets VGG's 1e-4."""
+    return model_defaults(model_name).get("slimming.reg", 1e-4)
 
 
 # DepGraph's penalty: torch-pruning's CIFAR reproduction script (its --reg default, 5e-4, which its
@@ -232,8 +234,8 @@ class L1Filter(ScheduledPruning):
                   "layers' channels taken together, ranked in one scope, so the layers' shares can differ")
         prune_layers: list[int] = opt([], "1-based indices of the convs to prune, in forward order (empty: "
                                           "every conv the scope allows); VGG-16-pruned-A: [1, 8, ..., 13]")
-        scope: str = opt("block_internal", "ResNets: block_internal prunes only a block's first conv (Li et al. "
-                                           "sec. 4.2); all prunes every dependency group, residual stream "
+        scope: str = opt("block_internal", "ResNets: block_internal prunes only channels inside a block (BasicBlock "
+                                           "conv1, Bottleneck conv1 and conv2; Li et al. sec. 4.2); all prunes every dependency group, residual stream "
                                            "included. VGG: every conv either way",
                          choices=("block_internal", "all"))
         global_pruning: bool = opt(False, "rank filters across layers instead of within each layer "

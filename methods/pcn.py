@@ -592,7 +592,7 @@ class PCN(Method):
                                       "(authors: 5000)")
         calibration_batch_size: int = opt(500, "images per calibration forward pass (memory only)")
         layers: Union[str, list[str]] = opt("all", "inputs to transform: all, late (authors' choice: VGG last two "
-                                            "conv blocks, ResNet last stage) or a list of layer names; the "
+                                            "conv blocks, ResNet last stage but its first block's input) or a list of layer names; the "
                                             "classifier only when named (then k >= num_classes)")
         energy: Optional[float] = opt(None, "per-layer explained-variance fraction to keep, without dims or "
                                       "target_params; null: 0.99")

@@ -470,3 +470,17 @@ def test_the_vgg_cap_keeps_a_planted_weak_first_layer_that_a_global_ranking_woul
         return channels(m.prune(model)[0])["features.0"]
     assert first_width() >= 4
     assert first_width(max_layer_ratio=1.0) <= 2
+
+
+def test_the_global_rows_cap_and_slimming_penalty_come_from_the_model_family(monkeypatch):
+    """The per-layer cap of globally ranked pruning and slimming's penalty are the family's
+    defaults (register_model(..., defaults)), not guessed from the model's name: VGG 0.7 and
+    1e-4, ResNets no cap and 1e-5, a new family whatever it declares, else 1.0 and 1e-4."""
+    from bench.models import base
+    from methods.l1_filter import _slimming_reg, default_max_layer_ratio
+    assert (default_max_layer_ratio("vgg11"), _slimming_reg("vgg11")) == (0.7, 1e-4)
+    assert (default_max_layer_ratio("resnet20"), _slimming_reg("resnet20")) == (1.0, 1e-5)
+    monkeypatch.setitem(base.MODEL_DEFAULTS, "vgg_like_resnet", {"pruning.max_layer_ratio": 0.5, "slimming.reg": 3e-4})
+    monkeypatch.setitem(base.MODEL_DEFAULTS, "plain", {})
+    assert (default_max_layer_ratio("vgg_like_resnet"), _slimming_reg("vgg_like_resnet")) == (0.5, 3e-4)
+    assert (default_max_layer_ratio("plain"), _slimming_reg("plain")) == (1.0, 1e-4)

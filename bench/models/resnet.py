@@ -24,8 +24,10 @@ from bench.models.structure import Block, ConvBN, Stage, Structure
 
 # The authors' PCN settings (github rogerwaleffe/Principal-Component-Networks): transform
 # after EPOCHS_BEFORE_COMPRESSION = 5 epochs (resnet/cifar10.py); `layers: late` = the
-# inputs read inside the last stage.
-DEFAULTS = {"pcn.transform_epoch": 5, "pcn.late_stages": 1}
+# inputs read inside the last stage. Network slimming's L1 penalty is Liu et al.'s 1e-5 for
+# ResNets (sec. 4.3); globally ranked pruning has no per-layer cap (Torch-Pruning's
+# ResNet-56 scripts set none).
+DEFAULTS = {"pcn.transform_epoch": 5, "pcn.late_stages": 1, "slimming.reg": 1e-5}
 BODY_CONVS = {BasicBlock: 2, Bottleneck: 3}
 
 

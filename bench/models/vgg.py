@@ -20,7 +20,10 @@ from bench.models.structure import Structure, chain_structure
 # The authors' PCN settings (github rogerwaleffe/Principal-Component-Networks): transform
 # after EPOCHS_BEFORE_COMPRESSION = 1 epoch (vgg16.py); `layers: late` = the convs of the
 # last two groups between max-pools (VGG-16: conv 8-13).
-DEFAULTS = {"pcn.transform_epoch": 1, "pcn.late_stages": 2}
+# Globally ranked pruning (depgraph, slimming, taylor) removes at most 70% of a layer's
+# channels, as in Torch-Pruning's VGG-19 DepGraph script (--max-sparsity 0.7); network
+# slimming's L1 penalty is Liu et al.'s 1e-4 for VGGNet (sec. 4.3).
+DEFAULTS = {"pcn.transform_epoch": 1, "pcn.late_stages": 2, "pruning.max_layer_ratio": 0.7, "slimming.reg": 1e-4}
 
 
 def cifar_vgg(depth: int, cfg: ModelConfig) -> tuple[nn.Module, Structure]:
