@@ -367,6 +367,19 @@ def test_comparators_come_from_the_suite_file_for_runs_that_did_not_record_them(
     assert "Against the comparators" not in write_report_without(tmp_path, "file")
 
 
+def test_a_row_whose_activation_differs_from_a_comparators_is_named(tmp_path, monkeypatch):
+    """PCNS-like: a LeakyReLU row against ReLU comparators; the rows that share the
+    comparator's activation are not named."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    runs, hists = comparator_suite()
+    relu, leaky = {"model": {"act": "relu", "leaky_slope": 0.01}}, {"model": {"act": "leaky_relu", "leaky_slope": 0.2}}
+    write_suite_folder(tmp_path, runs, hists, config={"dense": relu, "baseline": relu, "dense_plus": relu, "m": leaky})
+    (tmp_path / "suite.json").write_text(json.dumps({"suite": "s", "comparators": ["baseline"]}))
+    section = write_report(tmp_path).read_text().split("### Against the comparators")[1]
+    assert "Activations differ: m at 50% (leaky_relu 0.2) against `baseline` (relu)." in section
+    assert "dense_plus at" not in section
+
+
 def write_report_without(folder: Path, key: str) -> str:
     """The README after removing `key` from suite.json (and naming no suite file by folder)."""
     meta = json.loads((folder / "suite.json").read_text())

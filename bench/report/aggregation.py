@@ -86,6 +86,7 @@ def load_runs(results_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]
                for k, v in flatten({k: v for k, v in s.items() if k not in ("env", "config")}).items()}
         row.setdefault("control", cfg.get("control") or None)
         row["comparators"] = ",".join(cfg.get("comparators") or []) or None
+        row["act"] = activation_name(cfg.get("model"))
         row["run_dir"] = str(path.parent)
         env = s.get("env", {})
         row["device"] = env.get("device")
@@ -283,6 +284,15 @@ def timed_metrics() -> list[str]:
 
 
 # --------------------------------------------------------------------------- rows
+def activation_name(model_cfg: Any) -> Optional[str]:
+    """A run's activation from its config's model section, as the report names it: relu, or
+    leaky_relu with its slope (None where the config does not say)."""
+    if not isinstance(model_cfg, dict) or not isinstance(model_cfg.get("act"), str):
+        return None
+    act, slope = model_cfg["act"], model_cfg.get("leaky_slope")
+    return f"{act} {slope:g}" if act == "leaky_relu" and isinstance(slope, (int, float)) else act
+
+
 def aggregate(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per (model, label, target, data): means over seeds with their intervals
     (timings: min and max, and how many runs were timed), ratios to the row's control
@@ -327,6 +337,8 @@ def aggregate(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.Data
         agg["machines"] = g["machine"].nunique()
     if "timing_machine" in runs:
         agg["timing_machine"] = g["timing_machine"].first()
+    if "act" in runs:                        # what the comparators section checks rows against
+        agg["act"] = g["act"].agg(lambda acts: ", ".join(sorted({a for a in acts if isinstance(a, str)})))
     agg = agg.reset_index()
     keys = [reference_key(ref_keys, *k) for k in zip(agg["model"], agg["control"], agg["target_key"], agg["data"])]
     agg["control_ran"] = [k is not None for k in keys]

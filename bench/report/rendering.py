@@ -444,7 +444,25 @@ def comparators_section(agg: pd.DataFrame, model: str) -> list[str]:
                       r.get(f"vs_{c}_verdict", "")]
         lines.append(f"| {r['label']} | {_target(r)} | " + (f"{r['data']} | " if data else "")
                      + f"{int(r['seeds'])} | " + " | ".join(cells) + " |")
-    return lines + [""]
+    return lines + [""] + _activation_note(rows, cands, present)
+
+
+def _activation_note(rows: pd.DataFrame, cands: pd.DataFrame, present: list[str]) -> list[str]:
+    """A row whose activation differs from a comparator's (PCNS's LeakyReLU against the
+    ReLU comparators) is named: its verdict against that comparator mixes the activation
+    with the method, where its verdict against its own control does not."""
+    if "act" not in rows:
+        return []
+    acts = {(r["label"], r["target_key"]): r["act"] for _, r in rows.iterrows() if isinstance(r["act"], str) and r["act"]}
+    notes = []
+    for _, r in cands.iterrows():
+        own = acts.get((r["label"], r["target_key"]))
+        other = sorted({f"`{c}` ({acts[c, r['target_key']]})" for c in present
+                        if own and acts.get((c, r["target_key"]), own) != own})
+        if other:
+            notes.append(f"{r['label']} at {_target(r)} ({own}) against {_and(other)}")
+    return ["Activations differ: " + "; ".join(notes) + ". These verdicts mix the activation with the method; "
+            "a verdict against a control with the row's own activation does not.", ""] if notes else []
 
 
 controls_section = comparators_section
