@@ -138,8 +138,9 @@ def load_setting(path: str | Path) -> Setting:
                      "target": math.nan if target is None else float(target),
                      "label": s.get("label") or cfg.get("label") or s.get("method"),
                      "method": s.get("method") or (cfg.get("method") or {}).get("name"),
-                     "seed": int(s.get("seed", cfg.get("seed", 0))), "acc": float(acc)})
-    runs = pd.DataFrame(rows, columns=["model", "budget", "target", "label", "method", "seed", "acc"])
+                     "seed": int(s.get("seed", cfg.get("seed", 0))), "acc": float(acc),
+                     "precision": s.get("precision") if isinstance(s.get("precision"), str) else "unrecorded"})
+    runs = pd.DataFrame(rows, columns=["model", "budget", "target", "label", "method", "seed", "acc", "precision"])
     if runs.empty:
         raise CompareError(f"{path}: no finished runs (looked for {runs_dir}/*/summary.json with status finished)")
     ranked = _scratch_rows_in_their_budget(runs).drop(columns="method")
@@ -418,8 +419,8 @@ def section(c: Comparison, figure: Optional[str] = "cd.png") -> list[str]:
     """The markdown lines of the cross-setting section (`figure`: the CD diagram's path
     relative to the markdown file, None for no image)."""
     lines = ["## What moves between settings", ""]
-    lines += ["| setting | folder | finished runs | cells (model, budget, target) | seeds | not entered |",
-              "|---|---|---|---|---|---|"]
+    lines += ["| setting | folder | finished runs | cells (model, budget, target) | seeds | precision | not entered |",
+              "|---|---|---|---|---|---|---|"]
     for s in c.settings:
         cells = s.runs[["model", "budget", "target"]].fillna({"target": -1.0}).drop_duplicates()
         cells = sorted(cells.itertuples(index=False), key=lambda x: (x[0], x[1], -x[2]))
@@ -432,7 +433,10 @@ def section(c: Comparison, figure: Optional[str] = "cd.png") -> list[str]:
             skipped.append(f"{len(s.diverged)} diverged ({', '.join(s.diverged)})")
         if s.curve_points:
             skipped.append(f"{s.curve_points} scratch-curve point(s) (compute-matched comparison only)")
-        lines.append(f"| {s.name} | `{s.path}` | {len(s.runs)} | {cell_txt} | {seeds} | "
+        precisions = s.runs["precision"].value_counts()
+        precision = (precisions.index[0] if len(precisions) == 1 else
+                     "**mixed**: " + ", ".join(f"{n} {p}" for p, n in precisions.items()))
+        lines.append(f"| {s.name} | `{s.path}` | {len(s.runs)} | {cell_txt} | {seeds} | {precision} | "
                      f"{'; '.join(skipped) or 'none'} |")
     lines.append("")
 

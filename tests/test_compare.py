@@ -161,6 +161,17 @@ def test_partial_suite_rows_seeds_and_unfinished_runs_are_reported(tmp_path):
             "d (1 of 2 seeds in 1 cell).") in text
 
 
+def test_each_settings_precision_is_stated_and_a_mix_is_marked(tmp_path):
+    s1, s2 = plant(tmp_path / "s1", ORDER), plant(tmp_path / "s2", ORDER, epochs=16)
+    for suite, bf16 in ((s1, set()), (s2, {"a-vgg11-0.25-s1"})):
+        for f in suite.glob("runs/*/summary.json"):
+            summary = json.loads(f.read_text())
+            f.write_text(json.dumps({**summary, "precision": "bf16" if f.parent.name in bf16 else "fp32"}))
+    rows = [line for line in cmp.section(cmp.compare([s1, s2])) if line.startswith(("| s1 |", "| s2 |"))]
+    assert "| 0, 1, 2 | fp32 | none |" in rows[0]
+    assert "| 0, 1, 2 | **mixed**: 14 fp32, 1 bf16 | none |" in rows[1]
+
+
 def test_equal_means_tie_whatever_their_float_rounding(tmp_path):
     # mean(0.7581, 0.7592, 0.7603) is 0.7591999999999999 in floats: tied with 0.7592, not below it
     s = tmp_path / "s1"
