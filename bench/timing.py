@@ -18,8 +18,10 @@ deployed architecture has the median MACs (the lower median for an even count; t
 seed), so the timed model is one the row actually produced. Rows (or seeds) with identical
 architectures and settings share one timed architecture.
 
-Three things are timed per architecture, in the precision and memory format its runs
-trained in: batch-1 latency (eval-mode forward of one image, the mean of
+Three things are timed per architecture, all of a model's architectures in one precision
+and memory format: the one most of the model's runs trained in (ties: the first by name), so
+that no speed-up divides a channels_last time by a contiguous one or bf16 by fp32; the
+report's table names it. Batch-1 latency (eval-mode forward of one image, the mean of
 `latency_reps` calls per sample), eval-batch inference (one forward of the runs'
 `train.eval_batch_size` images) and one training step (forward, backward and optimizer
 step on `train.batch_size` images, the runs' optimizer settings). Inputs are random:
@@ -90,13 +92,27 @@ def _setting(s: dict) -> dict[str, Any]:
                                              "label_smoothing") if k in train}}
 
 
+def timing_settings(summaries: list[dict]) -> dict[str, dict[str, str]]:
+    """Per model, the precision and memory format every architecture is timed in: the pair
+    most of the model's runs trained in (ties: the first by name)."""
+    counts: dict[str, dict[tuple[str, str], int]] = {}
+    for s in summaries:
+        st = _setting(s)
+        pair = (st["precision"], st["memory_format"])
+        counts.setdefault(s["model"], {})[pair] = counts.setdefault(s["model"], {}).get(pair, 0) + 1
+    return {m: dict(zip(("precision", "memory_format"), min(c, key=lambda p: (-c[p], p))))
+            for m, c in counts.items()}
+
+
 def plan(summaries: list[dict], controls: Optional[dict[str, str]] = None
          ) -> tuple[list[dict], dict[str, dict], list[dict]]:
     """(rows, architectures to time by id, rows that cannot be rebuilt with the reason). A
     row's control is the one its runs recorded, else the suite plan's (`controls`, from
-    suite.json) for its label, else dense, as the report assigns them."""
+    suite.json) for its label, else dense, as the report assigns them. Every architecture
+    of a model is timed in the model's one precision and memory format (timing_settings)."""
     controls = controls or {}
     from bench.metrics import count_macs
+    one_setting = timing_settings(summaries)
     groups: dict[tuple, list[dict]] = {}
     for s in summaries:
         groups.setdefault((s["model"], s.get("label") or s["method"], _target_key(s.get("target"))), []).append(s)
@@ -115,7 +131,7 @@ def plan(summaries: list[dict], controls: Optional[dict[str, str]] = None
             continue
         seeds.sort(key=lambda r: (r["macs"], r["seed"] if r["seed"] is not None else 0))
         rep = seeds[(len(seeds) - 1) // 2]
-        setting = _setting(rep["summary"])
+        setting = {**_setting(rep["summary"]), **one_setting[model]}
         key = json.dumps([rep["record"], setting], sort_keys=True)
         if key not in by_key:
             by_key[key] = f"a{len(by_key) + 1}"

@@ -17,12 +17,12 @@ from bench.timing import MEASURES, median_iqr, retime, speed_lines, speedup
 
 
 def plant(root: Path, run_id: str, label: str, width: float, seed: int = 0, target=None,
-          with_record: bool = True) -> None:
+          with_record: bool = True, memory_format: str = "contiguous") -> None:
     """A finished run's summary as the harness writes it (the fields retime reads)."""
     run_cfg = ModelConfig(name="vgg11", width=0.25, num_classes=10)
     summary = {"status": "finished", "run_id": run_id, "method": "dense_small" if target else "dense",
                "model": "vgg11", "label": label, "seed": seed, "target": target, "test_acc": 0.5, "precision": "fp32",
-               "memory_format": "contiguous",
+               "memory_format": memory_format,
                "method_summary": {"width": width},
                "config": {"control": "dense", "model": {"name": "vgg11", "width": 0.25, "act": "relu",
                                                          "leaky_slope": 0.01, "num_classes": 10},
@@ -73,6 +73,26 @@ def test_retime_times_two_planted_architectures_in_one_sitting(planted):
         assert speedup(doc, rows["dense"], m) == pytest.approx(1.0)
     table = "\n".join(speed_lines(doc))
     assert "x faster than the row's control" in table and "| dense_small | 0.25 | dense | 2 |" in table
+
+
+def test_every_architecture_of_a_model_is_timed_in_the_format_most_of_its_runs_used(tmp_path):
+    # A row whose runs trained channels_last (another machine) beside contiguous runs: timed
+    # contiguous like the rest, so its speed-up does not divide two memory formats.
+    from bench.timing import finished_summaries, plan, timing_settings
+    plant(tmp_path, "dense-s0", "dense", 0.25)
+    plant(tmp_path, "dense-s1", "dense", 0.25, seed=1)
+    plant(tmp_path, "other-s0", "decorrelated_bp", 0.25, memory_format="channels_last")
+    plant(tmp_path, "other-s1", "decorrelated_bp", 0.25, seed=1, memory_format="channels_last")
+    plant(tmp_path, "small-s0", "dense_small", 0.125, target=0.25)
+    summaries = finished_summaries(tmp_path)
+    assert timing_settings(summaries) == {"vgg11": {"precision": "fp32", "memory_format": "contiguous"}}
+    rows, archs, _ = plan(summaries)
+    assert {a["setting"]["memory_format"] for a in archs.values()} == {"contiguous"}
+    by = {r["label"]: r for r in rows}
+    assert by["decorrelated_bp"]["arch"] == by["dense"]["arch"]            # same computation: one timed model
+    # A tie goes to the first pair by name: channels_last before contiguous.
+    plant(tmp_path, "small-s1", "dense_small", 0.125, seed=1, target=0.25, memory_format="channels_last")
+    assert timing_settings(finished_summaries(tmp_path))["vgg11"]["memory_format"] == "channels_last"
 
 
 def test_the_table_shows_median_and_iqr_and_the_ratio_of_the_sittings_medians():
