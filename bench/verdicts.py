@@ -8,13 +8,18 @@ and the other way round, so `bench compare` also lays the verdicts of the settin
 by side, per target:
 
 - each verdict is a symbol: `>` better, `<` worse, `=` not distinguishable (the report's
-  Holm-corrected tests, unchanged), `?` no verdict yet (one seed, or a row beyond the
-  reach of the scratch curve), `·` not compared (the row is that comparator, is its own
+  Holm-corrected tests, unchanged), `?` no verdict yet (a row beyond the reach of the
+  scratch curve, or a row of one seed that its report does not resolve: a report with
+  some rows at two seeds tests one-seed rows against its pooled σ, and not resolving a
+  single run says nothing, so its `=` is shown as `?`; a one-seed row it does resolve
+  keeps its `<` or `>`), `·` not compared (the row is that comparator, is its own
   control, or the comparator did not run at this target);
 - a row *holds* when every comparison that has a verdict in two or more settings has the
-  same one in all of them, *moves* when one differs (the change is named; it can be a
-  change of the effect or only of the tests' power), and is *open* when some setting has
-  no verdict yet for a comparison the others resolve.
+  same one in all of them; it *reverses* when a comparison is resolved in opposite
+  directions (`<` in one setting, `>` in another: the effect changed sign); it *moves*
+  when a comparison is resolved in one setting and not in another (`<` and `=`: a change
+  of the effect or only of the tests' power; both are named); and it is *open* when some
+  setting has no verdict yet for a comparison the others resolve.
 
 The verdicts are recomputed from each suite's runs with the report's own code
 (`bench.report.build.analyse`), so they are those of an up-to-date report.
@@ -40,6 +45,11 @@ def _symbol(verdict) -> str:
     return SYMBOLS.get(str(verdict), NO_VERDICT)
 
 
+def _one_seed(symbol: str, seeds: int) -> str:
+    """A one-seed row's `=` is no verdict (`?`); its resolved verdicts stand."""
+    return NO_VERDICT if seeds < 2 and symbol == SYMBOLS["not distinguishable"] else symbol
+
+
 def setting_verdicts(name: str, path: str | Path) -> pd.DataFrame:
     """One row per (target, label) of the suite folder's report table: `setting`,
     `model`, `target` (NaN: full size), `label`, `seeds`, and one column per comparison
@@ -53,13 +63,13 @@ def setting_verdicts(name: str, path: str | Path) -> pd.DataFrame:
     rows = []
     for _, r in agg.iterrows():
         own = r["label"] == r.get("control")
+        seeds = int(r.get("seeds", 0) or 0)
         row = {"setting": name, "model": r["model"], "target": r.get("target"), "label": r["label"],
-               "seeds": int(r.get("seeds", 0) or 0),
-               CONTROL: NOT_COMPARED if own else _symbol(r.get("vs_control"))}
+               "seeds": seeds, CONTROL: NOT_COMPARED if own else _one_seed(_symbol(r.get("vs_control")), seeds)}
         for c in comparators:
-            row[c] = NOT_COMPARED if r["label"] == c else _symbol(r.get(f"vs_{c}_verdict"))
+            row[c] = NOT_COMPARED if r["label"] == c else _one_seed(_symbol(r.get(f"vs_{c}_verdict")), seeds)
         if "cm_verdict" in agg:
-            row[CURVE] = _symbol(r.get("cm_verdict"))
+            row[CURVE] = _one_seed(_symbol(r.get("cm_verdict")), seeds)
         rows.append(row)
     # A row run on two data fingerprints has two report rows: the better-seeded one speaks.
     return (pd.DataFrame(rows).sort_values("seeds", ascending=False, kind="stable")
@@ -74,20 +84,26 @@ def comparisons(verdicts: pd.DataFrame) -> list[str]:
 
 
 def holds(by_setting: dict[str, dict[str, str]], order: Sequence[str]) -> str:
-    """`holds`, `moves: <comparison> < (A) -> = (B); ...` or `open: ...` for one row, from its
-    symbols per setting ({setting: {comparison: symbol}}); `one setting` where it ran in one."""
+    """`holds`, `reverses: <comparison> > (A) -> < (B); ...`, `moves: <comparison> < (A) -> = (B);
+    ...` or `open: ...` for one row, from its symbols per setting ({setting: {comparison:
+    symbol}}); `one setting` where it ran in one. A reversal is named before a move."""
     if len(by_setting) < 2:
         return "one setting"
-    moved, open_, shared = [], [], 0
+    reversed_, moved, open_, shared = [], [], [], 0
     for comp in order:
         seen = {s: v[comp] for s, v in by_setting.items() if v.get(comp, NOT_COMPARED) != NOT_COMPARED}
         resolved = {s: v for s, v in seen.items() if v != NO_VERDICT}
-        if len(set(resolved.values())) > 1:
-            moved.append(f"{comp} " + " -> ".join(f"{v} ({s})" for s, v in resolved.items()))
+        change = f"{comp} " + " -> ".join(f"{v} ({s})" for s, v in resolved.items())
+        if {SYMBOLS["better"], SYMBOLS["worse"]} <= set(resolved.values()):
+            reversed_.append(change)
+        elif len(set(resolved.values())) > 1:
+            moved.append(change)
         elif len(seen) >= 2 and len(resolved) < len(seen):
             open_.append(comp)
         elif len(resolved) >= 2:
             shared += 1
+    if reversed_:
+        return "reverses: " + "; ".join(reversed_ + moved)
     if moved:
         return "moves: " + "; ".join(moved)
     if open_:
@@ -118,8 +134,11 @@ def section(settings: Sequence[tuple[str, str | Path]]) -> list[str]:
               "suite's report draws them (Holm-corrected): `>` better, `<` "
               "worse, `=` not distinguishable, `?` no verdict yet (one seed, or beyond the curve's reach), "
               "`·` not compared (the row is that comparator, or it did not run at this target); then the "
-              "row's seeds. *holds*: each comparison resolved in two or more settings has one verdict in "
-              "all of them; *moves* names the change; *open*: some setting has no verdict yet.", ""]
+              "row's seeds. A one-seed row's *not distinguishable* is shown as `?`: one run not resolved "
+              "says nothing. *holds*: each comparison resolved in two or more settings has one verdict in "
+              "all of them; *reverses*: resolved in opposite directions; *moves*: resolved in one setting, "
+              "not in another (a change of the effect or only of the power: read both reports' Δ and "
+              "resolvable difference); *open*: some setting has no verdict yet.", ""]
     any_shared = False
     for key in sorted(set(v["target_key"]), reverse=True):
         at = v[v["target_key"] == key]
@@ -145,8 +164,9 @@ def section(settings: Sequence[tuple[str, str | Path]]) -> list[str]:
             kind = verdict.split(":")[0]
             counts[kind] = counts.get(kind, 0) + 1
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {verdict} |")
-        lines += ["", f"At {title}: {counts.get('holds', 0)} row(s) hold, {counts.get('moves', 0)} move, "
-                      f"{counts.get('open', 0)} open (the rest ran in one setting or share no comparison).", ""]
+        lines += ["", f"At {title}: {counts.get('holds', 0)} row(s) hold, {counts.get('reverses', 0)} reverse, "
+                      f"{counts.get('moves', 0)} move, {counts.get('open', 0)} open (the rest ran in one setting "
+                      "or share no comparison).", ""]
     if not any_shared:
         lines += ["No target is shared by two settings.", ""]
     return lines

@@ -247,6 +247,9 @@ def test_holds_moves_open_and_not_compared_follow_the_symbols():
     # not compared in one setting (the comparator did not run there): the other two decide
     assert holds({"A": {"control": "<", "b": "·"}, "B": {"control": "<", "b": ">"},
                   "C": {"control": "<", "b": ">"}}, order) == "holds"
+    # opposite resolved verdicts reverse, and the reversal is named before a move
+    assert holds({"A": {"control": "<", "b": ">"}, "B": {"control": "=", "b": "<"}}, order) == \
+        "reverses: b > (A) -> < (B); control < (A) -> = (B)"
     assert holds({"A": {"control": "<", "b": "<"}}, order) == "one setting"
     assert holds({"A": {"control": "·", "b": "·"}, "B": {"control": "·", "b": "·"}}, order) == \
         "no comparison in two settings"
@@ -272,7 +275,25 @@ def test_verdicts_of_planted_settings_are_the_reports_and_a_flip_is_named(tmp_pa
     assert "| a | `< <` (3) | `< =` (3) | moves: b < (s1) -> = (s2) |" in text
     assert "| b | `< ·` (3) | `< ·` (3) | holds |" in text
     assert "| c | `< <` (3) | `< <` (3) | holds |" in text
-    assert "At target 0.25: 2 row(s) hold, 1 move, 0 open" in text
+    assert "At target 0.25: 2 row(s) hold, 0 reverse, 1 move, 0 open" in text
+
+
+def test_a_one_seed_row_that_its_report_does_not_resolve_has_no_verdict(tmp_path):
+    # s2 has two seeds of dense and b (a pooled σ) and one seed of a: the report tests a
+    # against that σ. Level with b, a is "not distinguishable" there: shown as `?` (open),
+    # while a one-seed row it does resolve (c, 10 points below) keeps its `<`.
+    noise = (0.0, 0.004, -0.004)
+    for seed in range(3):
+        for label, acc in {"dense": 0.80, "a": 0.70, "b": 0.75, "c": 0.70}.items():
+            write_run(tmp_path / "s1", label, None if label == "dense" else 0.25, seed, acc + noise[seed] * (label != "a"),
+                      epochs=4, config={"comparators": ["b"]})
+    for label, acc, seeds in (("dense", 0.85, 2), ("b", 0.70, 2), ("a", 0.70, 1), ("c", 0.60, 1)):
+        for seed in range(seeds):
+            write_run(tmp_path / "s2", label, None if label == "dense" else 0.25, seed, acc + noise[seed],
+                      epochs=16, config={"comparators": ["b"]})
+    text = "\n".join(cmp.compare([tmp_path / "s1", tmp_path / "s2"]).verdict_lines)
+    assert "| a | `< <` (3) | `< ?` (1) | open: no verdict yet in some setting for b |" in text
+    assert "| c | `< <` (3) | `< <` (1) | holds |" in text
 
 
 # --------------------------------------------------------------------------- the command
