@@ -39,6 +39,7 @@ import json
 import os
 import platform
 import time
+from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -95,11 +96,10 @@ def _setting(s: dict) -> dict[str, Any]:
 def timing_settings(summaries: list[dict]) -> dict[str, dict[str, str]]:
     """Per model, the precision and memory format every architecture is timed in: the pair
     most of the model's runs trained in (ties: the first by name)."""
-    counts: dict[str, dict[tuple[str, str], int]] = {}
+    counts: dict[str, Counter] = {}
     for s in summaries:
         st = _setting(s)
-        pair = (st["precision"], st["memory_format"])
-        counts.setdefault(s["model"], {})[pair] = counts.setdefault(s["model"], {}).get(pair, 0) + 1
+        counts.setdefault(s["model"], Counter())[(st["precision"], st["memory_format"])] += 1
     return {m: dict(zip(("precision", "memory_format"), min(c, key=lambda p: (-c[p], p))))
             for m, c in counts.items()}
 
