@@ -62,7 +62,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         print(f"{cls.name}: {first_paragraph(cls.__doc__)}")
         for key, default, help_ in method_options(cls):
             print(f"    {key:32s} {default:14s} {help_}")
-        print(f"run it: python -m bench run configs/smoke.yaml method.name={cls.name}")
+        print(f"run it: python -m bench run configs/smoke.yaml method.name={cls.name} {cls.run_overrides}".rstrip())
         used = [lab for lab in labels.values() if lab.method == cls.name]
         if used:
             print("suite labels built on it: " + "; ".join(f"{lab.label} = {lab.overrides()}" for lab in used))

@@ -22,6 +22,7 @@ of the ones after it.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -178,13 +179,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:
         return train_main(argv[1:])
-    timeout_s = 900.0
-    if argv[:1] == ["--timeout"] and len(argv) == 2 and argv[1].replace(".", "", 1).isdigit():
-        timeout_s = float(argv[1])
-    elif argv:
-        print(f"error: unknown arguments {' '.join(argv)}; usage: python -m bench.check_cuda [--timeout SECONDS]",
-              file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(prog="python -m bench.check_cuda", description=__doc__.splitlines()[0])
+    parser.add_argument("--timeout", type=float, default=900.0, metavar="SECONDS",
+                        help="stop a check whose commands outlast this many seconds (default: 900)")
+    timeout_s = parser.parse_args(argv).timeout
     if not torch.cuda.is_available():
         print("error: check-cuda needs a CUDA GPU and torch.cuda.is_available() is False here; "
               "on a CPU-only machine run `make test` instead", file=sys.stderr)

@@ -118,6 +118,9 @@ class Method:
     Config: ClassVar[type] = MethodConfig
     # Hooks among IN_PLACE_HOOKABLE that may change the model's structure in place (see the module docstring).
     in_place_hooks: ClassVar[frozenset[str]] = frozenset()
+    # Overrides the smallest run of the method needs besides `method.name` (e.g. a model setting it
+    # requires), printed by `python -m bench methods NAME` in its "run it" command.
+    run_overrides: ClassVar[str] = ""
 
     def __init__(self, cfg: MethodConfig, ctx: Context):
         self.cfg = cfg

@@ -467,6 +467,9 @@ def test_methods_name_shows_one_method_with_its_own_defaults(tmp_path):
     assert any(line.split()[:2] == ["method.name", "'pcn'"] for line in lines)
     assert "run it: python -m bench run configs/smoke.yaml method.name=pcn" in p.stdout
     assert "dsr:" not in p.stdout
+    needs = bench_cli(tmp_path, "methods", "pcns")   # a method that refuses the smoke config's ReLU model
+    assert ("run it: python -m bench run configs/smoke.yaml method.name=pcns model.act=leaky_relu "
+            "model.leaky_slope=0.2\n") in needs.stdout
 
 
 def test_methods_lists_suite_labels_as_a_method_with_options(tmp_path):

@@ -24,6 +24,8 @@ class PCNS(Method):
     `on_epoch_end` (timed as the method's cost) shrinks; the shrink's diagnostics (error
     table, logit errors) run in the next untimed call, `epoch_metrics` (or `summary`)."""
 
+    run_overrides: ClassVar[str] = "model.act=leaky_relu model.leaky_slope=0.2"   # an invertible activation
+
     @dataclass
     class Config(TargetConfig):
         target_kinds: ClassVar[tuple[str, ...]] = ("params",)
