@@ -20,7 +20,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.train import train          # heavy: only once the config is known to be valid
     summary = train(cfg, rerun=args.rerun)
     if summary and summary.get("status") == "diverged":
-        print(f"error: run {summary['run_id']} {summary['message']}", file=sys.stderr)
+        print(f"error: run {summary.get('run_id', '')} {summary.get('message') or 'diverged'}", file=sys.stderr)
         return 1
     return 0
 

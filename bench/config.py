@@ -478,6 +478,13 @@ def load_yaml_text(text: str) -> Any:
     return yaml.load(text, Loader=UniqueKeyLoader)
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error on one line: where (line and column of the file) and what."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(getattr(e, "problem", None) or e).split())
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
     """A config or suite file as a mapping (safe loading; a key given twice is an error)."""
     p = Path(path)
@@ -489,7 +496,8 @@ def read_yaml(path: str | os.PathLike) -> dict:
     except DuplicateKeyError as e:
         raise ConfigError(f"config file '{path}': {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+        raise ConfigError(f"config file '{path}' is not valid YAML: {yaml_problem(e)}; fix it there (a config is "
+                          f"plain data: mappings, lists, text and numbers; no !!python tags)") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
     return raw

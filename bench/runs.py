@@ -248,12 +248,22 @@ class RunDir:
         self.summary_path.replace(kept)
         return kept
 
-    def remove_if_unused(self) -> None:
+    def remove_if_unused(self, made: Path) -> None:
         """Remove the run's folder if it holds nothing but its lock file (a run that stopped
-        before it wrote anything), so that a failed start leaves nothing behind."""
-        if self.path.is_dir() and {p.name for p in self.path.iterdir()} <= {".lock"}:
-            (self.path / ".lock").unlink(missing_ok=True)
-            self.path.rmdir()
+        before it wrote anything), and then its parents up to `made` (the outermost folder the
+        failed start created) while they are empty, so that a failed start leaves nothing behind."""
+        if not (self.path.is_dir() and {p.name for p in self.path.iterdir()} <= {".lock"}):
+            return
+        (self.path / ".lock").unlink(missing_ok=True)
+        folder = self.path
+        while True:
+            try:
+                folder.rmdir()
+            except OSError:                  # not empty (another run's folder appeared in it)
+                return
+            if folder == made:
+                return
+            folder = folder.parent
 
     def prepare(self, cfg: RunConfig, env: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)

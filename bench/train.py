@@ -14,7 +14,6 @@ clocks) sits behind `bench.device.Runtime`; the CPU path is the tested one.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -34,6 +33,7 @@ from bench.metrics import measure
 from bench.models import build_model
 from bench.optim import lr_at, make_optimizer
 from bench.progress import EpochBar, bars_enabled
+from bench.records import RecordError, read_env
 from bench.runs import STATE_FORMAT, RunDir, checkpoint_dict, environment, git_commit, plain_data, run_lock, run_path
 from bench.wandb_log import WandbLogger
 from methods import Context, Method, get_method
@@ -408,14 +408,14 @@ def train(cfg: RunConfig, max_epochs: Optional[int] = None, log: Callable[[str],
     rd = RunDir(run_path(cfg))
     run_id = rd.path.name
     if not rd.finished() or rerun:
-        made = not rd.path.exists()
+        missing = [p for p in (rd.path, *rd.path.parents) if not p.exists()]
         try:
             with run_lock(rd.path):      # RunningElsewhere if another process trains it
                 if not rd.finished() or rerun:    # (or finished it since the check above)
                     return _train(cfg, rd, run_id, max_epochs, log)
         except BaseException:
-            if made:
-                rd.remove_if_unused()
+            if missing:                  # this call made the run folder (and these parents)
+                rd.remove_if_unused(made=missing[-1])
             raise
     done = rd.read_summary()
     log(f"{run_id}: already {done.get('status', 'finished')} in {rd.path}, skipping "
@@ -526,9 +526,9 @@ def code_change_note(rd: RunDir) -> str:
     """'; it ran on code abc123, this checkout is def456-dirty' when the code a finished run
     recorded (env.json's git_commit, '-dirty' for uncommitted changes) is not the code here;
     '' when they match or either is unknown."""
-    try:
-        then = json.loads((rd.path / "env.json").read_text()).get("git_commit", "unknown")
-    except (OSError, ValueError):
+    try:   # through the record reader: a crafted env.json (a FIFO, a list, a huge file) is refused, not read
+        then = str(read_env(rd.path / "env.json").get("git_commit", "unknown"))
+    except (OSError, RecordError):
         return ""
     now = git_commit()
     if "unknown" in (then, now) or (then == now and not now.endswith("-dirty")):

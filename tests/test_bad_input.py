@@ -310,3 +310,76 @@ def test_run_suite_checks_jobs_and_slurm_values_given_to_it(tmp_path):
     with pytest.raises(ConfigError, match=r"suite.slurm.gpus_per_job must be >= 1, got -1"):
         run_suite(path, [], dry_run=True, slurm_overrides={"gpus_per_job": -1}, results_dir=str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- damaged data and records
+def damaged_cifar(root: Path, change) -> Path:
+    """write_cifar's folder with its first training batch replaced by `change(batch)`."""
+    write_cifar(root)
+    path = root / "cifar-10-batches-py" / "data_batch_1"
+    batch = pickle.loads(path.read_bytes())
+    path.write_bytes(pickle.dumps(change(batch)))
+    return root
+
+
+@pytest.mark.parametrize("change,problem", [
+    (lambda b: [b["data"]], "is not a batch: it needs the keys 'data' and 'labels'"),
+    (lambda b: {"data": b["data"]}, "is not a batch: it needs the keys 'data' and 'labels'"),
+    (lambda b: {**b, "data": b["data"][:, :100]}, "holds images of shape (4, 100) (uint8), not integers of shape [N, 3072]"),
+    (lambda b: {**b, "data": b["data"].astype(np.float64) * 1e9},
+     "holds images of shape (4, 3072) (float64), not integers of shape [N, 3072]"),
+    (lambda b: {**b, "data": b["data"].astype(np.int64) + 300}, "holds pixel values 300..555, outside 0..255"),
+    (lambda b: {**b, "labels": b["labels"][:3]}, "holds 3 labels of type int64 for 4 images"),
+    (lambda b: {**b, "labels": [0, 1, 2, 11]}, "holds labels 0..11, outside 0..9"),
+    (lambda b: {**b, "labels": [-1, 1, 2, 3]}, "holds labels -1..3, outside 0..9"),
+])
+def test_a_damaged_cifar_batch_is_a_one_line_error_before_the_run(tmp_path, capsys, monkeypatch, change, problem):
+    """Each of these would crash mid-epoch, train on wrapped pixels, or score a test label
+    past the last class as a wrong answer."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = damaged_cifar(tmp_path / "d", change)
+    err = cli_error(capsys, ["run", SMOKE, "data.name=cifar10", f"data.root={root}", f"output_dir={tmp_path}/o/runs"])
+    assert f"data_batch_1' {problem}" in err and err.endswith("fetch the data again (remove the folder) or use "
+                                                               "another data.root"), err
+    assert not (tmp_path / "o").exists()          # nor the folders the run's lock made above it
+
+
+def test_a_gpu_run_on_a_machine_without_one_leaves_no_folder(tmp_path, capsys):
+    err = cli_error(capsys, ["run", SMOKE, "device=cuda", f"output_dir={tmp_path}/o/deep/runs"])
+    assert "cuda" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_crafted_env_json_of_a_finished_run_is_not_read(tmp_path, tiny_overrides):
+    """Skipping a finished run compares its recorded commit with this checkout's; its env.json
+    is read as a checked record, so a FIFO (which a plain read would wait on forever) or a
+    list gives no note instead of a hang or a traceback."""
+    import os
+    import signal
+
+    from bench.train import train
+    cfg = load_config(SMOKE, tiny_overrides + ["train.epochs=1", "save_checkpoint=false"])
+    run = Path(cfg.output_dir) / train(cfg, log=lambda _: None)["run_id"]
+    signal.alarm(60)                                  # a hang fails the test instead of stalling it
+    try:
+        for craft in (lambda p: p.write_text("[]"), lambda p: os.mkfifo(p)):
+            (run / "env.json").unlink()
+            craft(run / "env.json")
+            lines = []
+            assert train(cfg, log=lines.append)["status"] == "finished"
+            assert lines[0].endswith("skipping (--rerun trains it again)"), lines
+    finally:
+        signal.alarm(0)
+
+
+@pytest.mark.parametrize("text,problem", [
+    ("train:\n  epochs: [1,\nmodel: x\n", "line 4, column 1: expected ',' or ']', but got '<stream end>'"),
+    ("x: !!python/object/apply:os.system [\"true\"]\n",
+     "line 1, column 4: could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'"),
+])
+def test_a_config_that_is_not_yaml_is_one_line_naming_the_file_and_place(tmp_path, capsys, text, problem):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert cli_error(capsys, ["run", str(path)]) == (
+        f"error: config file '{path}' is not valid YAML: {problem}; fix it there (a config is plain data: "
+        "mappings, lists, text and numbers; no !!python tags)")

@@ -79,7 +79,30 @@ class Cifar10(TorchvisionArchive):
                 raise ConfigError(f"{self.title} file '{path}' is missing; the folder must hold "
                                   f"{', '.join(self.train_files + [self.test_file])}")
             with open(path, "rb") as f:
-                d = load_batch(f, path)
-            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, *self.image_shape))
-            ys.append(np.asarray(d[self.label_key], dtype=np.int64))
+                x, y = self.batch_arrays(load_batch(f, path), path)
+            xs.append(x)
+            ys.append(y)
         return np.concatenate(xs), np.concatenate(ys)
+
+    def batch_arrays(self, d: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """A loaded batch's images [N, C, H, W] and labels [N], after checking what a damaged
+        or crafted file could get wrong: the keys, the image size, pixel values in 0..255 (a
+        cast to uint8 would wrap others silently), one label per image, labels in
+        0..num_classes-1 (a label past the last class would only fail mid-training, or count
+        as a wrong answer at test time). Any problem is a one-line ConfigError naming the file."""
+        def bad(problem: str) -> ConfigError:
+            return ConfigError(f"{self.title} file '{path}' {problem}; fetch the data again (remove the folder) "
+                               f"or use another data.root")
+        if not isinstance(d, dict) or "data" not in d or self.label_key not in d:
+            raise bad(f"is not a batch: it needs the keys 'data' and '{self.label_key}'")
+        x, y = np.asarray(d["data"]), np.asarray(d[self.label_key])
+        pixels = int(np.prod(self.image_shape))
+        if x.ndim != 2 or x.shape[1] != pixels or x.dtype.kind not in "iu":
+            raise bad(f"holds images of shape {x.shape} ({x.dtype}), not integers of shape [N, {pixels}]")
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise bad(f"holds pixel values {x.min()}..{x.max()}, outside 0..255")
+        if y.shape != (len(x),) or (y.size and y.dtype.kind not in "iu"):
+            raise bad(f"holds {y.size} labels of type {y.dtype} for {len(x)} images, not one integer label per image")
+        if y.size and (y.min() < 0 or y.max() >= self.num_classes):
+            raise bad(f"holds labels {y.min()}..{y.max()}, outside 0..{self.num_classes - 1}")
+        return x.astype(np.uint8).reshape(-1, *self.image_shape), y.astype(np.int64)
