@@ -27,6 +27,15 @@ BP's R) are registered again and every parameter's shape is checked. `frozen` na
 parameters that do not train (PCN's projections): the optimizer must see the same ones.
 A module reachable under two paths (a projection shared by two layers) is recorded once;
 the second path says `same_as` the first.
+
+A record read from a results file is data from elsewhere: `check_record` checks it before
+anything is built (`rebuild` calls it). Every value must have the type `record` writes,
+dtypes come from a fixed list (`DTYPES`), `frozen` names the module's own parameters and
+`same_as` a recorded module, no dimension exceeds `MAX_DIM`, and the tensors the record
+lists, and the model its configuration builds (sized on the meta device, where nothing is
+allocated), hold at most `MAX_ELEMENTS` numbers. A module built from its record is first
+built on the meta device and must hold the parameters and buffers the record lists, so a
+crafted argument cannot allocate more than the record's own (bounded) shapes.
 """
 from __future__ import annotations
 
@@ -37,9 +46,22 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from bench.config import ConfigError, ModelConfig
+from bench.config import ConfigError, ModelConfig, build_dataclass
+from bench.records import NUMBER, ListOf, MapOf, Record, problem, show
 
 FORMAT = 1
+# Bounds on what a record (or a summary a record is derived from) may ask to allocate: far
+# above every registered model at width 1 (wide_resnet50_2: 67M parameters) and every layer
+# the methods build, far below what would exhaust a machine's memory.
+MAX_ELEMENTS = 2**28            # numbers in a record's tensors, or in the model as configured
+MAX_DIM = 2**16                 # one dimension of a tensor, one channel or feature count
+MAX_GEOMETRY = 64               # a kernel size, stride, padding, dilation or pooled output size
+MAX_IMAGE_SIZE = 1024           # an image side, in pixels
+_GEOMETRY = ("kernel_size", "stride", "padding", "dilation", "output_size")
+# The tensor types a record's buffers may have, by the name `record` writes.
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+          "bfloat16": torch.bfloat16, "bool": torch.bool, "uint8": torch.uint8, "int8": torch.int8,
+          "int16": torch.int16, "int32": torch.int32, "int64": torch.int64}
 
 
 class ArchitectureError(ConfigError):
@@ -181,6 +203,104 @@ def record(model: nn.Module, model_cfg: ModelConfig) -> dict[str, Any]:
             "root": class_name(model), "modules": modules}
 
 
+# --------------------------------------------------------------------------- checking a record
+_SCALAR = (bool, NUMBER, str, None)
+_SHAPE = ListOf(int)
+_RECORD = Record(required={"format": int, "model": dict, "modules": MapOf(dict)},
+                 optional={"root": (str, None), "family": (str, None)})
+_ENTRY = Record(required={"class": str},
+                optional={"args": MapOf((*_SCALAR, ListOf(_SCALAR))), "children": ListOf(str),
+                          "params": MapOf(_SHAPE), "buffers": MapOf(ListOf((_SHAPE, str))), "frozen": ListOf(str)})
+_SHARED = Record(required={"same_as": str})
+
+
+def _refuse(why: str) -> ArchitectureError:
+    return ArchitectureError(f"architecture record: {why}")
+
+
+def model_config(raw: Any, key: str = "model") -> ModelConfig:
+    """The model configuration `raw` (from a record or a run's config), checked as a config
+    file's is (known keys, types, ranges; bench.config.build_dataclass), and the model it
+    builds no larger than MAX_ELEMENTS (sized on the meta device: nothing is allocated)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key} is {show(raw)}, not a mapping")
+    cfg = build_dataclass(ModelConfig, raw, f"{key}.")
+    from bench.models import build_model
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg)
+    except (RuntimeError, OverflowError):          # a size torch cannot even compute
+        raise ConfigError(f"{key}: {cfg.name} at width {cfg.width:g} is too large to build") from None
+    n = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
+    if n > MAX_ELEMENTS:
+        raise ConfigError(f"{key}: {cfg.name} at width {cfg.width:g} holds {n:,} numbers, over the "
+                          f"{MAX_ELEMENTS:,} this harness builds")
+    return cfg
+
+
+def _numel(shape: list[int], where: str) -> int:
+    if len(shape) > 8 or any(not 0 <= d <= MAX_DIM for d in shape):
+        raise _refuse(f"{where} has shape {shape}: at most 8 dimensions of 0 to {MAX_DIM:,}")
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _check_args(args: dict[str, Any], where: str) -> None:
+    for key, value in args.items():
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, bool) or not isinstance(v, int):
+                continue
+            if key in _GEOMETRY and not 0 <= v <= MAX_GEOMETRY:
+                raise _refuse(f"{where}.args.{key} is {show(value)}, not 0 to {MAX_GEOMETRY}")
+            if abs(v) > MAX_DIM:
+                raise _refuse(f"{where}.args.{key} is {show(value)}, over the {MAX_DIM:,} a layer may have")
+
+
+def check_record(rec: Any) -> ModelConfig:
+    """`rec`'s model configuration once the whole record is checked (see the module
+    docstring); ArchitectureError, one line naming the value, for anything else."""
+    if not isinstance(rec, dict) or rec.get("format") != FORMAT or not isinstance(rec.get("modules"), dict):
+        raise _refuse(f"not a format-{FORMAT} record")
+    if (p := problem(rec, _RECORD)) is not None:
+        raise _refuse(p)
+    try:
+        cfg = model_config(rec["model"])
+    except ArchitectureError:
+        raise
+    except ConfigError as e:
+        raise _refuse(str(e)) from None
+    modules: dict[str, dict] = rec["modules"]
+    total = 0
+    for path, entry in modules.items():
+        where = f"modules.{path}"
+        if "same_as" in entry:
+            if (p := problem(entry, _SHARED, where)) is not None:
+                raise _refuse(p)
+            target = modules.get(entry["same_as"])
+            if target is None or "same_as" in target:
+                raise _refuse(f"{where}.same_as names {show(entry['same_as'])}, not a module the record builds")
+            continue
+        if (p := problem(entry, _ENTRY, where)) is not None:
+            raise _refuse(p)
+        _check_args(entry.get("args", {}), where)
+        for name, shape in entry.get("params", {}).items():
+            total += _numel(shape, f"{where}.params.{name}")
+        for name, item in entry.get("buffers", {}).items():
+            if len(item) != 2 or not isinstance(item[0], list) or not isinstance(item[1], str):
+                raise _refuse(f"{where}.buffers.{name} is not [shape, dtype]")
+            if item[1] not in DTYPES:
+                raise _refuse(f"{where}.buffers.{name} has dtype {show(item[1])}, not one of {', '.join(DTYPES)}")
+            total += _numel(item[0], f"{where}.buffers.{name}")
+        unknown = [n for n in entry.get("frozen", []) if n not in entry.get("params", {})]
+        if unknown:
+            raise _refuse(f"{where}.frozen names {show(unknown[0])}, not one of the module's parameters")
+        if total > MAX_ELEMENTS:
+            raise _refuse(f"its tensors hold over {MAX_ELEMENTS:,} numbers")
+    return cfg
+
+
 # --------------------------------------------------------------------------- rebuild
 def _get(model: nn.Module, path: str) -> Optional[nn.Module]:
     try:
@@ -191,7 +311,10 @@ def _get(model: nn.Module, path: str) -> Optional[nn.Module]:
 
 def _set(model: nn.Module, path: str, new: nn.Module) -> None:
     parent, _, child = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
+    holder = _get(model, parent) if parent else model
+    if holder is None:
+        raise ArchitectureError(f"architecture record: '{path}' lies under '{parent}', which the model does not have")
+    setattr(holder, child, new)
 
 
 def _args(entry: dict) -> dict[str, Any]:
@@ -209,9 +332,18 @@ def _matches(m: Optional[nn.Module], entry: dict) -> bool:
     return [n for n, _ in m.named_children()] == entry.get("children", [])
 
 
+def _shapes(tensors) -> dict[str, list[int]]:
+    return {n: list(t.shape) for n, t in tensors}
+
+
 def _build(modules: dict[str, dict], path: str) -> nn.Module:
-    """A new module for `path` from its record (children first, for container classes)."""
-    entry = modules[path]
+    """A new module for `path` from its record (children first, for container classes).
+    A class built from arguments is built on the meta device first: it must hold the
+    parameters and buffers its record lists (bounded by check_record) before any memory
+    is allocated for it."""
+    entry = modules.get(path)
+    if entry is None:
+        raise ArchitectureError(f"architecture record: '{path}' is a child its parent names but no module recorded")
     if "same_as" in entry:
         return nn.Identity()          # a placeholder: rebuild puts the shared module here last
     kind = constructible().get(entry["class"])
@@ -224,9 +356,18 @@ def _build(modules: dict[str, dict], path: str) -> nn.Module:
             return nn.Sequential(OrderedDict(kids))
         return kind.cls(**kids)
     try:
-        return kind.cls(**_args(entry))
-    except (TypeError, ValueError) as e:
-        raise ArchitectureError(f"architecture record: cannot build '{path}' ({entry['class']}): {e}") from None
+        with torch.device("meta"):
+            probe = kind.cls(**_args(entry))
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ArchitectureError(f"architecture record: cannot build '{path}' ({entry['class']}): "
+                                f"{' '.join(str(e).split())[:200]}") from None
+    params, buffers = _shapes(probe.named_parameters(recurse=False)), _shapes(probe.named_buffers(recurse=False))
+    recorded = {n: shape for n, (shape, _) in entry.get("buffers", {}).items()}
+    if params != entry.get("params", {}) or any(recorded.get(n) != s for n, s in buffers.items()):
+        raise ArchitectureError(f"architecture record: '{path}' ({entry['class']}) built from its args holds "
+                                f"parameters {params} and buffers {buffers}; the record says "
+                                f"{entry.get('params', {})} and {recorded}")
+    return kind.cls(**_args(entry))
 
 
 def _depth(path: str) -> int:
@@ -237,12 +378,12 @@ def rebuild(rec: dict[str, Any], model_cfg: Optional[ModelConfig] = None) -> nn.
     """The model `rec` describes, with fresh weights: built from `model_cfg` (default: the
     record's own model configuration), then every module whose record differs built from the
     record, extra buffers registered (zeros) and frozen parameters frozen. Raises
-    ArchitectureError where the result would not match the record. The global random
-    stream is left as it was (the weights drawn here are to be overwritten or only timed)."""
+    ArchitectureError where the record is malformed (check_record) or the result would not
+    match it. The global random stream is left as it was (the weights drawn here are to be
+    overwritten or only timed)."""
     from bench.models import build_model
-    if not isinstance(rec, dict) or rec.get("format") != FORMAT or not isinstance(rec.get("modules"), dict):
-        raise ArchitectureError(f"architecture record: not a format-{FORMAT} record")
-    cfg = model_cfg if model_cfg is not None else ModelConfig(**rec["model"])
+    own = check_record(rec)
+    cfg = model_cfg if model_cfg is not None else own
     modules: dict[str, dict] = rec["modules"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -258,14 +399,24 @@ def rebuild(rec: dict[str, Any], model_cfg: Optional[ModelConfig] = None) -> nn.
                 _set(model, path, _build(modules, path))
                 replaced.append(path)
         for path in sorted((p for p in modules if "same_as" in modules[p]), key=_depth):
-            _set(model, path, model.get_submodule(modules[path]["same_as"]))
+            shared = _get(model, modules[path]["same_as"])
+            if shared is None:
+                raise ArchitectureError(f"architecture record: '{path}' is the same as "
+                                        f"'{modules[path]['same_as']}', which the rebuilt model does not have there")
+            _set(model, path, shared)
     for path, entry in modules.items():
         if "same_as" in entry:
             continue
-        m = model.get_submodule(path)
+        m = _get(model, path)
+        if m is None:
+            raise ArchitectureError(f"architecture record: '{path}' is recorded but not in the rebuilt model")
         for name, (shape, dtype) in entry.get("buffers", {}).items():
             if name not in dict(m.named_buffers(recurse=False)):
-                m.register_buffer(name, torch.zeros(shape, dtype=getattr(torch, dtype)))
+                try:
+                    m.register_buffer(name, torch.zeros(shape, dtype=DTYPES[dtype]))
+                except (KeyError, TypeError) as e:
+                    raise ArchitectureError(f"architecture record: '{path}' cannot hold a buffer named "
+                                            f"{show(name)} ({' '.join(str(e).split())[:120]})") from None
         got = {n: list(p.shape) for n, p in m.named_parameters(recurse=False)}
         if got != entry.get("params", {}):
             raise ArchitectureError(f"architecture record: '{path}' rebuilt with parameters {got}, "
@@ -309,24 +460,58 @@ def deployed_record(summary: dict[str, Any]) -> dict[str, Any]:
     - dsr: the model as configured with a bool mask buffer on every sparse layer.
 
     Which channels were kept is not recorded, nor needed: the architecture depends on the
-    counts only. Raises NotDerivable for a summary that records none of these."""
+    counts only. Raises NotDerivable for a summary that records none of these, or whose
+    configuration or method summary does not describe a model this method builds (checked
+    before anything is allocated where a number sets a size: the model's width, a layer's
+    kept count, a projection's dimension)."""
     if isinstance(summary.get("architecture"), dict):
         return summary["architecture"]
+    run = summary.get("run_id")
     cfg = summary.get("config") or {}
     method, ms = summary.get("method"), summary.get("method_summary") or {}
+    if not isinstance(cfg, dict) or "model" not in cfg:
+        raise NotDerivable(f"{run}: the summary holds no model configuration (config.model)")
     try:
-        model_cfg = ModelConfig(**cfg["model"])
-    except (KeyError, TypeError) as e:
-        raise NotDerivable(f"{summary.get('run_id')}: the summary holds no model configuration ({e})") from None
+        model_cfg = build_cfg = model_config(cfg["model"], "config.model")
+        if method == "dense_small" and isinstance(ms, dict) and "width" in ms:
+            build_cfg = model_config({**cfg["model"], "width": ms["width"]}, "method_summary.width: config.model")
+    except ConfigError as e:
+        raise NotDerivable(f"{run}: {e}") from None
+    if not isinstance(ms, dict):
+        raise NotDerivable(f"{run}: method_summary is {show(ms)}, not a mapping")
+    try:
+        return record(_derived(build_cfg, cfg, method, ms, run), model_cfg)
+    except NotDerivable as e:
+        if str(e).startswith(f"{run}: "):
+            raise
+        raise NotDerivable(f"{run}: {e}") from None
+    except ConfigError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+        raise NotDerivable(f"{run}: method_summary does not describe a {method} model "
+                           f"({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+
+
+def _channel_table(channels: dict[str, Any]) -> dict[str, int]:
+    """l1_filter's and SNP's `channels` (layer -> [before, after]) as layer -> kept count."""
+    bad = next((k for k, v in channels.items() if problem(v, ListOf(int)) is not None or len(v) != 2), None)
+    if bad is not None:
+        raise NotDerivable(f"method_summary.channels.{bad} is {show(channels[bad])}, not [before, after]")
+    return {k: v[1] for k, v in channels.items()}
+
+
+def _derived(model_cfg: ModelConfig, cfg: dict[str, Any], method: Any, ms: dict[str, Any], run: Any) -> nn.Module:
+    """The deployed model deployed_record derives from a summary without a record (for
+    dense_small, `model_cfg` is at the method's width)."""
     from bench.models import build_model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         if method in ("dense", "decorrelated_bp"):
             model = build_model(model_cfg)
         elif method == "dense_small" and "width" in ms:
-            model = build_model(dataclasses.replace(model_cfg, width=float(ms["width"])))
+            model = build_model(model_cfg)              # at the method's width (deployed_record)
         elif method in ("l1_filter", "snp") and isinstance(ms.get("channels"), dict):
-            model = _narrowed(model_cfg, cfg, {k: int(v[1]) for k, v in ms["channels"].items()})
+            model = _narrowed(model_cfg, cfg, _channel_table(ms["channels"]))
         elif method == "pcns" and isinstance(ms.get("shrinks"), list):
             model = _pcns(model_cfg, cfg, ms["shrinks"])
         elif method == "pcn" and isinstance(ms.get("layers"), list):
@@ -335,16 +520,26 @@ def deployed_record(summary: dict[str, Any]) -> dict[str, Any]:
             from methods.dsr import MASK
             model = build_model(model_cfg)
             for name in ms["active_init"]:
-                layer = model.get_submodule(name)
+                layer = _layer(model, name)
                 layer.register_buffer(MASK, torch.ones_like(layer.weight, dtype=torch.bool))
         else:
-            raise NotDerivable(f"{summary.get('run_id')}: method {method!r} with this summary records no "
+            raise NotDerivable(f"{run}: method {method!r} with this summary records no "
                                f"architecture to rebuild")
-    return record(model, model_cfg)
+    return model
+
+
+def _layer(model: nn.Module, name: Any) -> nn.Module:
+    """The conv or linear layer `name` of `model` (a name from a summary)."""
+    layer = _get(model, name) if isinstance(name, str) else None
+    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+        raise NotDerivable(f"{show(name)} names no conv or linear layer of the model")
+    return layer
 
 
 def _example(cfg: dict[str, Any]) -> torch.Tensor:
-    size = int((cfg.get("data") or {}).get("image_size", 32))
+    size = (cfg.get("data") or {}).get("image_size", 32)
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE:
+        raise NotDerivable(f"config.data.image_size is {show(size)}, not an image side of 1 to {MAX_IMAGE_SIZE} pixels")
     return torch.zeros(1, 3, size, size)
 
 
@@ -356,7 +551,7 @@ def _narrowed(model_cfg: ModelConfig, cfg: dict[str, Any], widths: dict[str, int
     model = build_model(model_cfg)
     graph = build_graph(model, _example(cfg))
     for name, keep in widths.items():
-        layer = model.get_submodule(name)
+        layer = _layer(model, name)
         out = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
         if not 0 < keep <= out:
             raise NotDerivable(f"{name}: {keep} channels kept of {out}")
@@ -366,7 +561,7 @@ def _narrowed(model_cfg: ModelConfig, cfg: dict[str, Any], widths: dict[str, int
 
 def _narrow(model: nn.Module, cfg: dict[str, Any], name: str, keep: int) -> None:
     from methods._pruning import build_graph, prune_out_channels
-    layer = model.get_submodule(name)
+    layer = _layer(model, name)
     out = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
     if not 0 < keep <= out:
         raise NotDerivable(f"{name}: {keep} channels kept of {out}")
@@ -385,7 +580,9 @@ def _pcns(model_cfg: ModelConfig, cfg: dict[str, Any], shrinks: list[dict[str, A
             into = str(row.get("p_into", ""))
             if into.endswith(" (new)"):
                 pool = into.removesuffix(" (new)").removesuffix(".mix")
-                n = int(row["n_before"])
+                n = row["n_before"]
+                if isinstance(n, bool) or not isinstance(n, int) or not 0 < n * n <= MAX_ELEMENTS:
+                    raise NotDerivable(f"a PCNS shrink's n_before is {show(n)}, not a channel count")
                 _set(model, pool, MixPool(nn.Conv2d(n, n, 1, bias=False), model.get_submodule(pool)))
             _narrow(model, cfg, row["layer"], int(row["n_after"]))
     return model
@@ -399,9 +596,12 @@ def _pcn(model_cfg: ModelConfig, cfg: dict[str, Any], layers: list[dict[str, Any
     model = _narrowed(model_cfg, cfg, {row["reads"]: int(row["in_channels_kept"]) for row in layers
                                        if row.get("reads") and row["in_channels_kept"] < row["in_dims_before"]})
     for row in layers:
-        k, proj = int(row["in_dims_after"]), None
+        k, proj = row["in_dims_after"], None
         for name in row.get("consumers") or [row["layer"]]:
-            layer = model.get_submodule(name)
+            layer = _layer(model, name)
+            d = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+            if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= d:
+                raise NotDerivable(f"PCN layer {name}: in_dims_after is {show(k)}, not 1 to its {d} inputs")
             if isinstance(layer, nn.Linear):
                 proj = proj or nn.Linear(layer.in_features, k).requires_grad_(False)
                 new: nn.Module = PCNLinear(proj, nn.Linear(k, layer.out_features))

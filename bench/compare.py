@@ -61,7 +61,7 @@ import pandas as pd
 from scipy import stats
 
 from bench.config import ConfigError
-from bench.records import read_run_config, read_suite, read_summary
+from bench.records import read_run_config, read_suite, read_summary, run_folder
 from bench.report.rendering import p_text
 
 DEFAULT_OUT = Path("out/compare")
@@ -101,7 +101,9 @@ def load_setting(path: str | Path) -> Setting:
     full-size run: NaN), label, seed and final top-1 (`test_acc`). A run folder with a
     config.yaml but no summary.json is counted as unfinished; a summary whose status is
     `diverged` is named and left out (it has no accuracy). suite.json and every summary are
-    checked as they are read (bench.records): a damaged one is a one-line error naming it."""
+    checked as they are read (bench.records): a damaged one, a run that names no model,
+    seed, or label or method, and a run folder linked from elsewhere are a one-line error
+    naming it."""
     path = Path(path)
     if not path.is_dir():
         raise CompareError(f"{path}: not a folder")
@@ -112,11 +114,12 @@ def load_setting(path: str | Path) -> Setting:
         name = read_suite(suite_file).get("suite") or name
     rows, unfinished, diverged = [], 0, []
     for run in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        run_folder(run, path, runs_dir)
         summary_file = run / "summary.json"
         if not os.path.lexists(summary_file):
             unfinished += (run / "config.yaml").is_file()
             continue
-        s = read_summary(summary_file)
+        s = read_summary(summary_file, identity=True)
         status = s.get("status", "finished")
         if status == "diverged":
             diverged.append(s.get("run_id", run.name))
@@ -350,8 +353,10 @@ def plot_cd(result: Friedman, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import scikit_posthocs as sp
+    from bench.report.plots import plain            # labels shown literally: no `$` starts math text
     fig, ax = plt.subplots(figsize=(8, 0.35 * result.k + 1.6))
-    sp.critical_difference_diagram(result.mean_ranks, result.nemenyi, cd=result.cd, alpha=result.alpha, ax=ax,
+    ranks, nemenyi = result.mean_ranks.rename(index=plain), result.nemenyi.rename(index=plain, columns=plain)
+    sp.critical_difference_diagram(ranks, nemenyi, cd=result.cd, alpha=result.alpha, ax=ax,
                                    label_fmt_left="{label} ({rank:.2f})", label_fmt_right="({rank:.2f}) {label}")
     ax.set_title(f"Average rank over {result.n} cells (1 = best); Nemenyi CD = {result.cd:.2f} at alpha = "
                  f"{result.alpha:g}", fontsize=9, pad=24)
@@ -377,10 +382,13 @@ class Comparison:
 def compare(suite_dirs: Iterable[str | Path], alpha: float = ALPHA, references: bool = False) -> Comparison:
     """Everything the section shows, from the suite folders (at least two settings)."""
     dirs = {}                       # resolved path -> the path as given, first spelling kept
-    for d in suite_dirs:
-        dirs.setdefault(Path(d).resolve(), Path(d))
+    given = [Path(d) for d in suite_dirs]
+    for d in given:
+        dirs.setdefault(d.resolve(), d)
     if len(dirs) < 2:
-        raise CompareError(f"needs at least two suite folders (settings) to compare; got {len(dirs)}")
+        got = (f"got {len(given)}, all the same folder ({given[0]})" if len(given) > 1 else
+               f"got {len(given)}")
+        raise CompareError(f"needs at least two different suite folders (settings) to compare; {got}")
     settings = [load_setting(d) for d in dirs.values()]
     _unique_names(settings)
     means = cell_means(settings, references=references)
@@ -563,21 +571,37 @@ def write(c: Comparison, out: Path) -> Path:
 def main(suite_dirs: Sequence[str], out: str | Path = DEFAULT_OUT, alpha: float = ALPHA,
          references: bool = False) -> int:
     """The command: 0 and the written paths, or 1 and one line on bad input (checked before
-    any work: `--out` must be a folder or not exist yet, 0 < alpha < 1; then every file read)."""
+    any work: 0 < alpha < 1, and `--out` a folder this process may write in or one it can
+    create (bench.configure.check_output_dir); then every file read). A failure to write
+    is one line too, and removes the `--out` folder where this command created it."""
+    import shutil
     import sys
+    from bench.configure import check_output_dir
     out = Path(out)
     try:
         if not 0 < alpha < 1:
             raise CompareError(f"--alpha {alpha:g}: a significance level is between 0 and 1 (exclusive), "
                                f"e.g. --alpha 0.05")
-        there = next((p for p in (out, *out.parents) if p.exists()), None)
-        if there is not None and not there.is_dir():
-            raise CompareError(f"--out {out}: {there} is a file, not a folder; give a folder for compare.md and "
-                               f"cd.png (it is made where missing)")
+        check_output_dir(out, "--out")
         c = compare(suite_dirs, alpha=alpha, references=references)
-    except (CompareError, ConfigError) as e:       # ConfigError: a damaged record (bench.records)
+    except (CompareError, ConfigError) as e:       # ConfigError: a damaged record (bench.records), --out
         print(f"compare: {e}", file=sys.stderr)
         return 1
-    md = write(c, out)
+    made = not os.path.lexists(out)
+    try:
+        md = write(c, out)
+    except BaseException as e:
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        if isinstance(e, ConfigError):             # a record the plots read again (bench.records)
+            print(f"compare: {e}", file=sys.stderr)
+            return 1
+        if not isinstance(e, OSError):
+            raise
+        why = " ".join(str(e.strerror or e).split())
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"compare: --out {out}: cannot write there: {why}{where}; give a folder this process may write in",
+              file=sys.stderr)
+        return 1
     print(f"wrote {md}" + (f" and {md.parent / 'cd.png'}" if c.friedman else f" ({c.friedman_note})"))
     return 0

@@ -21,12 +21,13 @@ import io
 import json
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from bench.config import ConfigError, load_yaml_text
+from bench.config import SEED_RANGE, ConfigError, load_yaml_text, parse_range, range_rule
 
 # Caps on what is read. The largest files the harness writes are far below them (a summary
 # is tens of KiB, retime.json of a 132-run suite a few hundred KiB, a history one row per
@@ -37,6 +38,7 @@ HISTORY_CAP = 64 * 2**20       # history.csv: one row per epoch, maybe hundreds 
 FIX_RUN = ("move the run folder aside (its suite then runs it again), or retrain it in place with "
            "`python -m bench run ... --rerun`")
 FIX_SUITE = "re-create it by running the suite again (`python -m bench suite <suite file>`)"
+FIX_LINK = "put the run folder itself there (a results folder holds its own runs), or remove the link"
 STATUSES = ("finished", "diverged")
 
 
@@ -75,13 +77,32 @@ class Record:
     optional: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Within:
+    """A value that fits `spec` and lies in the interval `range`, written as a config
+    option's range is ("[0, 1]", "(0, 1]", "[1, inf)"; bench.config.parse_range): a value
+    of the right type can still be one no run writes (an accuracy of -3, a seed of -1)."""
+    spec: Any
+    range: str
+
+    def __post_init__(self) -> None:
+        parse_range(self.range)      # a malformed interval is a programming error: fail at import
+
+    def holds(self, value: Any) -> bool:
+        low_closed, low, high, high_closed = parse_range(self.range)
+        return ((value >= low if low_closed else value > low)          # an int of any size compares exactly
+                and (value <= high if high_closed else value < high))
+
+
 # A spec is a type (str, int, bool, dict, list), None (null), Number, ListOf, MapOf, Record,
-# or a tuple of specs (any one of them).
+# Within, or a tuple of specs (any one of them).
 
 
 def _name(spec: Any) -> str:
     if isinstance(spec, tuple):
         return " or ".join(_name(s) for s in spec)
+    if isinstance(spec, Within):
+        return _name(spec.spec)
     if spec is None:
         return "null"
     if isinstance(spec, Number):
@@ -103,15 +124,25 @@ def show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _finite(value: int | float) -> bool:
+    """math.isfinite, where an int too large for a float (JSON allows 400 digits) is not finite."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _fits(value: Any, spec: Any) -> bool:
-    """Whether `value` is of the kind `spec` names (its items are checked by `problem`)."""
+    """Whether `value` is of the kind `spec` names (its items and range are checked by `problem`)."""
     if isinstance(spec, tuple):
         return any(_fits(value, s) for s in spec)
+    if isinstance(spec, Within):
+        return _fits(value, spec.spec)
     if spec is None:
         return value is None
     if isinstance(spec, Number):
         return (isinstance(value, (int, float)) and not isinstance(value, bool)
-                and (not spec.finite or math.isfinite(value)))
+                and (not spec.finite or _finite(value)))
     if isinstance(spec, ListOf):
         return isinstance(value, list)
     if isinstance(spec, (Record, MapOf)):
@@ -128,6 +159,10 @@ def problem(value: Any, spec: Any, where: str = "") -> Optional[str]:
         return f"{what}, not {_name(spec)}"
     alternatives = spec if isinstance(spec, tuple) else (spec,)
     spec = next(s for s in alternatives if _fits(value, s))
+    if isinstance(spec, Within):
+        if not spec.holds(value):
+            return f"{where or 'it'} is {show(value)}, not {range_rule(spec.range)}"
+        spec = spec.spec
     if isinstance(spec, ListOf):
         for i, item in enumerate(value):
             if (p := problem(item, spec.item, f"{where}[{i}]")) is not None:
@@ -235,36 +270,73 @@ def read_yaml_record(path: str | os.PathLike, what: str, fix: str) -> dict:
 
 # --------------------------------------------------------------------------- the harness's files
 _TEXT = (str, None)
+# The ranges of what a run records: an accuracy is a fraction, a target a kept fraction of the
+# dense model (null: a run without one), a seed one the config accepts, a budget at least one
+# epoch. A value outside them is no run's: it would otherwise become a row at -47% or "150% of
+# the parameters", or a "0 ep" cell.
+ACCURACY = Within(NUMBER, "[0, 1]")
+TARGET = (Within(NUMBER, "(0, 1]"), None)
+SEED = Within(int, SEED_RANGE)
+EPOCHS = Within(int, "[1, inf)")
 ENV = Record(optional={k: _TEXT for k in ("data_fingerprint", "device", "cpu", "cpu_capability", "gpu",
                                          "platform", "git_commit")})
-RUN_CONFIG = Record(optional={"control": _TEXT, "comparators": (ListOf(str), None), "label": _TEXT, "seed": int,
-                           "wandb": dict, "train": dict, "data": dict, "method": dict,
+RUN_CONFIG = Record(optional={"control": _TEXT, "comparators": (ListOf(str), None), "label": _TEXT, "seed": SEED,
+                           "wandb": dict, "train": Record(optional={"epochs": EPOCHS}), "data": dict, "method": dict,
                            "model": Record(optional={"name": str, "width": NUMBER})})
-_SUMMARY_KEYS = {"status": str, "test_acc": (NUMBER, None), "model": str, "method": _TEXT, "label": _TEXT,
-                 "dataset": _TEXT, "seed": int, "target": (NUMBER, None), "epochs": int, "precision": _TEXT,
-                 "memory_format": _TEXT, "diverged_epoch": int, "diverged_step": int, "message": str,
-                 "config": RUN_CONFIG, "env": ENV}
+_SUMMARY_KEYS = {"status": str, "test_acc": (ACCURACY, None), "best_test_acc": (ACCURACY, None), "model": str,
+                 "method": _TEXT, "label": _TEXT, "dataset": _TEXT, "seed": SEED, "target": TARGET,
+                 "epochs": EPOCHS, "precision": _TEXT, "memory_format": _TEXT, "diverged_epoch": int,
+                 "diverged_step": int, "message": str, "config": RUN_CONFIG, "env": ENV}
+# What makes a run a row of a table (bench.report, bench.compare): its model, its seed, and its
+# label or method (the label defaults to the method's name). Without them the run cannot be
+# placed: it would fall out of its row's statistics, or be a row of no model.
+IDENTITY = Record(required={"model": str, "seed": SEED})
+
+
 @functools.cache
 def summary_spec() -> Record:
     """What a summary.json must hold: a run id, and where present the identity keys and
-    every declared final metric (bench.metrics) of the right type."""
+    every declared final metric (bench.metrics) of the right type and range."""
     from bench.metrics import FINAL, declared        # the declared metrics: on first use
     metrics = {m.name: (ANY_NUMBER, None) for m in declared(FINAL)}
     return Record(required={"run_id": str}, optional={**metrics, **_SUMMARY_KEYS})
 
 
-def read_summary(path: str | os.PathLike) -> dict:
-    """A run's summary.json, checked: a mapping with a `run_id`, its keys of the types the
-    harness writes, a status of finished (the default) or diverged, and a finished run's
-    `test_acc` a finite number: a NaN or missing accuracy would otherwise drop out of the
-    means while the run is still counted (a diverged run records no accuracy at all)."""
+def read_summary(path: str | os.PathLike, identity: bool = False) -> dict:
+    """A run's summary.json, checked: a mapping with a `run_id`, its keys of the types and
+    ranges the harness writes, a status of finished (the default) or diverged, and a
+    finished run's `test_acc` a finite number: a NaN or missing accuracy would otherwise
+    drop out of the means while the run is still counted (a diverged run records no
+    accuracy at all). With `identity` (a reader that makes the run a row of a table), the
+    run must also name its model, seed, and label or method (IDENTITY)."""
     s = read_json_record(path, "summary", FIX_RUN, summary_spec())
     status = s.get("status", "finished")
     if status not in STATUSES:
         raise refuse(path, "summary", f"status {show(status)}, not finished or diverged", FIX_RUN)
     if status == "finished" and s.get("test_acc") is None:        # its type is checked above
         raise refuse(path, "summary", "a finished run with no test_acc", FIX_RUN)
+    if identity:
+        check(s, IDENTITY, path, "summary", FIX_RUN)
+        if not (s.get("label") or s.get("method")):
+            raise refuse(path, "summary", "no label and no method: the run belongs to no row", FIX_RUN)
     return s
+
+
+def run_folder(path: str | os.PathLike, *homes: str | os.PathLike) -> Path:
+    """`path`, a run folder found under a results folder, unless it is a link to a folder
+    outside all of `homes` (the results folder, and its runs/ folder where that is a link
+    itself): a results folder's runs are its own, as a run's files are (read_text)."""
+    p = Path(path)
+    if p.is_symlink():
+        try:
+            target = p.resolve()
+        except (OSError, RuntimeError) as e:                    # RuntimeError: a loop of links (Python < 3.13)
+            raise refuse(p, "run folder", f"a link that cannot be followed: {getattr(e, 'strerror', None) or e}",
+                         FIX_LINK) from None
+        inside = [Path(h).resolve() for h in homes]
+        if not any(h == target or h in target.parents for h in inside):
+            raise refuse(p, "run folder", f"a link to {target}, outside {Path(homes[0])}", FIX_LINK)
+    return p
 
 
 def read_env(path: str | os.PathLike) -> dict:
@@ -283,22 +355,43 @@ SUITE = Record(optional={"suite": str, "file": str, "command": str, "machine": s
                          "controls": MapOf(str), "comparators": ListOf(str)})
 
 
+# A suite's name is a folder name (results/<name>/, configs/suites/<name>.yaml) and a W&B
+# group: no separators, no `..`, nothing hidden.
+SUITE_NAME_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
+# What the report reads from a suite file (the suite's plan where suite.json predates it).
+SUITE_FILE = Record(optional={"comparators": (ListOf(str), None)})
+FIX_SUITE_FILE = "write `comparators:` in it as a list of labels, e.g. [dense_small, random_filter]"
+
+
 def read_suite(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict:
-    """A suite's suite.json, checked: where present, its name, file and command are text,
-    `cells` an integer, `controls` a mapping of labels to labels, `comparators` a list of
-    labels; the keys in `required` must be there."""
+    """A suite's suite.json, checked: where present, its name a suite name (SUITE_NAME_PATTERN:
+    it names folders and files), its file and command text, `cells` an integer, `controls`
+    a mapping of labels to labels, `comparators` a list of labels; the keys in `required`
+    must be there."""
     spec = Record(required={k: SUITE.optional[k] for k in required}, optional=SUITE.optional)
-    return read_json_record(path, "suite record", FIX_SUITE, spec)
+    meta = read_json_record(path, "suite record", FIX_SUITE, spec)
+    if "suite" in meta and not re.fullmatch(SUITE_NAME_PATTERN, meta["suite"]):
+        raise refuse(path, "suite record", f"suite {show(meta['suite'])} is not a suite name (letters, digits, "
+                                           f"'.', '_', '-', not starting with '.')", FIX_SUITE)
+    return meta
+
+
+def read_suite_file(path: str | os.PathLike) -> dict:
+    """A suite file as the report reads it (its `comparators`, a list of labels or null):
+    read by read_yaml_record, so a link out, a fifo or an oversized file is refused too."""
+    return check(read_yaml_record(path, "suite file", FIX_SUITE_FILE), SUITE_FILE, path, "suite file", FIX_SUITE_FILE)
 
 
 # The history columns the report reads: each must be there and numeric, `epoch` never empty.
 HISTORY_COLUMNS = ("epoch", "test_acc", "train_wall_s_cum")
 HISTORY_OPTIONAL = ("acc_after_transform",)
+HISTORY_ACCURACY = ("test_acc", "acc_after_transform")      # fractions, as in the summary (ACCURACY)
 
 
 def read_history(path: str | os.PathLike):
     """A run's history.csv as a DataFrame (parsed from the checked text exactly as
-    pandas.read_csv parses the file), with the columns the report reads numeric."""
+    pandas.read_csv parses the file), with the columns the report reads numeric and its
+    accuracies (where not empty) fractions."""
     import pandas as pd
     text = read_text(path, "history", FIX_RUN, HISTORY_CAP)
     try:
@@ -315,4 +408,8 @@ def read_history(path: str | os.PathLike):
             raise refuse(path, "history", f"column {col} holds {show(bad)}, not numbers", FIX_RUN)
     if len(h) and not h["epoch"].map(math.isfinite).all():
         raise refuse(path, "history", "an epoch that is empty or not finite", FIX_RUN)
+    for col in HISTORY_ACCURACY:
+        if col in h and len(bad := h[col][(h[col] < 0) | (h[col] > 1)]):
+            raise refuse(path, "history", f"column {col} holds {show(bad.iloc[0])}, not {range_rule(ACCURACY.range)}",
+                         FIX_RUN)
     return h

@@ -70,7 +70,8 @@ NAN = float("nan")
 def is_added_curve_label(label: str) -> bool:
     """A label the suite's scratch_curve adds (scratch_<m>x): a curve point at another
     budget, not a row of the equal-epoch comparison."""
-    return label.startswith("scratch_") and label.endswith("x") and label[len("scratch_"):-1].isdigit()
+    return (isinstance(label, str) and label.startswith("scratch_") and label.endswith("x")
+            and label[len("scratch_"):-1].isdigit())
 
 
 # --------------------------------------------------------------------------- the curve
@@ -378,15 +379,16 @@ def _training_macs_axes(ax, ylabel: str, title: str) -> None:
 
 def plot(cm: pd.DataFrame, curves_: dict[tuple[str, float], Curve], agg: pd.DataFrame, model: str,
          out: Path, data: str = "") -> Optional[Path]:
-    """scratch_curve_<model>.png: one panel per target, top-1 (95% intervals) against
-    executed training MACs (log x); the curve as a line through its points, dense at E as
-    a star, sparse rows' theoretical non-zero MACs as hollow markers joined to their
-    executed point, the Pareto front over every point of the panel dashed."""
+    """scratch_curve_<model>.png (the model's name as a slug, bench.report.plots.slug): one
+    panel per target, top-1 (95% intervals) against executed training MACs (log x); the
+    curve as a line through its points, dense at E as a star, sparse rows' theoretical
+    non-zero MACs as hollow markers joined to their executed point, the Pareto front over
+    every point of the panel dashed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from bench.report import mean_ci, pareto_front
-    from bench.report.plots import row_styles
+    from bench.report.plots import plain, row_styles, slug
 
     targets = sorted((t for (m, t) in curves_ if m == model), reverse=True)
     if not targets:
@@ -401,7 +403,7 @@ def plot(cm: pd.DataFrame, curves_: dict[tuple[str, float], Curve], agg: pd.Data
         ys = [mean_ci(p.acc.values()) for p in curve.points]
         xs = [p.macs for p in curve.points]
         ax.errorbar(xs, [100 * y.mean for y in ys], yerr=[100 * (y.half if y.n > 1 else 0) for y in ys],
-                    color=curve_colour, marker="s", linewidth=2, capsize=3, label=curve_name)
+                    color=curve_colour, marker="s", linewidth=2, capsize=3, label=plain(curve_name))
         for p, y in zip(curve.points, ys):
             ax.annotate(f"{p.epochs} ep", (p.macs, 100 * y.mean), textcoords="offset points", xytext=(4, -10),
                         fontsize=7, color=curve_colour)
@@ -417,7 +419,7 @@ def plot(cm: pd.DataFrame, curves_: dict[tuple[str, float], Curve], agg: pd.Data
                      else dict(marker=styles[r["label"]][1], color=styles[r["label"]][0]))
             name = r["label"] + (" (dense at E)" if r["label"] == DENSE_LABEL else "")
             line = ax.errorbar([r["cm_macs"]], [100 * a["test_acc"]], yerr=[100 * (half if half == half else 0)],
-                               linestyle="none", capsize=3, label=name, **style)
+                               linestyle="none", capsize=3, label=plain(name), **style)
             if r["cm_nonzero_where"]:
                 color = line[0].get_color()
                 ax.plot([r["cm_macs_nonzero"], r["cm_macs"]], [100 * a["test_acc"]] * 2, linestyle=":",
@@ -431,14 +433,15 @@ def plot(cm: pd.DataFrame, curves_: dict[tuple[str, float], Curve], agg: pd.Data
         ax.step(fx, [100 * y for y in fy], where="post", color="grey", linestyle="--", linewidth=1, zorder=0,
                 label="Pareto front")
         _training_macs_axes(ax, "top-1 test accuracy (%)",
-                            f"{model} at {t:.0%} of the parameters (bars: 95% CI over seeds; hollow: non-zero MACs)")
+                            plain(f"{model} at {t:.0%} of the parameters (bars: 95% CI over seeds; hollow: "
+                                  f"non-zero MACs)"))
     legend = {}                                       # one legend beside the panels, off the points
     for ax in axes[0]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(label, handle)
     fig.legend(list(legend.values()), list(legend), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    path = out / f"scratch_curve_{model}{f'_{data}' if data else ''}.png"
+    path = out / f"scratch_curve_{slug(model)}{f'_{slug(data)}' if data else ''}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -549,6 +552,7 @@ def budgets_plot(results_dirs: Iterable[str | Path], out: str | Path) -> list[Pa
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from bench.report.plots import plain, slug
     pts = budget_points(results_dirs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -572,12 +576,13 @@ def budgets_plot(results_dirs: Iterable[str | Path], out: str | Path) -> list[Pa
                         marker=markers[k % len(markers)], label=f"scratch curve, budget E = {b} ep")
                 for _, r in at[~at["curve"]].iterrows():
                     ax.plot([r["macs"]], [100 * r["acc"]], linestyle="none", marker=markers[k % len(markers)],
-                            color=colour[r["label"]], label=f"{r['label']} (E = {b})")
+                            color=colour[r["label"]], label=plain(f"{r['label']} (E = {b})"))
             _training_macs_axes(ax, "top-1 test accuracy (%), mean over seeds",
-                                f"{model} at {t:.0%} of the parameters: budgets {', '.join(map(str, budgets))} epochs")
+                                plain(f"{model} at {t:.0%} of the parameters: budgets {', '.join(map(str, budgets))} "
+                                      f"epochs"))
             ax.legend(fontsize=6, ncol=2)
         fig.tight_layout()
-        path = out / f"scratch_curve_budgets_{model}.png"
+        path = out / f"scratch_curve_budgets_{slug(model)}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)

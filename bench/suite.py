@@ -71,6 +71,7 @@ from bench.datasets import dataset_for
 from bench.datasets.base import TorchvisionArchive, given_root, resolve_root
 from bench.metrics.base import fmt_si
 from bench.progress import SuiteProgress, hms
+from bench.records import SUITE_NAME_PATTERN   # a suite's name is a folder name (results/<name>/) and a W&B group
 from bench.runs import RunDir, RunningElsewhere, locked_elsewhere, run_name, run_path, write_json
 from methods import get_method
 
@@ -79,9 +80,6 @@ CURVE_BASE = "dense_small"     # the suite row the scratch curve stretches
 
 
 EXECUTORS = ("local", "slurm", "debug")
-# A suite's name is a folder name (results/<name>/) and a W&B group: no separators, no
-# `..`, nothing hidden.
-SUITE_NAME_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
 
 
 @dataclass
@@ -264,7 +262,7 @@ class Cell:
             return "FAILED (see error.txt in its run directory)"
         s = rd.read_summary()
         if s.get("status") == "diverged":
-            return f"DIVERGED at epoch {s['diverged_epoch']}, step {s['diverged_step']}"
+            return f"DIVERGED at epoch {s.get('diverged_epoch', '?')}, step {s.get('diverged_step', '?')}"
         return f"finished, test acc {s['test_acc']:.4f}"
 
 

@@ -27,6 +27,14 @@ report's table names it. Batch-1 latency (eval-mode forward of one image, the me
 step on `train.batch_size` images, the runs' optimizer settings). Inputs are random:
 the time does not depend on their values.
 
+A summary is data from elsewhere: every setting is checked before anything is built (batch
+sizes and image side within `MAX_BATCH` and `MAX_IMAGE_SIZE`, the optimizer settings as a
+config file's are, a known precision and memory format), the architecture record too
+(bench.architecture.check_record), and the model is first run on the meta device, where
+nothing is allocated, so that its activations for the batches timed stay within
+`MAX_ACTIVATIONS`. A row that fails any of this, or whose model cannot be built or run,
+is "not timed" with the reason on one line; the rest are timed.
+
 `RESULTS_DIR/retime.json` (plain data) holds every sample; `speed_lines` renders the
 report's table from it: median and IQR per architecture, and speed-ups that divide the
 control's median by the row's median, both from this one sitting.
@@ -48,10 +56,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.architecture import ArchitectureError, deployed_record, rebuild
-from bench.config import ConfigError, TrainConfig
+from bench.architecture import MAX_IMAGE_SIZE, deployed_record, rebuild
+from bench.config import ConfigError, TrainConfig, build_dataclass
 from bench.device import to_memory_format
-from bench.records import (ANY_NUMBER, NUMBER, ListOf, Record, check, read_json_record, read_suite, read_summary,
+from bench.records import (NUMBER, ListOf, Record, check, read_json_record, read_suite, read_summary,
                            refuse, show)
 
 FORMAT = 1
@@ -64,6 +72,16 @@ LATENCY_REPS = 20
 # A sitting whose 1-minute load average, less the threads this process times with, exceeds
 # this anywhere is flagged: something else was running.
 BUSY_LOAD = 0.5
+# Bounds on the settings read from a summary: far above any the harness trains with, far
+# below what would exhaust a machine's memory. MAX_ACTIVATIONS bounds the numbers one
+# training step keeps (every layer's output for the training batch) and the largest layer
+# output of the eval batch, as a dry run on the meta device counts them.
+MAX_BATCH = 8192
+MAX_ACTIVATIONS = 2**33       # 32 GiB of float32: room for ImageNet-sized batches, not for a crafted width
+PRECISIONS = ("fp32", "bf16")
+MEMORY_FORMATS = ("contiguous", "channels_last")
+# The optimizer settings a training step is timed with (TrainConfig fields).
+TRAIN_KEYS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "label_smoothing")
 
 
 # --------------------------------------------------------------------------- rows
@@ -71,26 +89,97 @@ def _target_key(t: Any) -> Optional[float]:
     return None if t is None or (isinstance(t, float) and np.isnan(t)) else float(t)
 
 
+def locate(path: str | Path) -> Path:
+    """The folder `retime` times and writes retime.json into, found as `report` finds the
+    folder it reports on (bench.report.locate): a suite's results folder, its runs/ folder
+    (its suite's folder), or a folder of run folders. Otherwise a one-line ConfigError
+    saying what to give."""
+    from bench.report import locate as report_locate
+    try:
+        return report_locate(path)
+    except ConfigError as e:
+        text = str(e).removeprefix("report: ")
+        fix = "give a suite's results folder (e.g. results/cifar10-quick) or the runs/ folder inside it"
+        raise ConfigError(f"retime: {text}" + ("" if fix in text else f"; {fix}")) from None
+
+
 def finished_summaries(results_dir: Path) -> list[dict]:
-    """The summaries of the finished runs under `results_dir/runs`, each checked
-    (bench.records.read_summary: a damaged one is a one-line error naming it)."""
+    """The summaries of the finished runs under `results_dir/runs` (a folder of run
+    folders: `results_dir/*`), each checked (bench.records.read_summary: a damaged one is
+    a one-line error naming it) and naming its row (its model, seed, and label or method)."""
     out = []
-    for path in sorted(Path(results_dir).glob("runs/*/summary.json")):
-        s = read_summary(path)
+    folder = Path(results_dir)
+    pattern = "runs/*/summary.json" if any(folder.glob("runs/*/summary.json")) else "*/summary.json"
+    for path in sorted(folder.glob(pattern)):
+        s = read_summary(path, identity=True)
         if s.get("status", "finished") == "finished":
             out.append(s)
     return out
 
 
 def _setting(s: dict) -> dict[str, Any]:
-    """What a run's architecture is timed with, from its summary and config."""
+    """What a run's architecture is timed with, from its summary and config, checked: the
+    optimizer settings and batch sizes as a config file's are (bench.config: types, known
+    names, ranges), batch sizes up to MAX_BATCH, the image side up to MAX_IMAGE_SIZE, a
+    known precision and memory format. A ConfigError naming the run and the value otherwise."""
+    run = s.get("run_id")
     cfg = s.get("config") or {}
     train, data = cfg.get("train") or {}, cfg.get("data") or {}
-    return {"precision": s.get("precision") or "fp32", "memory_format": s.get("memory_format") or "contiguous",
-            "eval_batch": int(train.get("eval_batch_size", 1000)), "train_batch": int(train.get("batch_size", 256)),
-            "image_size": int(data.get("image_size", 32)),
-            "train": {k: train[k] for k in ("optimizer", "lr", "momentum", "nesterov", "weight_decay",
-                                             "label_smoothing") if k in train}}
+    try:
+        tcfg = build_dataclass(TrainConfig, {k: train[k] for k in ("batch_size", "eval_batch_size", *TRAIN_KEYS)
+                                             if k in train}, "config.train.")
+    except ConfigError as e:
+        raise ConfigError(f"{run}: {e}") from None
+    for key, n in (("batch_size", tcfg.batch_size), ("eval_batch_size", tcfg.eval_batch_size)):
+        if n > MAX_BATCH:
+            raise ConfigError(f"{run}: config.train.{key} is {n}, over the {MAX_BATCH} this command times")
+    size = data.get("image_size", 32)
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE:
+        raise ConfigError(f"{run}: config.data.image_size is {show(size)}, not an image side of 1 to "
+                          f"{MAX_IMAGE_SIZE} pixels")
+    precision, memory_format = s.get("precision") or "fp32", s.get("memory_format") or "contiguous"
+    if precision not in PRECISIONS or memory_format not in MEMORY_FORMATS:
+        raise ConfigError(f"{run}: precision {show(precision)} and memory format {show(memory_format)}: this "
+                          f"command times {' or '.join(PRECISIONS)}, {' or '.join(MEMORY_FORMATS)}")
+    return {"precision": precision, "memory_format": memory_format,
+            "eval_batch": tcfg.eval_batch_size, "train_batch": tcfg.batch_size, "image_size": size,
+            "train": {k: getattr(tcfg, k) for k in TRAIN_KEYS if k in train}}
+
+
+def _reason(e: BaseException) -> str:
+    """An exception as a not-timed reason: its first line (with its type where it is not
+    one of this harness's own one-line errors)."""
+    text = (str(e).splitlines() or [""])[0].strip()
+    return text if isinstance(e, ConfigError) else f"{type(e).__name__}: {text}"[:300]
+
+
+def check_footprint(rec: dict, setting: dict, run: Any = None) -> None:
+    """Refuse (ConfigError) an architecture whose activations at `setting`'s batch sizes
+    would exceed MAX_ACTIVATIONS, or that does not run on its images: the model is
+    rebuilt and run on the meta device, where shapes are computed and nothing allocated."""
+    size = setting["image_size"]
+    with torch.device("meta"):
+        model = rebuild(rec)
+    outputs: list[int] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out.numel())
+                                     if isinstance(out, torch.Tensor) else None)
+             for m in model.modules() if next(m.children(), None) is None]
+    x = torch.zeros(1, 3, size, size, device="meta")
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise ConfigError(f"{run}: the model does not run on {size}x{size} images "
+                          f"({' '.join(str(e).split())[:160]})") from None
+    finally:
+        for h in hooks:
+            h.remove()
+    step = (x.numel() + sum(outputs)) * setting["train_batch"]
+    infer = max([x.numel(), *outputs]) * setting["eval_batch"]
+    if max(step, infer) > MAX_ACTIVATIONS:
+        raise ConfigError(f"{run}: timing it would hold {max(step, infer):,} activations (training batch "
+                          f"{setting['train_batch']}, eval batch {setting['eval_batch']}, {size}x{size} images), "
+                          f"over the {MAX_ACTIVATIONS:,} this command allows")
 
 
 def timing_settings(summaries: list[dict]) -> dict[str, dict[str, str]]:
@@ -112,7 +201,14 @@ def plan(summaries: list[dict], controls: Optional[dict[str, str]] = None
     of a model is timed in the model's one precision and memory format (timing_settings)."""
     controls = controls or {}
     from bench.metrics import count_macs
-    one_setting = timing_settings(summaries)
+    settings: dict[int, dict] = {}
+    refused: dict[int, str] = {}
+    for s in summaries:
+        try:
+            settings[id(s)] = _setting(s)
+        except ConfigError as e:
+            refused[id(s)] = _reason(e)
+    one_setting = timing_settings([s for s in summaries if id(s) in settings])
     groups: dict[tuple, list[dict]] = {}
     for s in summaries:
         groups.setdefault((s["model"], s.get("label") or s["method"], _target_key(s.get("target"))), []).append(s)
@@ -121,17 +217,21 @@ def plan(summaries: list[dict], controls: Optional[dict[str, str]] = None
         seeds = []
         try:
             for s in runs:
+                if id(s) in refused:
+                    raise ConfigError(refused[id(s)])
+                st = settings[id(s)]
                 rec = deployed_record(s)
+                check_footprint(rec, {**st, **one_setting[model]}, s["run_id"])
                 m = rebuild(rec)
-                macs, _ = count_macs(m, torch.zeros(1, 3, _setting(s)["image_size"], _setting(s)["image_size"]))
+                macs, _ = count_macs(m, torch.zeros(1, 3, st["image_size"], st["image_size"]))
                 seeds.append({"run_id": s["run_id"], "seed": s.get("seed"), "macs": int(macs),
                               "params": sum(p.numel() for p in m.parameters()), "record": rec, "summary": s})
-        except (ArchitectureError, ConfigError) as e:
-            skipped.append({"model": model, "label": label, "target": target, "reason": str(e).splitlines()[0]})
+        except Exception as e:        # a crafted record may make torch raise anything: the row is not timed
+            skipped.append({"model": model, "label": label, "target": target, "reason": _reason(e)})
             continue
         seeds.sort(key=lambda r: (r["macs"], r["seed"] if r["seed"] is not None else 0))
         rep = seeds[(len(seeds) - 1) // 2]
-        setting = {**_setting(rep["summary"]), **one_setting[model]}
+        setting = {**settings[id(rep["summary"])], **one_setting[model]}
         key = json.dumps([rep["record"], setting], sort_keys=True)
         if key not in by_key:
             by_key[key] = f"a{len(by_key) + 1}"
@@ -222,28 +322,40 @@ def sitting(device: torch.device) -> dict[str, Any]:
 
 def retime(results_dir: str | Path, rounds: int = ROUNDS, warmup: int = WARMUP_ROUNDS,
            latency_reps: int = LATENCY_REPS, device: str = "auto", log: Callable[[str], None] = print) -> Path:
-    """Time every row's deployed architecture under `results_dir` in one sitting; write
-    `results_dir/retime.json` (only once every sample is taken) and return its path."""
+    """Time every row's deployed architecture under `results_dir` (found as `report` finds
+    its folder: locate) in one sitting; write `results_dir/retime.json` (only once every
+    sample is taken) and return its path. A row that cannot be rebuilt or set up is logged
+    as not timed, with the reason; a failure while timing is a one-line ConfigError and
+    nothing is written."""
     from bench.device import resolve_device
-    out = Path(results_dir)
-    if not out.is_dir():
-        raise ConfigError(f"no results folder '{out}'")
     if rounds < 1 or warmup < 0 or latency_reps < 1:
         raise ConfigError(f"retime: rounds >= 1, warmup >= 0 and latency reps >= 1 (got {rounds}, {warmup}, "
                           f"{latency_reps})")
+    out = locate(results_dir)
     summaries = finished_summaries(out)
     if not summaries:
-        raise ConfigError(f"no finished runs under '{out}/runs'")
+        raise ConfigError(f"retime: no finished runs in '{out}' (a finished run's summary.json says so); give a "
+                          f"suite's results folder (e.g. results/cifar10-quick) or the runs/ folder inside it")
     dev = resolve_device(device)
     suite = out / "suite.json"
     controls = (read_suite(suite).get("controls") or {}) if os.path.lexists(suite) else {}
     rows, archs, skipped = plan(summaries, controls)
+    gen = torch.Generator().manual_seed(0)
+    timed = {}
+    for a, arch in archs.items():
+        try:
+            timed[a] = Timed(arch, dev, gen)
+        except Exception as e:        # a model or setting torch will not set up: its rows are not timed
+            for r in [r for r in rows if r["arch"] == a]:
+                rows.remove(r)
+                skipped.append({"model": r["model"], "label": r["label"], "target": r["target"],
+                                "reason": _reason(e)})
+    archs = {a: archs[a] for a in timed}
     for s in skipped:
         log(f"retime: {s['model']} {s['label']} {s['target']}: not timed ({s['reason']})")
     if not archs:
-        raise ConfigError(f"no row under '{out}/runs' could be rebuilt; nothing to time")
-    gen = torch.Generator().manual_seed(0)
-    timed = {a: Timed(arch, dev, gen) for a, arch in archs.items()}
+        raise ConfigError(f"retime: no row in '{out}' could be rebuilt, nothing to time (the reasons are above); "
+                          f"retrain those runs, or give a folder whose runs this version wrote")
     ids = list(timed)
     samples = {a: {m: [] for m in MEASURES} for a in ids}
     loads = []
@@ -257,9 +369,14 @@ def retime(results_dir: str | Path, rounds: int = ROUNDS, warmup: int = WARMUP_R
             k = r % len(ids)
             for a in ids[k:] + ids[:k]:                  # round robin, a rotated start each round
                 t = timed[a]
-                got = {"latency_ms": time_block(lambda: t.infer(t.x1), latency_reps, dev),
-                       "infer_batch_ms": time_block(lambda: t.infer(t.xe), 1, dev),
-                       "train_step_ms": time_block(t.train_step, 1, dev)}
+                try:
+                    got = {"latency_ms": time_block(lambda: t.infer(t.x1), latency_reps, dev),
+                           "infer_batch_ms": time_block(lambda: t.infer(t.xe), 1, dev),
+                           "train_step_ms": time_block(t.train_step, 1, dev)}
+                except Exception as e:
+                    names = ", ".join(f"{r['model']} {r['label']}" for r in rows if r["arch"] == a)
+                    raise ConfigError(f"retime: timing {names} failed ({_reason(e)}); nothing written: retrain "
+                                      f"that run, or move it aside and time the rest") from None
                 if r >= warmup:
                     for m, v in got.items():
                         samples[a][m].append(v)
@@ -312,7 +429,10 @@ def speedup(retime_doc: dict, row: dict, measure: str) -> Optional[float]:
     mine, ref = archs[row["arch"]]["samples"][measure], archs[control["arch"]]["samples"][measure]
     if not mine or not ref:
         return None
-    return median_iqr(ref)[0] / median_iqr(mine)[0]
+    top, bottom = median_iqr(ref)[0], median_iqr(mine)[0]
+    if not (top > 0 and bottom > 0 and np.isfinite(top) and np.isfinite(bottom)):   # no time, no ratio
+        return None
+    return top / bottom
 
 
 def _busy(s: dict) -> Optional[float]:
@@ -398,7 +518,7 @@ RETIME = Record(required={
     "architectures": ListOf(Record(required={
         "id": str, "params": int, "macs": int,
         "setting": Record(required={"eval_batch": int, "train_batch": int, "precision": str, "memory_format": str}),
-        "samples": Record(required={m: ListOf(ANY_NUMBER) for m in MEASURES})})),
+        "samples": Record(required={m: ListOf(NUMBER) for m in MEASURES})})),
     "rows": ListOf(Record(required={"model": str, "label": str, "target": (NUMBER, None), "control": str,
                                     "arch": str, "representative_seed": (int, None)},
                           optional={"representative": _TEXT})),
@@ -408,7 +528,8 @@ RETIME = Record(required={
 
 def read_retime(path: str | Path) -> dict:
     """retime.json, checked before anything is drawn from it: this version's format, the
-    keys and types speed_lines reads, every row's architecture present. A damaged, crafted
+    keys and types speed_lines reads, every sample a finite time above 0, every row's
+    architecture present. A damaged, crafted
     or other-version file is a one-line RecordError naming it."""
     fix = f"delete it, or time the suite again: `python -m bench retime {Path(path).parent}`"
     doc = read_json_record(path, "retime record", fix)
@@ -416,6 +537,12 @@ def read_retime(path: str | Path) -> dict:
         found = f"format {show(doc['format'])}" if "format" in doc else "no format"
         raise refuse(path, "retime record", f"{found}; this version reads format {FORMAT}", fix)
     check(doc, RETIME, path, "retime record", fix)
+    for i, a in enumerate(doc["architectures"]):
+        for m in MEASURES:
+            bad = next((v for v in a["samples"][m] if v <= 0), None)
+            if bad is not None:
+                raise refuse(path, "retime record", f"architectures[{i}].samples.{m} holds {show(bad)}, "
+                                                    f"not a time above 0 ms", fix)
     ids = {a["id"] for a in doc["architectures"]}
     for i, row in enumerate(doc["rows"]):
         if row["arch"] not in ids:

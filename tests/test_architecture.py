@@ -141,3 +141,82 @@ def test_a_summary_that_records_no_architecture_is_named_not_derivable():
                "config": {"model": {"name": "vgg11", "width": 0.125}}}
     with pytest.raises(NotDerivable, match="x: method 'someone_elses'"):
         deployed_record(summary)
+
+
+def _dense_record() -> dict:
+    cfg = ModelConfig(name="vgg11", width=0.125)
+    return json_round_trip(record(build_model(cfg), cfg))
+
+
+def _set(rec: dict, path: list, value) -> dict:
+    d = rec
+    for k in path[:-1]:
+        d = d[k]
+    d[path[-1]] = value
+    return rec
+
+
+# Each a record as a crafted results file may hold it: refused in one line before it is
+# built, never a traceback from torch, never an allocation sized by the number in the file.
+CRAFTED_RECORDS = {
+    "huge out_channels": (["modules", "features.0", "args", "out_channels"], 10**12, "out_channels"),
+    "huge conv within the per-layer bound": (["modules", "features.0", "args"],
+                                             {"in_channels": 60000, "out_channels": 60000, "kernel_size": [3, 3],
+                                              "stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1,
+                                              "bias": True, "padding_mode": "zeros"}, "built from its args holds"),
+    "huge padding": (["modules", "features.0", "args", "padding"], [5000, 5000], "padding"),
+    "dtype naming a torch function": (["modules", "features.1", "buffers", "x"], [[2], "load"], "dtype"),
+    "unknown dtype": (["modules", "features.1", "buffers", "x"], [[2], "nosuch"], "dtype"),
+    "huge buffer": (["modules", "features.1", "buffers", "x"], [[10**6, 10**6, 10**6], "float32"], "shape"),
+    "many buffers": (["modules", "features.1", "buffers"],
+                     {f"x{i}": [[65536, 4096], "float32"] for i in range(2)}, "numbers"),
+    "unknown frozen parameter": (["modules", "features.0", "frozen"], ["nosuch"], "frozen"),
+    "same_as nothing recorded": (["modules", "features.0"], {"same_as": "no.such"}, "same_as"),
+    "args as a list": (["modules", "features.0", "args"], [1, 2], "args"),
+    "a module as a list": (["modules", "features.0"], [1], "features.0"),
+    "an unknown model key": (["model", "bogus"], 1, "bogus"),
+    "a huge width": (["model", "width"], 1e9, "too large"),
+    "a large width": (["model", "width"], 64.0, "over the"),
+    "a child never recorded": (["modules", "features", "children"], ["0", "nosuch"], None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED_RECORDS))
+def test_a_crafted_record_is_refused_in_one_line_before_anything_is_built(case):
+    path, value, words = CRAFTED_RECORDS[case]
+    rec = _set(_dense_record(), path, value)
+    if case == "a child never recorded":
+        rec["modules"]["features"]["class"] = "torch.nn.Sequential"
+    with pytest.raises(ArchitectureError) as e:
+        rebuild(rec)
+    assert len(str(e.value).splitlines()) == 1 and str(e.value).startswith("architecture record: ")
+    assert words is None or words in str(e.value)
+
+
+def test_every_buffer_dtype_a_record_writes_is_on_the_allow_list():
+    from bench.architecture import DTYPES, _dtype_name
+    for dtype in DTYPES.values():
+        assert DTYPES[_dtype_name(dtype)] is dtype
+
+
+@pytest.mark.parametrize("method, ms, words", [
+    ("dense_small", {"width": "abc"}, "expected a number"),
+    ("dense_small", {"width": 1e9}, "too large"),
+    ("l1_filter", {"channels": {"nosuch.layer": [1, 1]}}, "names no conv or linear layer"),
+    ("l1_filter", {"channels": {"features.0": "ab"}}, "not [before, after]"),
+    ("l1_filter", {"channels": {"features.0": [3]}}, "not [before, after]"),
+    ("pcn", {"layers": [{"layer": "features.4", "reads": None, "in_channels_kept": 8, "in_dims_before": 8,
+                         "in_dims_after": 10**9}]}, "in_dims_after"),
+    ("pcns", {"shrinks": [{"layers": [{"layer": "features.0", "p_into": "features.3.mix (new)",
+                                       "n_before": 10**6, "n_after": 4}]}]}, "n_before"),
+    ("dsr", {"active_init": {"features.1": 1}}, "names no conv or linear layer"),
+    ("dense", {}, "config.model"),
+])
+def test_a_summary_whose_method_summary_is_malformed_is_not_derivable(method, ms, words):
+    summary = {"run_id": "x", "method": method, "method_summary": ms,
+               "config": {"model": {"name": "vgg11", "width": 0.125}, "data": {"image_size": 32}}}
+    if words == "config.model":
+        summary["config"]["model"]["bogus"] = 1
+    with pytest.raises(NotDerivable) as e:
+        deployed_record(summary)
+    assert str(e.value).startswith("x: ") and words in str(e.value) and len(str(e.value).splitlines()) == 1

@@ -337,3 +337,80 @@ def test_a_bad_alpha_or_an_out_that_is_a_file_is_one_line_before_any_work(tmp_pa
     err = capsys.readouterr().err.strip()
     assert err.startswith("compare: ") and len(err.splitlines()) == 1 and says in err, err
     assert (tmp_path / "file").read_text() == "keep" and not (tmp_path / "cmp").exists()
+
+
+def test_the_same_folder_twice_says_so(tmp_path, capsys):
+    good = plant(tmp_path / "good", ORDER)
+    assert cli(["compare", str(good), str(good) + "/", "--out", str(tmp_path / "cmp")]) == 1
+    (err,) = capsys.readouterr().err.splitlines()
+    assert err == (f"compare: needs at least two different suite folders (settings) to compare; got 2, all the "
+                   f"same folder ({good})")
+
+
+def test_an_out_it_cannot_create_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs /proc")
+    good = plant(tmp_path / "good", ORDER)
+    monkeypatch.setattr(cmp, "compare", lambda *a, **k: pytest.fail("the suites were read"))
+    assert cli(["compare", str(good), str(tmp_path / "other"), "--out", "/proc/self/nope"]) == 1
+    (err,) = capsys.readouterr().err.splitlines()
+    assert err.startswith("compare: --out '/proc/self/nope': this process may not write in '/proc/self'")
+
+
+def test_a_failure_to_write_is_one_line_and_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    s1, s2 = plant(tmp_path / "s1", ORDER), plant(tmp_path / "s2", ORDER, epochs=16)
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device", str(tmp_path / "cmp" / "cd.png"))
+    monkeypatch.setattr(cmp, "plot_cd", full)
+    assert cli(["compare", str(s1), str(s2), "--out", str(tmp_path / "cmp")]) == 1
+    (err,) = capsys.readouterr().err.splitlines()
+    assert err.startswith(f"compare: --out {tmp_path / 'cmp'}: cannot write there: No space left on device")
+    assert not (tmp_path / "cmp").exists()
+
+
+@pytest.mark.parametrize("epochs, says", [("abc", 'train.epochs is "abc", not an integer'),
+                                          (".inf", "train.epochs is inf, not an integer"),
+                                          ("0", "train.epochs is 0, not >= 1")])
+def test_a_run_configs_epochs_must_be_a_whole_budget(tmp_path, capsys, epochs, says):
+    """A summary without `epochs` takes its budget from the run's config.yaml, checked as
+    the summary is (bench.records.RUN_CONFIG): one line, no ValueError from int()."""
+    bad = plant(tmp_path / "bad", ORDER)
+    run = next((bad / "runs").iterdir())
+    s = json.loads((run / "summary.json").read_text())
+    del s["epochs"], s["config"]
+    (run / "summary.json").write_text(json.dumps(s))
+    (run / "config.yaml").write_text(f"seed: 0\nlabel: a\ntrain:\n  epochs: {epochs}\n")
+    assert cli(["compare", str(bad), str(plant(tmp_path / "good", ORDER)), "--out", str(tmp_path / "cmp")]) == 1
+    (err,) = capsys.readouterr().err.splitlines()
+    assert err.startswith(f"compare: {run / 'config.yaml'}: unreadable run config ({says})"), err
+
+
+def curve_suite(folder: Path, model: str, label: str, scale: int) -> Path:
+    """tests/test_scratch_curve.py's planted runs (a scratch curve at 25%) at `scale` times
+    their epochs and training MACs, with `model` for vgg11 and `label` for pcn."""
+    from tests.test_scratch_curve import planted_runs
+    runs = planted_runs()
+    runs = runs.assign(model=model, label=runs["label"].replace("pcn", label), epochs=runs["epochs"] * scale,
+                       train_macs=runs["train_macs"] * scale, train_macs_nonzero=runs["train_macs_nonzero"] * scale)
+    for _, r in runs.iterrows():
+        run = folder / "runs" / r["run_id"]
+        run.mkdir(parents=True)
+        summary = {k: (None if k == "target" and (v is None or v != v) else v) for k, v in r.items()}
+        summary.update(params_total=1e6, params_nonzero=1e6, macs=1e8, macs_nonzero=1e8, train_wall_s=1.0,
+                       env={"device": "cpu"}, config={"wandb": {"mode": "disabled"}})
+        (run / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_names_from_the_runs_are_drawn_as_text_and_files_take_their_slug(tmp_path, capsys, monkeypatch):
+    """A label holding matplotlib math text (`$...$`) is drawn as it is, not parsed (which
+    fails), and a model name with a `/` names a file in --out, not a folder."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    model, label = "vgg11/x$\\sqrt{$", "l1$\\frac{$"
+    s1 = curve_suite(tmp_path / "s1", model, label, 1)
+    s2 = curve_suite(tmp_path / "s2", model, label, 4)
+    assert cli(["compare", str(s1), str(s2), "--out", str(tmp_path / "cmp")]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == [
+        "cd.png", "compare.md", "scratch_curve_budgets_vgg11_x__sqrt__.png"]
+    assert f"| {label} |" in (tmp_path / "cmp" / "compare.md").read_text()

@@ -354,11 +354,13 @@ def test_comparators_come_from_the_suite_file_for_runs_that_did_not_record_them(
     """Runs made before suites recorded comparators get them from the suite file suite.json
     names; what decides is the declaration, not how a label is spelled."""
     monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setattr("bench.report.aggregation.REPO", tmp_path / "repo")
     runs, hists = comparator_suite()
     write_suite_folder(tmp_path, runs, hists)
-    suite_file = tmp_path / "s.yaml"
+    suite_file = tmp_path / "repo" / "configs" / "suites" / "s-v1.yaml"
+    suite_file.parent.mkdir(parents=True)
     suite_file.write_text("name: s\ncomparators: [baseline]\n")
-    (tmp_path / "suite.json").write_text(json.dumps({"suite": "s", "file": str(suite_file)}))
+    (tmp_path / "suite.json").write_text(json.dumps({"suite": "s", "file": "configs/suites/s-v1.yaml"}))
     readme = write_report(tmp_path).read_text()
     section = readme.split("### Against the comparators")[1]
     assert "| Δ top-1 vs baseline | p (Holm) | vs baseline |" in section
@@ -528,3 +530,21 @@ def test_the_report_shows_a_data_folder_of_another_machine_as_a_placeholder():
     from bench.report.build import shown_command
     assert (shown_command("python -m bench suite s.yaml data.root=/work/shared/data/cifar10 --seeds 1 my.data.root=x")
             == "python -m bench suite s.yaml data.root=DATA_ROOT --seeds 1 my.data.root=x")
+
+
+def test_names_from_the_runs_are_drawn_as_text_and_plot_files_take_their_slug(tmp_path, monkeypatch):
+    """A label or model holding matplotlib math text (`$...$`) is drawn as it is, not
+    parsed (which fails as the figure is saved), and a model name with a `/` names a plot
+    file in the report's folder (its slug), not a path below it."""
+    from bench.report.plots import plain, slug
+    from tests.test_compare import curve_suite
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert plain("l1$\\frac{$") == "l1\\$\\frac{\\$" and slug("vgg11/x$\\sqrt{$") == "vgg11_x__sqrt__"
+    assert slug("resnet20") == "resnet20" and slug("../x") == ".._x"
+    model, label = "vgg11/x$\\sqrt{$", "l1$\\frac{$"
+    folder = curve_suite(tmp_path / "s", model, label, 1)
+    readme = write_report(folder, out_dir=tmp_path / "rep").read_text()
+    assert "![scratch curve vgg11/x$\\sqrt{$](scratch_curve_vgg11_x__sqrt__.png)" in readme
+    assert (tmp_path / "rep" / "scratch_curve_vgg11_x__sqrt__.png").is_file()
+    assert [p.name for p in (tmp_path / "rep").iterdir() if p.is_dir()] == []
+    assert f"| {label} |" in readme

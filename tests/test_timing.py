@@ -160,7 +160,7 @@ def test_a_row_that_cannot_be_rebuilt_is_named_and_the_rest_timed(planted):
     d.mkdir()
     (d / "summary.json").write_text(json.dumps({"status": "finished", "run_id": "odd", "method": "mystery",
                                                 "model": "vgg11", "label": "mystery", "target": 0.5,
-                                                "test_acc": 0.5, "config": {"model": {"name": "vgg11", "width": 0.25}}}))
+                                                "seed": 0, "test_acc": 0.5, "config": {"model": {"name": "vgg11", "width": 0.25}}}))
     doc = json.loads(retime(planted, rounds=1, warmup=0, latency_reps=1, device="cpu", log=lambda s: None).read_text())
     assert [s["label"] for s in doc["not_timed"]] == ["mystery"] and len(doc["rows"]) == 2
     assert "not timed: vgg11 mystery 0.5" in "\n".join(speed_lines(doc))
@@ -179,3 +179,150 @@ def test_the_report_renders_the_speed_table_where_retime_json_exists(tiny_overri
     text = write_report(out).read_text()
     assert "## Speed, timed in one sitting" in text and "x faster than the row's control" in text
     assert "| dense_small | 0.5 | dense |" in text
+
+
+def _edit(root: Path, run_id: str, path: list, value) -> None:
+    """Set one key of a planted summary (a crafted results file)."""
+    f = root / "runs" / run_id / "summary.json"
+    s = json.loads(f.read_text())
+    d = s
+    for k in path[:-1]:
+        d = d.setdefault(k, {})
+    d[path[-1]] = value
+    f.write_text(json.dumps(s))
+
+
+# A setting no run of the harness writes: its row is not timed, in one line naming the key,
+# before a tensor is sized by it (a negative or 10**15 batch, a 0-pixel image) or an
+# optimizer is built from it (a text lr, an unknown optimizer timed as SGD).
+BAD_SETTINGS = {
+    "batch text": (["config", "train", "batch_size"], "abc", "config.train.batch_size"),
+    "batch negative": (["config", "train", "batch_size"], -5, "config.train.batch_size must be >= 1"),
+    "batch huge": (["config", "train", "batch_size"], 10**15, "config.train.batch_size is 1000000000000000"),
+    "eval batch 0": (["config", "train", "eval_batch_size"], 0, "config.train.eval_batch_size must be >= 1"),
+    "image 0": (["config", "data", "image_size"], 0, "config.data.image_size is 0"),
+    "image text": (["config", "data", "image_size"], "big", "config.data.image_size"),
+    "lr text": (["config", "train", "lr"], "fast", "config.train.lr"),
+    "unknown optimizer": (["config", "train", "optimizer"], "evil", "config.train.optimizer: 'evil'"),
+    "unknown precision": (["precision"], "fp8", "precision \"fp8\""),
+    "activations over the cap": (None, [(["config", "train", "batch_size"], 4096),
+                                        (["config", "data", "image_size"], 512)], "activations"),
+    "image too small to run": (["config", "data", "image_size"], 1, "does not run on 1x1 images"),
+    "a crafted record": (["architecture", "modules", "features.0", "args", "out_channels"], 10**12, "out_channels"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SETTINGS))
+def test_a_malformed_setting_or_record_makes_its_row_not_timed_in_one_line(tmp_path, case):
+    from bench.timing import finished_summaries, plan
+    plant(tmp_path, "dense-s0", "dense", 0.25)
+    plant(tmp_path, "odd-s0", "odd", 0.25)
+    key, value, words = BAD_SETTINGS[case]
+    for k, v in [(key, value)] if key is not None else value:
+        _edit(tmp_path, "odd-s0", k, v)
+    rows, archs, skipped = plan(finished_summaries(tmp_path))
+    assert [r["label"] for r in rows] == ["dense"] and len(archs) == 1
+    assert [s["label"] for s in skipped] == ["odd"]
+    reason = skipped[0]["reason"]
+    assert words in reason and len(reason.splitlines()) == 1, reason
+
+
+def test_any_other_failure_rebuilding_a_row_is_its_not_timed_reason(planted, monkeypatch):
+    import bench.metrics
+    from bench.timing import finished_summaries, plan
+    real = bench.metrics.count_macs
+
+    def fails_for_narrow_models(model, x):
+        if sum(p.numel() for p in model.parameters()) < 10**5:
+            raise RuntimeError("something torch says\nover two lines")
+        return real(model, x)
+
+    monkeypatch.setattr(bench.metrics, "count_macs", fails_for_narrow_models)
+    rows, _, skipped = plan(finished_summaries(planted))
+    assert [r["label"] for r in rows] == ["dense"]
+    assert skipped[0]["label"] == "dense_small" and skipped[0]["reason"] == "RuntimeError: something torch says"
+
+
+def test_a_row_that_cannot_be_set_up_for_timing_is_not_timed_and_a_failing_sitting_writes_nothing(
+        planted, monkeypatch):
+    import bench.timing as timing
+    real = timing.Timed.__init__
+    monkeypatch.setattr(timing, "time_block", lambda fn, reps, device: 1.0)    # no timing loop
+
+    def refuses_small(self, arch, device, gen):
+        if arch["params"] < 10**5:
+            raise RuntimeError("cannot set up")
+        real(self, arch, device, gen)
+
+    monkeypatch.setattr(timing.Timed, "__init__", refuses_small)
+    lines = []
+    doc = json.loads(retime(planted, rounds=1, warmup=0, latency_reps=1, device="cpu", log=lines.append).read_text())
+    assert [r["label"] for r in doc["rows"]] == ["dense"] and len(doc["architectures"]) == 1
+    assert doc["not_timed"][0]["reason"] == "RuntimeError: cannot set up"
+    assert any("dense_small None" not in l and "not timed (RuntimeError: cannot set up)" in l for l in lines)
+    (planted / "retime.json").unlink()
+
+    def fails(fn, reps, device):
+        raise RuntimeError("out of memory\nmore")
+
+    monkeypatch.setattr(timing, "time_block", fails)
+    with pytest.raises(timing.ConfigError) as e:
+        retime(planted, rounds=1, warmup=0, latency_reps=1, device="cpu", log=lambda s: None)
+    assert "RuntimeError: out of memory" in str(e.value) and len(str(e.value).splitlines()) == 1
+    assert not (planted / "retime.json").exists()
+
+
+def test_a_summary_that_names_no_row_is_a_one_line_error(planted):
+    from bench.records import RecordError
+    from bench.timing import finished_summaries
+    f = planted / "runs" / "dense-s0" / "summary.json"
+    s = json.loads(f.read_text())
+    del s["model"]
+    f.write_text(json.dumps(s))
+    with pytest.raises(RecordError, match="no model") as e:
+        finished_summaries(planted)
+    assert str(f) in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def _doc_with_samples(mine: list[float], ref: list[float]) -> dict:
+    setting = {"eval_batch": 4, "train_batch": 2, "precision": "fp32", "memory_format": "contiguous"}
+    return {"format": 1,
+            "sitting": {"cpu": "c", "device": "cpu", "torch_threads": 1, "torch": "x", "started": "t0",
+                        "finished": "t1", "rounds": 2, "warmup_rounds": 0},
+            "architectures": [{"id": "a1", "params": 1, "macs": 1, "setting": setting,
+                               "samples": {m: ref for m in MEASURES}},
+                              {"id": "a2", "params": 1, "macs": 1, "setting": setting,
+                               "samples": {m: mine for m in MEASURES}}],
+            "rows": [{"model": "m", "label": "dense", "target": None, "control": "dense", "arch": "a1",
+                      "representative_seed": 0},
+                     {"model": "m", "label": "small", "target": 0.5, "control": "dense", "arch": "a2",
+                      "representative_seed": 0}]}
+
+
+def test_a_speed_up_over_a_zero_time_is_none_and_retime_json_needs_positive_times(tmp_path):
+    from bench.records import RecordError
+    from bench.timing import read_retime
+    for mine, ref in (([0.0, 0.0], [1.0, 1.0]), ([1.0, 1.0], [0.0, 0.0]), ([-1.0, -1.0], [1.0, 1.0])):
+        doc = _doc_with_samples(mine, ref)
+        assert speedup(doc, doc["rows"][1], MEASURES[0]) is None
+        assert "| small | 0.5 |" in "\n".join(speed_lines(doc))               # drawn, with "-" for the ratio
+        (tmp_path / "retime.json").write_text(json.dumps(doc))
+        with pytest.raises(RecordError, match="not a time above 0 ms"):
+            read_retime(tmp_path / "retime.json")
+    doc = _doc_with_samples([1.0, 1.0], [2.0, 2.0])
+    assert speedup(doc, doc["rows"][1], MEASURES[0]) == pytest.approx(2.0)
+    (tmp_path / "retime.json").write_text(json.dumps(doc))
+    assert read_retime(tmp_path / "retime.json")["rows"][1]["label"] == "small"
+
+
+def test_retime_finds_its_folder_as_report_does_and_its_folder_errors_say_what_to_give(planted, tmp_path, capsys):
+    from bench.timing import locate
+    assert locate(planted / "runs") == planted                               # the runs/ folder: its suite's
+    assert locate(planted) == planted
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "afile").write_text("x")
+    for bad in ("absent", "empty", "afile"):
+        assert main(["retime", str(tmp_path / bad)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "CUDA" not in line]
+    assert len(err) == 3, err
+    assert all(line.startswith("error: retime: ") and "give a suite's results folder" in line for line in err), err

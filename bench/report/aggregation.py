@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
 
-from bench.config import DEFAULT_CONTROL, flatten, read_yaml
+from bench.config import DEFAULT_CONTROL, flatten
 from bench.metrics import FINAL, declared
-from bench.records import read_env, read_history, read_suite, read_summary
+from bench.records import (FIX_SUITE, SUITE_NAME_PATTERN, read_env, read_history, read_suite, read_suite_file,
+                           read_summary, refuse, run_folder, show)
 from bench.report.statistics import Family, fit_family, mean_ci
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,14 +78,19 @@ def load_runs(results_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]
     ones flattened; its control, comparators, machine and data fingerprint), and the runs'
     histories by run id (key `__wandb__`: the W&B settings of the first run). Each
     summary.json and history.csv is checked as it is read (bench.records): a damaged or
-    crafted one is a one-line RecordError naming it."""
+    crafted one is a one-line RecordError naming it, and so is a run that names no model,
+    seed, or label or method (it belongs to no row). A run without a target is a row
+    without one (a control such as dense); one without a label is labelled by its method."""
     rows, histories = [], {}
     for path in summary_paths(results_dir):
-        s = read_summary(path)
+        s = read_summary(path, identity=True)
         cfg = s.get("config", {})
         histories.setdefault("__wandb__", cfg.get("wandb", {}))
         row = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
                for k, v in flatten({k: v for k, v in s.items() if k not in ("env", "config")}).items()}
+        row.setdefault("target", None)
+        if not row.get("label"):
+            row["label"] = cfg.get("label") or s.get("method")
         row.setdefault("control", cfg.get("control") or None)
         row["comparators"] = ",".join(cfg.get("comparators") or []) or None
         row["act"] = activation_name(cfg.get("model"))
@@ -101,29 +108,57 @@ def load_runs(results_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]
 
 def summary_paths(results_dir: str | Path) -> list[Path]:
     """The summary.json of every run folder: under results_dir/runs/, or in results_dir's
-    own subfolders where it has no runs/ folder (a folder of runs, see bench.report.locate)."""
+    own subfolders where it has no runs/ folder (a folder of runs, see bench.report.locate).
+    A run folder that is a link to a folder elsewhere is a RecordError (bench.records.run_folder)."""
     folder = Path(results_dir)
     runs = folder / "runs" if (folder / "runs").is_dir() else folder
-    return sorted(runs.glob("*/summary.json"))
+    paths = sorted(runs.glob("*/summary.json"))
+    for path in paths:
+        run_folder(path.parent, folder, runs)
+    return paths
 
 
 def suite_plan(results_dir: Path) -> dict[str, Any]:
     """What the suite behind a results folder planned: suite.json (when a suite wrote one)
     with `comparators` filled in from the suite file where suite.json predates them. The
-    suite file is the one suite.json names, else configs/suites/<folder name>.yaml."""
+    suite file is the one suite.json names, else configs/suites/<suite name>.yaml."""
     results_dir = Path(results_dir)
     meta: dict[str, Any] = {}
     if os.path.lexists(results_dir / "suite.json"):
         meta = read_suite(results_dir / "suite.json")
     if "comparators" not in meta:
-        candidates = [Path(meta["file"]), REPO / meta["file"]] if meta.get("file") else []
-        candidates.append(REPO / "configs" / "suites" / f"{meta.get('suite') or results_dir.name}.yaml")
-        for path in candidates:
+        for path in suite_files(results_dir, meta):
             if path.is_file():
-                meta["comparators"] = list(read_yaml(path).get("comparators") or [])
+                meta["comparators"] = list(read_suite_file(path).get("comparators") or [])
                 meta["comparators_from"] = str(path)
                 break
     return meta
+
+
+def suite_files(results_dir: Path, meta: dict[str, Any]) -> list[Path]:
+    """Where the suite file of a results folder may be, in order: the file suite.json names
+    (relative to the repository), then configs/suites/<suite name>.yaml. Only the
+    repository's configs/suites/ is looked in: suite.json may come from anyone, and a file
+    it names elsewhere is a RecordError, never read (so is a suite name with a separator,
+    bench.records.read_suite). A folder without suite.json whose name is not a suite name
+    has no suite file."""
+    suites = (REPO / "configs" / "suites").resolve()
+    record = results_dir / "suite.json"
+    out = []
+    if meta.get("file"):
+        path = REPO / meta["file"]                       # an absolute `file` stays itself
+        try:
+            inside = suites in path.resolve().parents
+        except (OSError, RuntimeError):                  # RuntimeError: a loop of links (Python < 3.13)
+            inside = False
+        if not inside:
+            raise refuse(record, "suite record", f"file {show(meta['file'])} is not a suite file under {suites}",
+                         FIX_SUITE)
+        out.append(path)
+    name = meta.get("suite") or results_dir.name        # suite.json's is a suite name (bench.records.read_suite)
+    if re.fullmatch(SUITE_NAME_PATTERN, name):
+        out.append(suites / f"{name}.yaml")
+    return out
 
 
 def assign_controls(runs: pd.DataFrame, plan: Optional[dict[str, str]] = None,

@@ -1,8 +1,11 @@
 """The report's PNG plots: accuracy against non-zero parameters, MACs and training
 wall-clock (one line per method across targets, the Pareto front circled), and accuracy
-over training time (one colour and marker per row, the mean over seeds, each seed faint)."""
+over training time (one colour and marker per row, the mean over seeds, each seed faint).
+Names from the runs' files are shown literally (`plain`) and enter file names as slugs
+(`slug`)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -13,6 +16,20 @@ from bench.report.aggregation import ROW, _has_target, _with_keys, assign_contro
 from bench.report.statistics import pareto_front
 
 MARKERS = "osD^vP*X<>hp"
+
+
+def plain(text: object) -> str:
+    """`text` (a label, model or data name from the runs' files) as matplotlib shows it
+    literally: every `$` escaped, so that no pair of them starts math text, whose parser
+    fails on what a label may hold (`l1$\\frac{$`) when the figure is saved."""
+    return str(text).replace("$", r"\$")
+
+
+def slug(name: object) -> str:
+    """`name` (a model or data name from the runs' files) as part of a file name: letters,
+    digits, '.', '_' and '-' only (`vgg11/x` -> `vgg11_x`), so that it names a file in
+    the report's folder and nowhere else."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(name))
 
 
 def row_styles(keys: list) -> dict:
@@ -48,7 +65,7 @@ def plot(agg: pd.DataFrame, runs: pd.DataFrame, histories: dict[str, pd.DataFram
                 if x == "train_wall_s" and x + "_min" in g:
                     xerr = np.vstack([(g[x] - g[x + "_min"]).fillna(0.0), (g[x + "_max"] - g[x]).fillna(0.0)])
                 ax.errorbar(g[x], 100 * g["test_acc"], yerr=100 * g["test_acc_ci"].fillna(0.0), xerr=xerr,
-                            label=label, capsize=3, **style)
+                            label=plain(label), capsize=3, **style)
             front = sub[pareto_front(sub[x], sub["test_acc"])].sort_values(x)
             ax.step(front[x], 100 * front["test_acc"], where="post", color="grey", linestyle="--", linewidth=1,
                     zorder=0, label="Pareto front")
@@ -57,7 +74,7 @@ def plot(agg: pd.DataFrame, runs: pd.DataFrame, histories: dict[str, pd.DataFram
             ax.set_xlabel(xlabel)
             ax.set_ylabel("top-1 test accuracy (%)")
             bars = "bars: 95% CI over seeds" + ("; x: min-max of timed runs" if x == "train_wall_s" else "")
-            ax.set_title(f"{model} ({bars}; circled: Pareto front)", fontsize=9)
+            ax.set_title(plain(f"{model} ({bars}; circled: Pareto front)"), fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.tight_layout()
@@ -113,10 +130,10 @@ def plot_over_time(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], path:
             target = f" @{target_key:.0%}" if target_key >= 0 else ""
             tag = f" [{data}]" if several_data else ""
             ax.plot(mean["train_wall_s_cum"], 100 * mean["test_acc"], color=colour, marker=marker, linewidth=1.8,
-                    label=f"{label}{target}{tag} (n={len(curves)})")
+                    label=plain(f"{label}{target}{tag} (n={len(curves)})"))
         ax.set_xlabel("training wall-clock (s): mean over the runs the table's timings come from")
         ax.set_ylabel("top-1 test accuracy (%)")
-        ax.set_title(f"{model}: accuracy over training", fontsize=10)
+        ax.set_title(plain(f"{model}: accuracy over training"), fontsize=10)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:          # runs without per-epoch history draw nothing
             ax.legend(fontsize=7, ncol=1, title="mean over n seeds; faint: each seed", title_fontsize=7,
