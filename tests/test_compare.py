@@ -389,18 +389,11 @@ def test_a_run_configs_epochs_must_be_a_whole_budget(tmp_path, capsys, epochs, s
 def curve_suite(folder: Path, model: str, label: str, scale: int) -> Path:
     """tests/test_scratch_curve.py's planted runs (a scratch curve at 25%) at `scale` times
     their epochs and training MACs, with `model` for vgg11 and `label` for pcn."""
-    from tests.test_scratch_curve import planted_runs
+    from tests.test_scratch_curve import planted_runs, write_runs
     runs = planted_runs()
-    runs = runs.assign(model=model, label=runs["label"].replace("pcn", label), epochs=runs["epochs"] * scale,
-                       train_macs=runs["train_macs"] * scale, train_macs_nonzero=runs["train_macs_nonzero"] * scale)
-    for _, r in runs.iterrows():
-        run = folder / "runs" / r["run_id"]
-        run.mkdir(parents=True)
-        summary = {k: (None if k == "target" and (v is None or v != v) else v) for k, v in r.items()}
-        summary.update(params_total=1e6, params_nonzero=1e6, macs=1e8, macs_nonzero=1e8, train_wall_s=1.0,
-                       env={"device": "cpu"}, config={"wandb": {"mode": "disabled"}})
-        (run / "summary.json").write_text(json.dumps(summary))
-    return folder
+    return write_runs(runs.assign(model=model, label=runs["label"].replace("pcn", label), epochs=runs["epochs"] * scale,
+                                  train_macs=runs["train_macs"] * scale,
+                                  train_macs_nonzero=runs["train_macs_nonzero"] * scale), folder)
 
 
 def test_names_from_the_runs_are_drawn_as_text_and_files_take_their_slug(tmp_path, capsys, monkeypatch):

@@ -187,19 +187,25 @@ def test_rows_and_curves_on_different_data_never_meet():
     assert len(sc.add_columns(agg, cm)) == len(agg)
 
 
+def write_runs(runs, folder: Path) -> Path:
+    """`runs` (rows as planted_runs gives them) as finished run folders under `folder`/runs."""
+    for _, r in runs.iterrows():
+        run = folder / "runs" / r["run_id"]
+        run.mkdir(parents=True)
+        summary = {k: (None if k == "target" and (v is None or v != v) else v) for k, v in r.items()}
+        summary.update(params_total=1e6, params_nonzero=1e6, macs=1e8, macs_nonzero=1e8, train_wall_s=1.0,
+                       env={"device": "cpu"}, config={"wandb": {"mode": "disabled"}})
+        (run / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
 def test_the_report_has_the_compute_matched_section_and_keeps_the_curve_out_of_the_equal_epoch_table(
         tmp_path, monkeypatch):
     from bench.report import write_report
     monkeypatch.setenv("WANDB_MODE", "disabled")
     runs = planted_runs()
     runs.loc[runs["label"] == "scratch_b", "label"] = "scratch_2x"
-    for _, r in runs.iterrows():
-        folder = tmp_path / "runs" / r["run_id"]
-        folder.mkdir(parents=True)
-        summary = {k: (None if k == "target" and (v is None or v != v) else v) for k, v in r.items()}
-        summary.update(params_total=1e6, params_nonzero=1e6, macs=1e8, macs_nonzero=1e8, train_wall_s=1.0,
-                       env={"device": "cpu"}, config={"wandb": {"mode": "disabled"}})
-        (folder / "summary.json").write_text(json.dumps(summary))
+    write_runs(runs, tmp_path)
     write_report(tmp_path)
     readme = (tmp_path / "README.md").read_text()
     assert (tmp_path / "scratch_curve_vgg11.png").is_file() and "![scratch curve vgg11](scratch_curve_vgg11.png)" in readme
