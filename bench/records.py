@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from bench.config import SEED_RANGE, ConfigError, load_yaml_text, parse_range, range_rule
+from bench.config import SEED_RANGE, ConfigError, load_yaml_text, parse_range, range_rule, yaml_problem
 
 # Caps on what is read. The largest files the harness writes are far below them (a summary
 # is tens of KiB, retime.json of a 132-run suite a few hundred KiB, a history one row per
@@ -262,7 +262,7 @@ def read_yaml_record(path: str | os.PathLike, what: str, fix: str) -> dict:
     try:
         obj = load_yaml_text(read_text(path, what, fix))
     except yaml.YAMLError as e:
-        raise refuse(path, what, f"not YAML: {' '.join(str(e).split())[:120]}", fix) from None
+        raise refuse(path, what, f"not YAML ({yaml_problem(e)})", fix) from None
     if not isinstance(obj, dict):
         raise refuse(path, what, f"not a mapping: {show(obj)}", fix)
     return obj
