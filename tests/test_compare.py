@@ -348,13 +348,15 @@ def test_the_same_folder_twice_says_so(tmp_path, capsys):
 
 
 def test_an_out_it_cannot_create_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
-    if not Path("/proc/self").is_dir():
-        pytest.skip("needs /proc")
-    good = plant(tmp_path / "good", ORDER)
+    import os
+    good, locked = plant(tmp_path / "good", ORDER), tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access        # a folder this process may not write in, on any OS and as root too
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
     monkeypatch.setattr(cmp, "compare", lambda *a, **k: pytest.fail("the suites were read"))
-    assert cli(["compare", str(good), str(tmp_path / "other"), "--out", "/proc/self/nope"]) == 1
+    assert cli(["compare", str(good), str(tmp_path / "other"), "--out", str(locked / "nope")]) == 1
     (err,) = capsys.readouterr().err.splitlines()
-    assert err.startswith("compare: --out '/proc/self/nope': this process may not write in '/proc/self'")
+    assert err.startswith(f"compare: --out '{locked / 'nope'}': this process may not write in '{locked}'")
 
 
 def test_a_failure_to_write_is_one_line_and_leaves_no_folder(tmp_path, capsys, monkeypatch):
