@@ -254,7 +254,11 @@ def test_the_readme_shows_letters_the_resolvable_difference_and_the_comparators(
     (line,) = ranking_lines(agg, runs, "m")
     assert line.startswith("- Ranking at 50% of the parameters (rows sharing a letter are not resolved): "
                            "dense_small 82.50 a, random_filter 81.03 b, pcn 81.00 b, dense (no target) 80.00 b.")
-    assert "Holm over the 6 pairs of this family" in line and "Resolvable difference: " in line
+    assert "Holm over the 6 pairs of this family" in line and "points between rows of 3 seeds (" in line
+    mostly_one_seed = runs[(runs["seed"] == 0) | (runs["label"] == "dense_small")
+                           | ((runs["label"] == "random_filter") & (runs["seed"] == 1))]   # seeds 1, 1, 2, 3
+    (line,) = ranking_lines(aggregate(mostly_one_seed, {}), mostly_one_seed, "m")
+    assert "points between rows of 1 seed (" in line
     section = "\n".join(comparators_section(agg, "m"))
     assert "| method | target | n | Δ top-1 vs dense_small | p (Holm) | vs dense_small | Δ top-1 vs random_filter |" in section
     assert "| pcn | 50% | 3 | -1.50 | " in section and "| worse | " in section and "| not distinguishable |" in section

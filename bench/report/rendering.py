@@ -399,7 +399,7 @@ def ranking_lines(agg: pd.DataFrame, runs: pd.DataFrame, model: str) -> list[str
                     f"their own spread is not measured; read them as provisional until their seeds finish)")
         always, never = fam.resolvable()
         lines.append(f"- Ranking {where} (rows sharing a letter are not resolved): {listed}{also}. "
-                     f"Resolvable difference: {100 * always:.2f} points between rows of {n} seeds "
+                     f"Resolvable difference: {100 * always:.2f} points between rows of {n_seeds(n)} "
                      f"({correction_name(fam.method)} over the {fam.n_pairs} pairs of this family; pooled σ = "
                      f"{100 * fam.sigma:.2f} points on {fam.df:.0f} df); below {100 * never:.2f} points never."
                      + _spread(fam))
