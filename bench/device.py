@@ -6,9 +6,9 @@ GPUs with bf16 units; CPUs with AVX512-BF16 or AMX on x86, the BF16 extension on
 and float32 elsewhere, with a one-line notice. `bf16` on a device that would only
 emulate it is a configuration error, never a silent fallback. `train.memory_format:
 auto` picks channels_last on CPUs and CUDA GPUs at either precision (the convolution
-kernels of oneDNN and cuDNN are fastest in NHWC: measured with `make bench-overhead` on
-2-core EPYC CPUs, fp32 channels_last trains CIFAR VGG-11 w0.5 1.22-1.32x and ResNet-20
-1.29-1.42x faster than contiguous) and contiguous on other devices, where it is unmeasured. Only the forward and loss run under autocast;
+kernels of oneDNN and cuDNN are fastest in NHWC: measured with `make bench-overhead` at fp32
+on 2-core EPYC CPUs, docs/timing.md gives the ratios) and contiguous on other devices, where
+it is unmeasured. Only the forward and loss run under autocast;
 parameters, gradients and optimizer state stay float32, and methods compute their
 statistics outside autocast in float32/float64 (each method's docstring says where).
 """
