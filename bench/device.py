@@ -8,9 +8,9 @@ emulate it is a configuration error, never a silent fallback. `train.memory_form
 auto` picks channels_last on CPUs and CUDA GPUs at either precision (the convolution
 kernels of oneDNN and cuDNN are fastest in NHWC: measured with `make bench-overhead` at fp32
 on 2-core EPYC CPUs, docs/timing.md gives the ratios) and contiguous on other devices, where
-it is unmeasured. Only the forward and loss run under autocast;
-parameters, gradients and optimizer state stay float32, and methods compute their
-statistics outside autocast in float32/float64 (each method's docstring says where).
+it is unmeasured. Only the forward and loss run under autocast; parameters, gradients and
+optimizer state stay float32, and methods compute their statistics outside autocast in
+float32/float64 (each method's docstring says where).
 """
 from __future__ import annotations
 
